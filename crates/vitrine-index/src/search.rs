@@ -1,0 +1,122 @@
+//! Exact cosine top-k on a Burn device. Embeddings are L2-normalised, so cosine similarity
+//! is one matrix product; filters select the allowed rows before the product, so results
+//! are exact, never post-filtered.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use serde::Serialize;
+
+use crate::{Filter, Index, IndexError, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hit {
+    pub row: usize,
+    pub id: String,
+    pub score: f32,
+}
+
+/// The index's embeddings resident on a device, [len, dim].
+pub struct DeviceIndex<B: Backend> {
+    embeddings: Option<Tensor<B, 2>>,
+    device: B::Device,
+}
+
+impl<B: Backend> DeviceIndex<B> {
+    pub fn new(index: &Index, device: &B::Device) -> Self {
+        let embeddings = (!index.is_empty()).then(|| {
+            Tensor::from_data(TensorData::new(index.embeddings().to_vec(), [index.len(), index.dim]), device)
+        });
+        Self { embeddings, device: device.clone() }
+    }
+
+    /// Top-k rows for each query (row-major [q, dim]), best first. `max_k` is the caller's
+    /// configured limit on k. Fewer than k hits come back when fewer rows pass the filter.
+    pub fn search(&self, index: &Index, queries: &[f32], k: usize, max_k: usize, filter: &Filter) -> Result<Vec<Vec<Hit>>> {
+        if k == 0 || k > max_k {
+            return Err(IndexError::BadK { k, max: max_k });
+        }
+        if queries.len() % index.dim != 0 || queries.is_empty() {
+            return Err(IndexError::Dim { got: queries.len() % index.dim.max(1), expected: index.dim });
+        }
+        let n_queries = queries.len() / index.dim;
+        let Some(all) = &self.embeddings else {
+            return Err(IndexError::Empty);
+        };
+        let allowed = filter.allowed_rows(index)?;
+        let (candidates, rows): (Tensor<B, 2>, Option<Vec<usize>>) = match allowed {
+            None => (all.clone(), None),
+            Some(rows) if rows.is_empty() => return Ok(vec![Vec::new(); n_queries]),
+            Some(rows) => {
+                let ids: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+                let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [rows.len()]), &self.device);
+                (all.clone().select(0, ids), Some(rows))
+            }
+        };
+        let n = candidates.dims()[0];
+        let k = k.min(n);
+        let q = Tensor::<B, 2>::from_data(TensorData::new(queries.to_vec(), [n_queries, index.dim]), &self.device);
+        // [q, dim] x [dim, n] -> [q, n] -> top-k along candidates.
+        let scores = q.matmul(candidates.transpose());
+        let (values, indices) = scores.topk_with_indices(k, 1);
+        let values: Vec<f32> = values.into_data().iter::<f32>().collect();
+        let indices: Vec<i64> = indices.into_data().iter::<i64>().collect();
+        let mut out = Vec::with_capacity(n_queries);
+        for qi in 0..n_queries {
+            let mut hits = Vec::with_capacity(k);
+            for j in 0..k {
+                let local = indices[qi * k + j] as usize;
+                let row = rows.as_ref().map_or(local, |r| r[local]);
+                let id = index.item(row).map(|it| it.id.clone()).unwrap_or_default();
+                hits.push(Hit { row, id, score: values[qi * k + j] });
+            }
+            out.push(hits);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::small;
+    use burn::backend::Flex;
+
+    type B = Flex;
+
+    #[test]
+    fn exact_top_k_best_first() {
+        let ix = small();
+        let dev = Default::default();
+        let d = DeviceIndex::<B>::new(&ix, &dev);
+        let hits = d.search(&ix, &[1.0, 0.0, 0.0, 1.0], 2, 100, &Filter::default()).unwrap();
+        assert_eq!(hits.len(), 2);
+        assert_eq!(hits[0].iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+        assert!((hits[0][1].score - 0.6).abs() < 1e-6);
+        assert_eq!(hits[1].iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+    }
+
+    #[test]
+    fn filters_apply_before_top_k() {
+        let ix = small();
+        let dev = Default::default();
+        let d = DeviceIndex::<B>::new(&ix, &dev);
+        // Query closest to "b" (blue) but only red rows allowed: both reds, in order.
+        let red = Filter::parse(&["colour=red"]).unwrap();
+        let hits = d.search(&ix, &[0.0, 1.0], 5, 100, &red).unwrap();
+        let ids: Vec<_> = hits[0].iter().map(|h| (h.id.as_str(), h.row)).collect();
+        assert_eq!(ids, [("c", 2), ("a", 0)]);
+        let none = Filter::parse(&["colour=green"]).unwrap();
+        assert!(d.search(&ix, &[0.0, 1.0], 5, 100, &none).unwrap()[0].is_empty());
+    }
+
+    #[test]
+    fn k_limits_at_and_past() {
+        let ix = small();
+        let dev = Default::default();
+        let d = DeviceIndex::<B>::new(&ix, &dev);
+        assert_eq!(d.search(&ix, &[1.0, 0.0], 3, 3, &Filter::default()).unwrap()[0].len(), 3);
+        assert!(matches!(d.search(&ix, &[1.0, 0.0], 4, 3, &Filter::default()), Err(IndexError::BadK { k: 4, max: 3 })));
+        assert!(matches!(d.search(&ix, &[1.0, 0.0], 0, 3, &Filter::default()), Err(IndexError::BadK { .. })));
+        assert!(matches!(d.search(&ix, &[1.0, 0.0, 1.0], 1, 3, &Filter::default()), Err(IndexError::Dim { .. })));
+    }
+}

@@ -1,0 +1,117 @@
+//! The image encoder used by search (and later captioning): one of the architectures,
+//! chosen by the `arch` key of the `[model]` table.
+
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::cnn::{Cnn, CnnConfig};
+use crate::error::ModelError;
+use crate::vit::{Vit, VitConfig};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "arch", rename_all = "kebab-case")]
+pub enum ImageEncoderConfig {
+    Cnn(CnnConfig),
+    Vit(VitConfig),
+}
+
+impl Default for ImageEncoderConfig {
+    fn default() -> Self {
+        Self::Cnn(CnnConfig::default())
+    }
+}
+
+impl ImageEncoderConfig {
+    pub fn validate(&self) -> Result<(), ModelError> {
+        match self {
+            Self::Cnn(c) => c.validate(),
+            Self::Vit(c) => c.validate(),
+        }
+    }
+
+    /// [channels, height, width] the encoder expects.
+    pub fn input_shape(&self) -> [usize; 3] {
+        let (c, [h, w]) = match self {
+            Self::Cnn(c) => (c.in_channels, c.input_size),
+            Self::Vit(c) => (c.in_channels, c.input_size),
+        };
+        [c, h, w]
+    }
+
+    pub fn embed_dim(&self) -> usize {
+        match self {
+            Self::Cnn(c) => c.embed_dim,
+            Self::Vit(c) => c.embed_dim,
+        }
+    }
+
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<ImageEncoder<B>, ModelError> {
+        Ok(match self {
+            Self::Cnn(c) => ImageEncoder::Cnn(c.init(device)?),
+            Self::Vit(c) => ImageEncoder::Vit(c.init(device)?),
+        })
+    }
+}
+
+#[derive(Module, Debug)]
+pub enum ImageEncoder<B: Backend> {
+    Cnn(Cnn<B>),
+    Vit(Vit<B>),
+}
+
+impl<B: Backend> ImageEncoder<B> {
+    /// L2-normalised embeddings: [B, C, H, W] -> [B, embed_dim].
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        match self {
+            Self::Cnn(m) => m.forward(images),
+            Self::Vit(m) => m.forward(images),
+        }
+    }
+
+    /// A grid of feature tokens for cross-attention: [B, C, H, W] -> [B, T, D].
+    pub fn forward_tokens(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+        match self {
+            Self::Cnn(m) => m.forward_tokens(images),
+            Self::Vit(m) => m.forward_tokens(images),
+        }
+    }
+}
+
+/// Checks a batch against the encoder's expected input before running it, so a wrong
+/// preprocessing config is an error, not a shape panic deep inside a kernel.
+pub fn check_input(config: &ImageEncoderConfig, dims: [usize; 4]) -> Result<(), ModelError> {
+    let [c, h, w] = config.input_shape();
+    if dims[1..] != [c, h, w] {
+        return Err(ModelError::InputShape {
+            got: dims.to_vec(),
+            expected: vec![dims[0], c, h, w],
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arch_tag_selects_the_architecture() {
+        let c: ImageEncoderConfig = toml::from_str("arch = \"vit\"\npatch_size = 4\ninput_size = [8, 8]").unwrap();
+        assert!(matches!(&c, ImageEncoderConfig::Vit(v) if v.patch_size == 4));
+        assert_eq!(c.input_shape(), [3, 8, 8]);
+        let c: ImageEncoderConfig = toml::from_str("arch = \"cnn\"\nin_channels = 1\ninput_size = [28, 28]\nwidths=[8,16,32]\ndepths=[0,0,0]").unwrap();
+        assert!(matches!(c, ImageEncoderConfig::Cnn(_)));
+        assert!(toml::from_str::<ImageEncoderConfig>("arch = \"resnet-9000\"").is_err());
+    }
+
+    #[test]
+    fn check_input_names_the_mismatch() {
+        let c = ImageEncoderConfig::default();
+        assert!(check_input(&c, [2, 3, 64, 64]).is_ok());
+        let err = check_input(&c, [2, 1, 64, 64]).unwrap_err();
+        assert_eq!(err, ModelError::InputShape { got: vec![2, 1, 64, 64], expected: vec![2, 3, 64, 64] });
+    }
+
+}

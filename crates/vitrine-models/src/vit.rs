@@ -1,0 +1,265 @@
+//! Vision Transformer image encoder (Dosovitskiy et al. 2021).
+//!
+//! ```text
+//! image [B, C, H, W]
+//!   patchify (p x p, no overlap)            [B, N, C*p*p]     N = (H/p)*(W/p)
+//!   patch_embed: Linear(C*p*p -> D)         [B, N, D]
+//!   prepend cls token, add position emb.    [B, N+1, D]
+//!   n_layers pre-LN blocks                  [B, N+1, D]
+//!   ln_final, pool (cls token or mean)      [B, D]
+//!   head: Linear(D -> embed_dim), L2-norm   [B, embed_dim]
+//! ```
+//!
+//! The patch embedding is a reshape plus one matrix product instead of a stride-p
+//! convolution: the same function, and matmul is Flex's fast path on CPU.
+//!
+//! Hugging Face `ViTModel` weight names (`google/vit-base-patch16-224-in21k` layout) map
+//! onto this module as follows (torch `Linear` weights are [out, in]; Burn's are [in, out],
+//! so every linear weight is transposed):
+//!
+//! | Hugging Face                                              | here                        |
+//! |-----------------------------------------------------------|-----------------------------|
+//! | `vit.embeddings.cls_token` [1,1,D]                        | `cls_token`                 |
+//! | `vit.embeddings.position_embeddings` [1,N+1,D]            | `pos_embed`                 |
+//! | `vit.embeddings.patch_embeddings.projection.weight` [D,C,p,p] | `patch_embed.weight` = reshape to [D, C*p*p], transpose |
+//! | `vit.embeddings.patch_embeddings.projection.bias`         | `patch_embed.bias`          |
+//! | `vit.encoder.layer.{i}.layernorm_before`                  | `blocks.{i}.ln_1`           |
+//! | `vit.encoder.layer.{i}.attention.attention.{query,key,value}` | `blocks.{i}.attn.{query,key,value}` |
+//! | `vit.encoder.layer.{i}.attention.output.dense`            | `blocks.{i}.attn.out`       |
+//! | `vit.encoder.layer.{i}.layernorm_after`                   | `blocks.{i}.ln_2`           |
+//! | `vit.encoder.layer.{i}.intermediate.dense`                | `blocks.{i}.mlp.fc_in`      |
+//! | `vit.encoder.layer.{i}.output.dense`                      | `blocks.{i}.mlp.fc_out`     |
+//! | `vit.layernorm`                                           | `ln_final`                  |
+//! | (none: Vitrine's retrieval projection)                    | `head`                      |
+//!
+//! The flattening order of a patch, (channel, row, column), matches the convolution
+//! weight's [D, C, p, p] layout, so the reshape above is exact.
+
+use burn::module::{Module, Param};
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{invalid, ModelError};
+use crate::l2_normalize;
+use crate::transformer::{Block, BlockConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pool {
+    /// The class token's final state.
+    Cls,
+    /// Mean over patch tokens (the class token excluded).
+    Mean,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VitConfig {
+    pub in_channels: usize,
+    /// Input [height, width]; each divisible by `patch_size`.
+    pub input_size: [usize; 2],
+    pub patch_size: usize,
+    pub d_model: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub mlp_ratio: usize,
+    pub dropout: f64,
+    pub layer_norm_eps: f64,
+    pub pool: Pool,
+    pub embed_dim: usize,
+}
+
+impl Default for VitConfig {
+    fn default() -> Self {
+        Self {
+            in_channels: 3,
+            input_size: [64, 64],
+            patch_size: 8,
+            d_model: 128,
+            n_layers: 4,
+            n_heads: 4,
+            mlp_ratio: 4,
+            dropout: 0.0,
+            layer_norm_eps: 1e-6,
+            pool: Pool::Mean,
+            embed_dim: 128,
+        }
+    }
+}
+
+impl VitConfig {
+    fn block(&self) -> BlockConfig {
+        BlockConfig {
+            d_model: self.d_model,
+            n_heads: self.n_heads,
+            mlp_ratio: self.mlp_ratio,
+            dropout: self.dropout,
+            layer_norm_eps: self.layer_norm_eps,
+        }
+    }
+
+    /// Number of patch tokens (class token excluded).
+    pub fn num_patches(&self) -> usize {
+        (self.input_size[0] / self.patch_size.max(1)) * (self.input_size[1] / self.patch_size.max(1))
+    }
+
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if !matches!(self.in_channels, 1 | 3) {
+            return Err(invalid("in_channels", self.in_channels, "1 or 3"));
+        }
+        if self.patch_size == 0 || self.patch_size > 256 {
+            return Err(invalid("patch_size", self.patch_size, "1..=256"));
+        }
+        for &side in &self.input_size {
+            if side == 0 || side > 4096 || side % self.patch_size != 0 {
+                return Err(invalid(
+                    "input_size",
+                    format!("{:?}", self.input_size),
+                    format!("each side 1..=4096 and divisible by patch_size ({})", self.patch_size),
+                ));
+            }
+        }
+        if self.n_layers == 0 || self.n_layers > 64 {
+            return Err(invalid("n_layers", self.n_layers, "1..=64"));
+        }
+        if self.embed_dim == 0 || self.embed_dim > 65536 {
+            return Err(invalid("embed_dim", self.embed_dim, "1..=65536"));
+        }
+        self.block().validate()
+    }
+
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Vit<B>, ModelError> {
+        self.validate()?;
+        let d = self.d_model;
+        let patch_dim = self.in_channels * self.patch_size * self.patch_size;
+        let block = self.block();
+        let trunc = Initializer::Normal { mean: 0.0, std: 0.02 };
+        Ok(Vit {
+            patch_embed: LinearConfig::new(patch_dim, d).init(device),
+            cls_token: trunc.init([1, 1, d], device),
+            pos_embed: trunc.init([1, self.num_patches() + 1, d], device),
+            blocks: (0..self.n_layers).map(|_| block.init(device)).collect(),
+            ln_final: LayerNormConfig::new(d).with_epsilon(self.layer_norm_eps).init(device),
+            head: LinearConfig::new(d, self.embed_dim).init(device),
+            patch_size: self.patch_size,
+            mean_pool: self.pool == Pool::Mean,
+        })
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Vit<B: Backend> {
+    pub patch_embed: Linear<B>,
+    pub cls_token: Param<Tensor<B, 3>>,
+    pub pos_embed: Param<Tensor<B, 3>>,
+    pub blocks: Vec<Block<B>>,
+    pub ln_final: LayerNorm<B>,
+    pub head: Linear<B>,
+    pub patch_size: usize,
+    pub mean_pool: bool,
+}
+
+impl<B: Backend> Vit<B> {
+    /// Final token states: [B, C, H, W] -> [B, N+1, D] (index 0 is the class token).
+    pub fn forward_tokens(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [b, c, h, w] = images.dims();
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        // [B, C, gh, p, gw, p] -> [B, gh, gw, C, p, p] -> [B, N, C*p*p]
+        let patches = images
+            .reshape([b, c, gh, p, gw, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b, gh * gw, c * p * p]);
+        let x = self.patch_embed.forward(patches);
+        let d = x.dims()[2];
+        let cls = self.cls_token.val().expand([b, 1, d]);
+        let mut x = Tensor::cat(vec![cls, x], 1) + self.pos_embed.val();
+        for block in &self.blocks {
+            x = block.forward(x, false);
+        }
+        self.ln_final.forward(x)
+    }
+
+    /// L2-normalised embeddings: [B, C, H, W] -> [B, embed_dim].
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        let x = self.forward_tokens(images);
+        let [b, t, d] = x.dims();
+        let pooled = if self.mean_pool {
+            x.slice([0..b, 1..t, 0..d]).mean_dim(1).reshape([b, d])
+        } else {
+            x.slice([0..b, 0..1, 0..d]).reshape([b, d])
+        };
+        l2_normalize(self.head.forward(pooled))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+
+    type B = Flex;
+
+    fn tiny() -> VitConfig {
+        VitConfig {
+            in_channels: 3,
+            input_size: [8, 12],
+            patch_size: 4,
+            d_model: 16,
+            n_layers: 2,
+            n_heads: 2,
+            embed_dim: 5,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn shapes_and_unit_norm() {
+        let device = Default::default();
+        for pool in [Pool::Cls, Pool::Mean] {
+            let model = VitConfig { pool, ..tiny() }.init::<B>(&device).unwrap();
+            let x = Tensor::<B, 4>::random([2, 3, 8, 12], Distribution::Normal(0.0, 1.0), &device);
+            assert_eq!(model.forward_tokens(x.clone()).dims(), [2, 7, 16]);
+            let emb = model.forward(x);
+            assert_eq!(emb.dims(), [2, 5]);
+            let n: Vec<f32> = emb.powi_scalar(2).sum_dim(1).into_data().to_vec().unwrap();
+            assert!(n.iter().all(|v| (v - 1.0).abs() < 1e-5), "{n:?}");
+        }
+    }
+
+    /// The reshape-based patch embedding equals a stride-p convolution with the HF weight
+    /// layout [D, C, p, p] reshaped to [C*p*p, D].
+    #[test]
+    fn patchify_matches_strided_convolution() {
+        let device = Default::default();
+        let (c, p, d) = (3usize, 4usize, 16usize);
+        let model = tiny().init::<B>(&device).unwrap();
+        let x = Tensor::<B, 4>::random([2, c, 8, 12], Distribution::Normal(0.0, 1.0), &device);
+        // Linear weight [C*p*p, D] -> conv weight [D, C, p, p].
+        let w = model.patch_embed.weight.val();
+        let conv_w = w.clone().swap_dims(0, 1).reshape([d, c, p, p]);
+        let bias = model.patch_embed.bias.as_ref().unwrap().val();
+        let conv = burn::tensor::module::conv2d(
+            x.clone(),
+            conv_w,
+            Some(bias),
+            burn::tensor::ops::ConvOptions::new([p, p], [0, 0], [1, 1], 1),
+        ); // [2, D, 2, 3]
+        let conv_tokens = conv.reshape([2, d, 6]).swap_dims(1, 2);
+        let patches = x.reshape([2, c, 2, p, 3, p]).permute([0, 2, 4, 1, 3, 5]).reshape([2, 6, c * p * p]);
+        let ours = model.patch_embed.forward(patches);
+        let diff: f32 = (ours - conv_tokens).abs().max().into_scalar();
+        assert!(diff < 1e-4, "max diff {diff}");
+    }
+
+    #[test]
+    fn validate() {
+        assert!(tiny().validate().is_ok());
+        assert!(VitConfig { input_size: [10, 12], ..tiny() }.validate().is_err());
+        assert!(VitConfig { n_heads: 3, ..tiny() }.validate().is_err());
+        assert!(VitConfig { patch_size: 0, ..tiny() }.validate().is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! Training loops per task, run directories, checkpoints, resume, schedules and progress;
+//! plus the catalogue pipeline (embed, index, query) that the CLI and server share.
+
+pub mod checkpoint;
+pub mod config;
+pub mod embed;
+pub mod error;
+pub mod losses;
+pub mod pipeline;
+pub mod run;
+pub mod schedule;
+pub mod search;
+pub mod trainer;
+
+pub use error::{Result, TrainError};

@@ -1,0 +1,134 @@
+//! Run directories: `config.toml` (resolved), `model.mpk` (weights), `labels.json`,
+//! `split.json`, `metrics.jsonl`, `checkpoints/`, `eval.json`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::backend::Backend;
+use serde::{de::DeserializeOwned, Serialize};
+use vitrine_data::fsio::atomic_save;
+use vitrine_models::{ImageEncoder, ImageEncoderConfig};
+
+use crate::config::{to_toml_string, SearchRunConfig};
+use crate::error::{io_err, Result, TrainError};
+
+pub type Rec = NamedMpkBytesRecorder<FullPrecisionSettings>;
+
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path.join("config.toml")
+    }
+    pub fn model_path(&self) -> PathBuf {
+        self.path.join("model.mpk")
+    }
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.path.join("checkpoints").join("last.ckpt")
+    }
+    pub fn metrics_path(&self) -> PathBuf {
+        self.path.join("metrics.jsonl")
+    }
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn create(&self) -> Result<()> {
+        std::fs::create_dir_all(self.path.join("checkpoints")).map_err(io_err(&self.path))
+    }
+
+    pub fn save_config(&self, config: &SearchRunConfig) -> Result<()> {
+        let path = self.config_path();
+        atomic_save(&path, to_toml_string(config).as_bytes()).map_err(io_err(&path))
+    }
+
+    pub fn load_config(&self) -> Result<SearchRunConfig> {
+        let path = self.config_path();
+        if !path.exists() {
+            return Err(TrainError::Run {
+                path: self.path.clone(),
+                message: "no config.toml here: is this a run directory written by `vitrine train`?".into(),
+            });
+        }
+        let config: SearchRunConfig = crate::config::load_toml(&path, &[])?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn save_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        let path = self.file(name);
+        let bytes = serde_json::to_vec_pretty(value).expect("JSON serialises");
+        atomic_save(&path, &bytes).map_err(io_err(&path))
+    }
+
+    pub fn load_json<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        let path = self.file(name);
+        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| TrainError::Run { path: path.clone(), message: format!("invalid JSON: {e}") })
+    }
+
+    /// Appends one JSON line to `metrics.jsonl` (flushed so a crash loses at most a line).
+    pub fn append_metrics(&self, value: &serde_json::Value) -> Result<()> {
+        let path = self.metrics_path();
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        writeln!(f, "{value}").and_then(|_| f.flush()).map_err(io_err(&path))
+    }
+
+    /// Drops metrics lines past `step` (after a resume, the lines of the lost work).
+    pub fn truncate_metrics_after(&self, step: usize) -> Result<()> {
+        let path = self.metrics_path();
+        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                    .is_some_and(|s| s as usize <= step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        atomic_save(&path, kept.as_bytes()).map_err(io_err(&path))
+    }
+
+    /// Loads the trained image encoder of a search run.
+    pub fn load_encoder<B: Backend>(&self, config: &ImageEncoderConfig, device: &B::Device) -> Result<ImageEncoder<B>> {
+        let path = self.model_path();
+        let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => TrainError::Run {
+                path: self.path.clone(),
+                message: "no model.mpk: the run has not finished training (resume it with `vitrine train --resume`)".into(),
+            },
+            _ => TrainError::Io { path: path.clone(), source },
+        })?;
+        load_module_bytes(config.init::<B>(device)?, bytes, &path, device)
+    }
+}
+
+pub fn module_to_bytes<B: Backend, M: Module<B>>(module: M) -> Vec<u8> {
+    Rec::default().record(module.into_record(), ()).expect("module records serialise")
+}
+
+/// Loads weights into `module`; a file from another architecture or a corrupted file is an
+/// error naming the file, never a panic.
+pub fn load_module_bytes<B: Backend, M: Module<B>>(module: M, bytes: Vec<u8>, path: &Path, device: &B::Device) -> Result<M> {
+    let record = Recorder::<B>::load::<M::Record>(&Rec::default(), bytes, device).map_err(|e| TrainError::Checkpoint {
+        path: path.to_owned(),
+        message: format!("cannot load weights ({e}); was it written by this model config?"),
+    })?;
+    Ok(module.load_record(record))
+}
+
+pub fn save_module<B: Backend, M: Module<B>>(module: M, path: &Path) -> Result<()> {
+    atomic_save(path, &module_to_bytes(module)).map_err(io_err(path))
+}

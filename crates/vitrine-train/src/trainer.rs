@@ -1,0 +1,193 @@
+//! The training loop every task shares: AdamW, warm-up + cosine schedule, gradient
+//! clipping, progress bar, `metrics.jsonl`, atomic checkpoints and exact resume.
+//!
+//! A task supplies batches as a pure function of (epoch, batch index), so resuming from
+//! a checkpoint replays exactly the batches an uninterrupted run would have seen.
+
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::grad_clipping::GradientClippingConfig;
+use burn::record::Recorder;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::checkpoint::{Checkpoint, TrainState};
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+use crate::run::{load_module_bytes, module_to_bytes, Rec, RunDir};
+
+pub trait Task<B: AutodiffBackend, M> {
+    fn batches_per_epoch(&self) -> usize;
+    /// Forward pass and loss of batch `batch` of `epoch`: (scalar loss, examples in it).
+    fn loss(&mut self, model: &M, epoch: usize, batch: usize) -> Result<(Tensor<B, 1>, usize)>;
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FitOptions {
+    /// Continue from the run's last checkpoint.
+    pub resume: bool,
+    /// Stop (resumably) once this many epochs are complete, as a time-boxed job would.
+    pub stop_after_epochs: Option<usize>,
+    /// No progress bar or log lines.
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FitSummary {
+    pub steps: usize,
+    pub epochs_completed: usize,
+    pub last_epoch_loss: f64,
+    pub wall_secs: f64,
+    pub examples_per_sec: f64,
+    /// Stopped by `stop_after_epochs` before the configured number of epochs.
+    pub stopped_early: bool,
+}
+
+pub fn fit<B, M, T>(mut model: M, task: &mut T, cfg: &TrainConfig, run: &RunDir, opts: &FitOptions, device: &B::Device) -> Result<(M, FitSummary)>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    T: Task<B, M>,
+{
+    let per_epoch = task.batches_per_epoch();
+    if per_epoch == 0 {
+        return Err(TrainError::Invalid(format!(
+            "no full batch of {} examples in an epoch: use a smaller train.batch_size or more data",
+            cfg.batch_size
+        )));
+    }
+    let total_steps = per_epoch * cfg.epochs;
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay as f32)
+        .with_grad_clipping((cfg.grad_clip > 0.0).then(|| GradientClippingConfig::Norm(cfg.grad_clip as f32)))
+        .init::<B, M>();
+    let mut state = TrainState { step: 0, epoch: 0, batch_in_epoch: 0, total_steps, epoch_loss_sum: 0.0, epoch_examples: 0 };
+
+    let ckpt_path = run.checkpoint_path();
+    if opts.resume {
+        let ckpt = Checkpoint::load(&ckpt_path)?;
+        if ckpt.state.total_steps != total_steps {
+            return Err(TrainError::Checkpoint {
+                path: ckpt_path,
+                message: format!(
+                    "was written for {} total steps, this config gives {total_steps}: the run's config changed",
+                    ckpt.state.total_steps
+                ),
+            });
+        }
+        model = load_module_bytes(model, ckpt.module, &ckpt_path, device)?;
+        let record = Recorder::<B>::load(&Rec::default(), ckpt.optimizer, device).map_err(|e| TrainError::Checkpoint {
+            path: ckpt_path.clone(),
+            message: format!("cannot load optimiser state: {e}"),
+        })?;
+        optim = optim.load_record(record);
+        state = ckpt.state;
+        run.truncate_metrics_after(state.step)?;
+    }
+
+    let interactive = !opts.quiet && std::io::stderr().is_terminal();
+    let bar = if interactive { ProgressBar::new(total_steps as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(state.step as u64);
+
+    let started = Instant::now();
+    let mut examples_total = 0usize;
+    let mut stopped_early = false;
+    let mut last_epoch_loss = f64::NAN;
+    let save = |model: &M, optim: &_, state: &TrainState| -> Result<()> {
+        let optim: &burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, M, B> = optim;
+        Checkpoint {
+            state: state.clone(),
+            module: module_to_bytes(model.clone()),
+            optimizer: Rec::default().record(optim.to_record(), ()).expect("optimiser state serialises"),
+        }
+        .save(&ckpt_path)
+    };
+
+    while state.epoch < cfg.epochs {
+        bar.set_prefix(format!("epoch {}/{}", state.epoch + 1, cfg.epochs));
+        let epoch_started = Instant::now();
+        let mut epoch_examples_now = 0usize;
+        while state.batch_in_epoch < per_epoch {
+            let lr = cfg.schedule.at(state.step, total_steps);
+            let (loss, examples) = task.loss(&model, state.epoch, state.batch_in_epoch)?;
+            let loss_value: f32 = loss.clone().into_data().iter::<f32>().next().unwrap_or(f32::NAN);
+            if !loss_value.is_finite() {
+                return Err(TrainError::Diverged { step: state.step, loss: loss_value });
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            state.step += 1;
+            state.batch_in_epoch += 1;
+            state.epoch_loss_sum += loss_value as f64 * examples as f64;
+            state.epoch_examples += examples;
+            epoch_examples_now += examples;
+            examples_total += examples;
+            let rate = epoch_examples_now as f64 / epoch_started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("loss {loss_value:.4} | {rate:.0} ex/s | lr {lr:.2e}"));
+            bar.inc(1);
+            if !interactive && !opts.quiet && cfg.log_every_steps > 0 && state.step % cfg.log_every_steps == 0 {
+                eprintln!(
+                    "epoch {}/{} step {}/{total_steps} loss {loss_value:.4} {rate:.0} ex/s lr {lr:.2e}",
+                    state.epoch + 1,
+                    cfg.epochs,
+                    state.step
+                );
+            }
+            if cfg.checkpoint_every_steps > 0 && state.step % cfg.checkpoint_every_steps == 0 && state.batch_in_epoch < per_epoch {
+                save(&model, &optim, &state)?;
+            }
+        }
+        let epoch_secs = epoch_started.elapsed().as_secs_f64();
+        last_epoch_loss = state.epoch_loss_sum / state.epoch_examples.max(1) as f64;
+        run.append_metrics(&json!({
+            "epoch": state.epoch + 1,
+            "step": state.step,
+            "loss": last_epoch_loss,
+            "lr": cfg.schedule.at(state.step.saturating_sub(1), total_steps),
+            "examples_per_sec": epoch_examples_now as f64 / epoch_secs.max(1e-9),
+            "epoch_secs": epoch_secs,
+        }))?;
+        if !opts.quiet {
+            bar.suspend(|| {
+                eprintln!(
+                    "epoch {}/{}: loss {last_epoch_loss:.4}, {:.0} examples/s, {epoch_secs:.1} s",
+                    state.epoch + 1,
+                    cfg.epochs,
+                    epoch_examples_now as f64 / epoch_secs.max(1e-9)
+                )
+            });
+        }
+        state.epoch += 1;
+        state.batch_in_epoch = 0;
+        state.epoch_loss_sum = 0.0;
+        state.epoch_examples = 0;
+        save(&model, &optim, &state)?;
+        if opts.stop_after_epochs.is_some_and(|n| state.epoch >= n) && state.epoch < cfg.epochs {
+            stopped_early = true;
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    let wall_secs = started.elapsed().as_secs_f64();
+    Ok((
+        model,
+        FitSummary {
+            steps: state.step,
+            epochs_completed: state.epoch,
+            last_epoch_loss,
+            wall_secs,
+            examples_per_sec: examples_total as f64 / wall_secs.max(1e-9),
+            stopped_early,
+        },
+    ))
+}

@@ -1,0 +1,350 @@
+//! `vitrine`: a thin CLI. Each subcommand parses its arguments, opens the device and calls
+//! one library function.
+
+mod device;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use burn::backend::Autodiff;
+use clap::{Args, Parser, Subcommand};
+use device::DeviceArg;
+use vitrine_data::catalog::{CatalogConfig, CatalogSource};
+use vitrine_index::{Filter, Index};
+use vitrine_train::config::{load_toml, SearchRunConfig};
+use vitrine_train::pipeline::{index_run, search, Encoder, Query};
+use vitrine_train::run::RunDir;
+use vitrine_train::search::{train_search, TrainOptions};
+use vitrine_train::trainer::FitOptions;
+
+#[derive(Parser)]
+#[command(name = "vitrine", version, about = "Train, evaluate and serve a shop's neural networks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct DeviceOpt {
+    /// cpu, wgpu, wgpu:cpu, wgpu:N, cuda or cuda:N
+    #[arg(long, default_value = "cpu")]
+    device: DeviceArg,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model from a config (configs/*.toml), or resume a run.
+    Train(TrainArgs),
+    /// Evaluate a run.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Build and update search indexes.
+    #[command(subcommand)]
+    Index(IndexCommand),
+    /// Find the catalogue items most similar to a photo (or to an indexed item).
+    Search(SearchArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Recipe to train (required unless --resume).
+    #[arg(long, required_unless_present = "resume")]
+    config: Option<PathBuf>,
+    /// Where the run is written (default: runs/<config name>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Override a config value: --set train.epochs=3 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["config", "run_dir", "overrides"])]
+    resume: Option<PathBuf>,
+    /// Stop (resumably) after this many completed epochs, e.g. for time-boxed jobs.
+    #[arg(long)]
+    stop_after_epochs: Option<usize>,
+    /// Skip bad catalogue rows and images (counted) instead of failing.
+    #[arg(long)]
+    skip_bad: bool,
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    device: DeviceOpt,
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Recall@K and mAP@R of a search run on its query/gallery split; writes eval.json.
+    Search {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        skip_bad: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        device: DeviceOpt,
+    },
+}
+
+/// A catalogue given on the command line (default: the run's training catalogue).
+#[derive(Args, Clone, Default)]
+struct CatalogArgs {
+    /// CSV with an id column and attributes (with --images).
+    #[arg(long, requires = "images", conflicts_with_all = ["image_folder", "idx_images"])]
+    csv: Option<PathBuf>,
+    /// Folder of images named by --image-pattern.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    #[arg(long, default_value = "id")]
+    id_column: String,
+    #[arg(long, default_value = "{id}.jpg")]
+    image_pattern: String,
+    #[arg(long)]
+    label_column: Option<String>,
+    #[arg(long)]
+    title_column: Option<String>,
+    /// ImageFolder tree: DIR/<label>/<image>.
+    #[arg(long, conflicts_with = "idx_images")]
+    image_folder: Option<PathBuf>,
+    /// idx or idx.gz images file (MNIST format).
+    #[arg(long)]
+    idx_images: Option<PathBuf>,
+    #[arg(long, requires = "idx_images")]
+    idx_labels: Option<PathBuf>,
+}
+
+impl CatalogArgs {
+    fn to_config(&self, run: &SearchRunConfig) -> Option<CatalogConfig> {
+        let source = if let (Some(csv), Some(images)) = (&self.csv, &self.images) {
+            CatalogSource::Csv {
+                csv: csv.clone(),
+                images: images.clone(),
+                id_column: self.id_column.clone(),
+                image_pattern: self.image_pattern.clone(),
+                image_column: None,
+            }
+        } else if let Some(root) = &self.image_folder {
+            CatalogSource::ImageFolder { root: root.clone() }
+        } else if let Some(images) = &self.idx_images {
+            CatalogSource::Idx { images: images.clone(), labels: self.idx_labels.clone(), class_names: None, id_prefix: String::new() }
+        } else {
+            return None;
+        };
+        Some(CatalogConfig {
+            source,
+            label_column: self.label_column.clone(),
+            title_column: self.title_column.clone(),
+            limits: run.data.limits.clone(),
+            max_items: 0,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Embed a catalogue with a run's encoder and write an index file.
+    Build {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        catalog: CatalogArgs,
+        #[arg(long)]
+        skip_bad: bool,
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        device: DeviceOpt,
+    },
+    /// Embed more items into an existing index (no rebuild); duplicate ids are refused.
+    Add {
+        #[arg(long)]
+        index: PathBuf,
+        /// Run whose encoder embeds the items (default: the one the index records).
+        #[arg(long)]
+        run: Option<PathBuf>,
+        #[command(flatten)]
+        catalog: CatalogArgs,
+        #[arg(long)]
+        skip_bad: bool,
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        device: DeviceOpt,
+    },
+    /// Remove items by id (all-or-nothing).
+    Remove {
+        #[arg(long)]
+        index: PathBuf,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    #[arg(long)]
+    index: PathBuf,
+    /// Query photo(s); one ranking per photo.
+    #[arg(long, required_unless_present = "id", conflicts_with = "id")]
+    image: Vec<PathBuf>,
+    /// Query by an item already in the index.
+    #[arg(long)]
+    id: Option<String>,
+    #[arg(short, long, default_value_t = 10)]
+    k: usize,
+    /// Largest k accepted.
+    #[arg(long, default_value_t = 1000)]
+    max_k: usize,
+    /// Exact metadata filter column=value (repeatable; same column = OR, different = AND).
+    #[arg(long = "filter", value_name = "COLUMN=VALUE")]
+    filters: Vec<String>,
+    /// Run whose encoder embeds the query (default: the one the index records).
+    #[arg(long)]
+    run: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    device: DeviceOpt,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => cmd_train(a),
+        Command::Eval(EvalCommand::Search { run, skip_bad, json, quiet, device }) => {
+            let dev = device.device.open()?;
+            let report = with_backend!(&dev, B, d, vitrine_eval::eval_search::<B>(&run, &d, skip_bad, quiet))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+                eprintln!("wrote {}", run.join("eval.json").display());
+            }
+            Ok(())
+        }
+        Command::Index(cmd) => cmd_index(cmd),
+        Command::Search(a) => cmd_search(a),
+    }
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    let (config, run_dir) = match (&a.resume, &a.config) {
+        (Some(run), _) => (None, run.clone()),
+        (None, Some(path)) => {
+            let mut config: SearchRunConfig = load_toml(path, &a.overrides)?;
+            config.resolve_paths(&std::env::current_dir().context("current directory")?);
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+            (Some(config), a.run_dir.clone().unwrap_or_else(|| Path::new("runs").join(stem)))
+        }
+        (None, None) => unreachable!("clap requires --config or --resume"),
+    };
+    let run = RunDir::new(&run_dir);
+    let opts = TrainOptions {
+        fit: FitOptions { resume: a.resume.is_some(), stop_after_epochs: a.stop_after_epochs, quiet: a.quiet },
+        skip_bad: a.skip_bad,
+    };
+    let dev = a.device.device.open()?;
+    let report = with_backend!(&dev, B, d, train_search::<Autodiff<B>>(config, &run, &opts, &d))?;
+    let f = &report.fit;
+    eprintln!(
+        "{} {}: {} epochs, {} steps, last epoch loss {:.4}, {:.0} examples/s, {:.1} s ({} train items, {} classes, {} skipped)",
+        if f.stopped_early { "stopped (resumable)" } else { "trained" },
+        run_dir.display(),
+        f.epochs_completed,
+        f.steps,
+        f.last_epoch_loss,
+        f.examples_per_sec,
+        f.wall_secs,
+        report.train_items,
+        report.classes,
+        report.data.skipped,
+    );
+    Ok(())
+}
+
+fn cmd_index(cmd: IndexCommand) -> Result<()> {
+    match cmd {
+        IndexCommand::Build { run, out, catalog, skip_bad, quiet, device } => {
+            let dev = device.device.open()?;
+            let (n, skipped) = with_backend!(&dev, B, d, {
+                let encoder = Encoder::<B>::load(&run, &d)?;
+                let catalog = catalog.to_config(&encoder.config);
+                let (index, report) = encoder.build_index(catalog.as_ref(), skip_bad, quiet)?;
+                index.save(&out)?;
+                anyhow::Ok((index.len(), report.data.skipped))
+            })?;
+            eprintln!("wrote {} ({n} items, {skipped} skipped)", out.display());
+        }
+        IndexCommand::Add { index: path, run, catalog, skip_bad, quiet, device } => {
+            let mut index = Index::load(&path)?;
+            let run = index_run(&index, run.as_deref())?;
+            let dev = device.device.open()?;
+            let added = with_backend!(&dev, B, d, {
+                let encoder = Encoder::<B>::load(&run, &d)?;
+                let catalog = catalog
+                    .to_config(&encoder.config)
+                    .context("give the items to add: --csv/--images, --image-folder or --idx-images")?;
+                let report = encoder.add_catalog(&mut index, &catalog, skip_bad, quiet)?;
+                anyhow::Ok(report.added)
+            })?;
+            index.save(&path)?;
+            eprintln!("added {added} items; {} now holds {}", path.display(), index.len());
+        }
+        IndexCommand::Remove { index: path, ids } => {
+            let mut index = Index::load(&path)?;
+            index.remove(&ids)?;
+            index.save(&path)?;
+            eprintln!("removed {} items; {} now holds {}", ids.len(), path.display(), index.len());
+        }
+    }
+    Ok(())
+}
+
+fn cmd_search(a: SearchArgs) -> Result<()> {
+    let index = Index::load(&a.index)?;
+    let run = index_run(&index, a.run.as_deref())?;
+    let filter = Filter::parse(&a.filters)?;
+    let dev = a.device.device.open()?;
+    let results = with_backend!(&dev, B, d, {
+        let encoder = Encoder::<B>::load(&run, &d)?;
+        let query = match &a.id {
+            Some(id) => Query::ItemId(id),
+            None => Query::Images(&a.image),
+        };
+        anyhow::Ok(search(&index, &encoder, query, a.k, a.max_k, &filter)?)
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
+    for (qi, hits) in results.iter().enumerate() {
+        let label = match &a.id {
+            Some(id) => format!("item {id}"),
+            None => a.image[qi].display().to_string(),
+        };
+        println!("query: {label}");
+        println!("{:>4}  {:<12} {:>7}  title", "rank", "id", "score");
+        for h in hits {
+            println!("{:>4}  {:<12} {:>7.4}  {}", h.rank, h.id, h.score, h.title.as_deref().unwrap_or("-"));
+        }
+        if hits.is_empty() {
+            println!("(no item passes the filters)");
+        }
+    }
+    Ok(())
+}

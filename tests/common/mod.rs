@@ -1,0 +1,126 @@
+//! Shared fixtures for the end-to-end tests: a tiny synthetic catalogue (three visually
+//! distinct classes) and a helper that runs the `vitrine` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const CLASSES: [&str; 3] = ["red-vertical", "green-horizontal", "blue-diagonal"];
+pub const PER_CLASS: usize = 8;
+
+/// 16x16 RGB image of class `c`, varied by `seed` (position jitter and noise).
+pub fn synth_image(c: usize, seed: u32) -> image::RgbImage {
+    let mut img = image::RgbImage::new(16, 16);
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(c as u32 * 97);
+    let mut rnd = move || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        s
+    };
+    let offset = (rnd() % 4) as i32;
+    for y in 0..16 {
+        for x in 0..16 {
+            let on = match c {
+                0 => (x as i32 - 6 - offset).abs() < 2,
+                1 => (y as i32 - 6 - offset).abs() < 2,
+                _ => (x as i32 - y as i32 + offset - 2).abs() < 2,
+            };
+            let noise = (rnd() % 40) as u8;
+            let base = if on { 220 } else { 30 };
+            let mut px = [noise, noise, noise];
+            px[c] = px[c].saturating_add(base);
+            img.put_pixel(x, y, image::Rgb(px));
+        }
+    }
+    img
+}
+
+/// Writes `dir/images/<id>.png` and `dir/styles.csv` (id,colour,articleType,title).
+pub fn write_catalogue(dir: &Path) -> PathBuf {
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut csv = String::from("id,colour,articleType,title\n");
+    for c in 0..CLASSES.len() {
+        for i in 0..PER_CLASS {
+            let id = 100 + c * 100 + i;
+            synth_image(c, i as u32).save(images.join(format!("{id}.png"))).unwrap();
+            let colour = if i % 2 == 0 { "dark" } else { "light" };
+            csv.push_str(&format!("{id},{colour},{},Item {id} {}\n", CLASSES[c], CLASSES[c]));
+        }
+    }
+    let path = dir.join("styles.csv");
+    std::fs::write(&path, csv).unwrap();
+    path
+}
+
+/// A tiny search recipe over the catalogue in `dir`.
+pub fn write_config(dir: &Path, epochs: usize) -> PathBuf {
+    let cfg = format!(
+        r#"task = "search"
+seed = 3
+
+[data]
+format = "csv"
+csv = "{csv}"
+images = "{images}"
+image_pattern = "{{id}}.png"
+label_column = "articleType"
+title_column = "title"
+
+[split]
+holdout_fraction = 0.25
+seed = 1
+
+[preprocess]
+height = 16
+width = 16
+channels = 3
+
+[augment]
+hflip = 0.5
+
+[model]
+arch = "cnn"
+in_channels = 3
+input_size = [16, 16]
+widths = [8, 16]
+depths = [1, 1]
+embed_dim = 16
+
+[train]
+epochs = {epochs}
+batch_size = 6
+log_every_steps = 0
+
+[train.schedule]
+lr = 3e-3
+warmup_steps = 2
+"#,
+        csv = dir.join("styles.csv").display(),
+        images = dir.join("images").display(),
+    );
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+pub fn vitrine(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vitrine")).args(args).output().expect("run vitrine")
+}
+
+/// Runs vitrine and asserts success, returning stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = vitrine(args);
+    assert!(
+        out.status.success(),
+        "vitrine {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

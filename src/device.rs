@@ -26,7 +26,10 @@ impl std::str::FromStr for DeviceArg {
             Some((k, a)) => (k, Some(a)),
             None => (s.as_str(), None),
         };
-        let index = |a: &str| a.parse::<usize>().map_err(|_| format!("device index {a:?} is not a number"));
+        let index = |a: &str| {
+            a.parse::<usize>()
+                .map_err(|_| format!("device index {a:?} is not a number"))
+        };
         match (kind, arg) {
             ("cpu", None) => Ok(Self::Cpu),
             ("wgpu", None) => Ok(Self::Wgpu(WgpuChoice::Default)),
@@ -34,7 +37,9 @@ impl std::str::FromStr for DeviceArg {
             ("wgpu", Some(a)) => Ok(Self::Wgpu(WgpuChoice::Discrete(index(a)?))),
             ("cuda", None) => Ok(Self::Cuda(0)),
             ("cuda", Some(a)) => Ok(Self::Cuda(index(a)?)),
-            _ => Err(format!("unknown device {s:?}: use cpu, wgpu, wgpu:cpu, wgpu:N, cuda or cuda:N")),
+            _ => Err(format!(
+                "unknown device {s:?}: use cpu, wgpu, wgpu:cpu, wgpu:N, cuda or cuda:N"
+            )),
         }
     }
 }
@@ -87,12 +92,24 @@ fn open_wgpu(choice: WgpuChoice) -> Result<Device> {
     if types.is_empty() {
         bail!("device wgpu unavailable: no Vulkan/Metal/DX12 adapter found; {hint}");
     }
-    let discrete = types.iter().filter(|t| **t == wgpu::DeviceType::DiscreteGpu).count();
-    let gpu_like = types.iter().any(|t| matches!(t, wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu | wgpu::DeviceType::VirtualGpu));
+    let discrete = types
+        .iter()
+        .filter(|t| **t == wgpu::DeviceType::DiscreteGpu)
+        .count();
+    let gpu_like = types.iter().any(|t| {
+        matches!(
+            t,
+            wgpu::DeviceType::DiscreteGpu
+                | wgpu::DeviceType::IntegratedGpu
+                | wgpu::DeviceType::VirtualGpu
+        )
+    });
     match choice {
         WgpuChoice::Default if gpu_like => Ok(Device::Wgpu(WgpuDevice::DefaultDevice)),
         // Only a software adapter (lavapipe): ask for it by type.
-        WgpuChoice::Default | WgpuChoice::Cpu if types.contains(&wgpu::DeviceType::Cpu) => Ok(Device::Wgpu(WgpuDevice::Cpu)),
+        WgpuChoice::Default | WgpuChoice::Cpu if types.contains(&wgpu::DeviceType::Cpu) => {
+            Ok(Device::Wgpu(WgpuDevice::Cpu))
+        }
         WgpuChoice::Cpu | WgpuChoice::Default => {
             bail!("device wgpu:cpu unavailable: no software (CPU) adapter among {types:?}; {hint}")
         }
@@ -156,9 +173,18 @@ mod tests {
     #[test]
     fn parses_device_flags() {
         assert_eq!("cpu".parse::<DeviceArg>(), Ok(DeviceArg::Cpu));
-        assert_eq!("wgpu".parse::<DeviceArg>(), Ok(DeviceArg::Wgpu(WgpuChoice::Default)));
-        assert_eq!("WGPU:cpu".parse::<DeviceArg>(), Ok(DeviceArg::Wgpu(WgpuChoice::Cpu)));
-        assert_eq!("wgpu:1".parse::<DeviceArg>(), Ok(DeviceArg::Wgpu(WgpuChoice::Discrete(1))));
+        assert_eq!(
+            "wgpu".parse::<DeviceArg>(),
+            Ok(DeviceArg::Wgpu(WgpuChoice::Default))
+        );
+        assert_eq!(
+            "WGPU:cpu".parse::<DeviceArg>(),
+            Ok(DeviceArg::Wgpu(WgpuChoice::Cpu))
+        );
+        assert_eq!(
+            "wgpu:1".parse::<DeviceArg>(),
+            Ok(DeviceArg::Wgpu(WgpuChoice::Discrete(1)))
+        );
         assert_eq!("cuda".parse::<DeviceArg>(), Ok(DeviceArg::Cuda(0)));
         assert_eq!("cuda:3".parse::<DeviceArg>(), Ok(DeviceArg::Cuda(3)));
         assert!("tpu".parse::<DeviceArg>().is_err());

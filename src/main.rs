@@ -18,8 +18,15 @@ use vitrine_train::run::RunDir;
 use vitrine_train::search::{train_search, TrainOptions};
 use vitrine_train::trainer::FitOptions;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
-#[command(name = "vitrine", version, about = "Train, evaluate and serve a shop's neural networks")]
+#[command(
+    name = "vitrine",
+    version,
+    about = "Train, evaluate and serve a shop's neural networks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -129,7 +136,12 @@ impl CatalogArgs {
         } else if let Some(root) = &self.image_folder {
             CatalogSource::ImageFolder { root: root.clone() }
         } else if let Some(images) = &self.idx_images {
-            CatalogSource::Idx { images: images.clone(), labels: self.idx_labels.clone(), class_names: None, id_prefix: String::new() }
+            CatalogSource::Idx {
+                images: images.clone(),
+                labels: self.idx_labels.clone(),
+                class_names: None,
+                id_prefix: String::new(),
+            }
         } else {
             return None;
         };
@@ -226,9 +238,20 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => cmd_train(a),
-        Command::Eval(EvalCommand::Search { run, skip_bad, json, quiet, device }) => {
+        Command::Eval(EvalCommand::Search {
+            run,
+            skip_bad,
+            json,
+            quiet,
+            device,
+        }) => {
             let dev = device.device.open()?;
-            let report = with_backend!(&dev, B, d, vitrine_eval::eval_search::<B>(&run, &d, skip_bad, quiet))?;
+            let report = with_backend!(
+                &dev,
+                B,
+                d,
+                vitrine_eval::eval_search::<B>(&run, &d, skip_bad, quiet)
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -248,18 +271,35 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         (None, Some(path)) => {
             let mut config: SearchRunConfig = load_toml(path, &a.overrides)?;
             config.resolve_paths(&std::env::current_dir().context("current directory")?);
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
-            (Some(config), a.run_dir.clone().unwrap_or_else(|| Path::new("runs").join(stem)))
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".into());
+            (
+                Some(config),
+                a.run_dir
+                    .clone()
+                    .unwrap_or_else(|| Path::new("runs").join(stem)),
+            )
         }
         (None, None) => unreachable!("clap requires --config or --resume"),
     };
     let run = RunDir::new(&run_dir);
     let opts = TrainOptions {
-        fit: FitOptions { resume: a.resume.is_some(), stop_after_epochs: a.stop_after_epochs, quiet: a.quiet },
+        fit: FitOptions {
+            resume: a.resume.is_some(),
+            stop_after_epochs: a.stop_after_epochs,
+            quiet: a.quiet,
+        },
         skip_bad: a.skip_bad,
     };
     let dev = a.device.device.open()?;
-    let report = with_backend!(&dev, B, d, train_search::<Autodiff<B>>(config, &run, &opts, &d))?;
+    let report = with_backend!(
+        &dev,
+        B,
+        d,
+        train_search::<Autodiff<B>>(config, &run, &opts, &d)
+    )?;
     let f = &report.fit;
     eprintln!(
         "{} {}: {} epochs, {} steps, last epoch loss {:.4}, {:.0} examples/s, {:.1} s ({} train items, {} classes, {} skipped)",
@@ -279,7 +319,14 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 
 fn cmd_index(cmd: IndexCommand) -> Result<()> {
     match cmd {
-        IndexCommand::Build { run, out, catalog, skip_bad, quiet, device } => {
+        IndexCommand::Build {
+            run,
+            out,
+            catalog,
+            skip_bad,
+            quiet,
+            device,
+        } => {
             let dev = device.device.open()?;
             let (n, skipped) = with_backend!(&dev, B, d, {
                 let encoder = Encoder::<B>::load(&run, &d)?;
@@ -290,26 +337,42 @@ fn cmd_index(cmd: IndexCommand) -> Result<()> {
             })?;
             eprintln!("wrote {} ({n} items, {skipped} skipped)", out.display());
         }
-        IndexCommand::Add { index: path, run, catalog, skip_bad, quiet, device } => {
+        IndexCommand::Add {
+            index: path,
+            run,
+            catalog,
+            skip_bad,
+            quiet,
+            device,
+        } => {
             let mut index = Index::load(&path)?;
             let run = index_run(&index, run.as_deref())?;
             let dev = device.device.open()?;
             let added = with_backend!(&dev, B, d, {
                 let encoder = Encoder::<B>::load(&run, &d)?;
-                let catalog = catalog
-                    .to_config(&encoder.config)
-                    .context("give the items to add: --csv/--images, --image-folder or --idx-images")?;
+                let catalog = catalog.to_config(&encoder.config).context(
+                    "give the items to add: --csv/--images, --image-folder or --idx-images",
+                )?;
                 let report = encoder.add_catalog(&mut index, &catalog, skip_bad, quiet)?;
                 anyhow::Ok(report.added)
             })?;
             index.save(&path)?;
-            eprintln!("added {added} items; {} now holds {}", path.display(), index.len());
+            eprintln!(
+                "added {added} items; {} now holds {}",
+                path.display(),
+                index.len()
+            );
         }
         IndexCommand::Remove { index: path, ids } => {
             let mut index = Index::load(&path)?;
             index.remove(&ids)?;
             index.save(&path)?;
-            eprintln!("removed {} items; {} now holds {}", ids.len(), path.display(), index.len());
+            eprintln!(
+                "removed {} items; {} now holds {}",
+                ids.len(),
+                path.display(),
+                index.len()
+            );
         }
     }
     Ok(())
@@ -340,7 +403,13 @@ fn cmd_search(a: SearchArgs) -> Result<()> {
         println!("query: {label}");
         println!("{:>4}  {:<12} {:>7}  title", "rank", "id", "score");
         for h in hits {
-            println!("{:>4}  {:<12} {:>7.4}  {}", h.rank, h.id, h.score, h.title.as_deref().unwrap_or("-"));
+            println!(
+                "{:>4}  {:<12} {:>7.4}  {}",
+                h.rank,
+                h.id,
+                h.score,
+                h.title.as_deref().unwrap_or("-")
+            );
         }
         if hits.is_empty() {
             println!("(no item passes the filters)");

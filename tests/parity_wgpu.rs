@@ -8,7 +8,14 @@ use common::*;
 fn index_embeddings(path: &std::path::Path) -> Vec<(String, Vec<f32>)> {
     // Index files are read through the library, as the CLI does.
     let index = vitrine_index::Index::load(path).unwrap();
-    (0..index.len()).map(|r| (index.item(r).unwrap().id.clone(), index.embedding(r).unwrap().to_vec())).collect()
+    (0..index.len())
+        .map(|r| {
+            (
+                index.item(r).unwrap().id.clone(),
+                index.embedding(r).unwrap().to_vec(),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -18,15 +25,43 @@ fn cpu_and_wgpu_embed_identically() {
     write_catalogue(d);
     let config = write_config(d, 2);
     let run = d.join("run");
-    ok(&["train", "--config", s(&config), "--run-dir", s(&run), "--quiet"]);
+    ok(&[
+        "train",
+        "--config",
+        s(&config),
+        "--run-dir",
+        s(&run),
+        "--quiet",
+    ]);
     let cpu = d.join("cpu.index");
-    ok(&["index", "build", "--run", s(&run), "--out", s(&cpu), "--quiet"]);
+    ok(&[
+        "index",
+        "build",
+        "--run",
+        s(&run),
+        "--out",
+        s(&cpu),
+        "--quiet",
+    ]);
 
     let gpu = d.join("wgpu.index");
-    let out = vitrine(&["index", "build", "--run", s(&run), "--out", s(&gpu), "--quiet", "--device", "wgpu"]);
+    let out = vitrine(&[
+        "index",
+        "build",
+        "--run",
+        s(&run),
+        "--out",
+        s(&gpu),
+        "--quiet",
+        "--device",
+        "wgpu",
+    ]);
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("device wgpu unavailable"), "wgpu failed for another reason: {err}");
+        assert!(
+            err.contains("device wgpu unavailable"),
+            "wgpu failed for another reason: {err}"
+        );
         eprintln!("SKIP cpu/wgpu parity: {err}  (install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers`)");
         return;
     }

@@ -44,9 +44,14 @@ pub fn write_catalogue(dir: &Path) -> PathBuf {
     for c in 0..CLASSES.len() {
         for i in 0..PER_CLASS {
             let id = 100 + c * 100 + i;
-            synth_image(c, i as u32).save(images.join(format!("{id}.png"))).unwrap();
+            synth_image(c, i as u32)
+                .save(images.join(format!("{id}.png")))
+                .unwrap();
             let colour = if i % 2 == 0 { "dark" } else { "light" };
-            csv.push_str(&format!("{id},{colour},{},Item {id} {}\n", CLASSES[c], CLASSES[c]));
+            csv.push_str(&format!(
+                "{id},{colour},{},Item {id} {}\n",
+                CLASSES[c], CLASSES[c]
+            ));
         }
     }
     let path = dir.join("styles.csv");
@@ -106,7 +111,10 @@ warmup_steps = 2
 }
 
 pub fn vitrine(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vitrine")).args(args).output().expect("run vitrine")
+    Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(args)
+        .output()
+        .expect("run vitrine")
 }
 
 /// Runs vitrine and asserts success, returning stdout.

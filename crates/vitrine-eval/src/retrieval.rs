@@ -20,7 +20,11 @@ use thiserror::Error;
 #[derive(Debug, Error, PartialEq)]
 pub enum EvalError {
     #[error("{what} has {got} labels for {expected} embeddings")]
-    LabelCount { what: &'static str, got: usize, expected: usize },
+    LabelCount {
+        what: &'static str,
+        got: usize,
+        expected: usize,
+    },
     #[error("query and gallery embeddings differ in dimension ({query} vs {gallery})")]
     Dim { query: usize, gallery: usize },
     #[error("empty {0}")]
@@ -55,11 +59,23 @@ struct Accumulator {
 
 impl Accumulator {
     fn new(ks: &[usize]) -> Self {
-        Self { ks: ks.to_vec(), hits: vec![0; ks.len()], ap_sum: 0.0, counted: 0, skipped: 0 }
+        Self {
+            ks: ks.to_vec(),
+            hits: vec![0; ks.len()],
+            ap_sum: 0.0,
+            counted: 0,
+            skipped: 0,
+        }
     }
 
     /// `scores`: similarities of one query to every gallery item. `r`: relevant count.
-    fn add(&mut self, scores: &[f32], relevant: impl Fn(usize) -> bool, r: usize, exclude: Option<usize>) {
+    fn add(
+        &mut self,
+        scores: &[f32],
+        relevant: impl Fn(usize) -> bool,
+        r: usize,
+        exclude: Option<usize>,
+    ) {
         if r == 0 {
             self.skipped += 1;
             return;
@@ -68,7 +84,10 @@ impl Accumulator {
         let mut order: Vec<usize> = (0..scores.len()).filter(|&g| Some(g) != exclude).collect();
         let depth = r.max(max_k).min(order.len());
         let cmp = |a: &usize, b: &usize| {
-            scores[*b].partial_cmp(&scores[*a]).unwrap_or(Ordering::Equal).then(a.cmp(b))
+            scores[*b]
+                .partial_cmp(&scores[*a])
+                .unwrap_or(Ordering::Equal)
+                .then(a.cmp(b))
         };
         if depth < order.len() {
             order.select_nth_unstable_by(depth, cmp);
@@ -95,7 +114,12 @@ impl Accumulator {
     fn finish(self, queries: usize, gallery: usize) -> RetrievalMetrics {
         let n = self.counted.max(1) as f64;
         RetrievalMetrics {
-            recall: self.ks.iter().zip(&self.hits).map(|(&k, &h)| (k, h as f64 / n)).collect(),
+            recall: self
+                .ks
+                .iter()
+                .zip(&self.hits)
+                .map(|(&k, &h)| (k, h as f64 / n))
+                .collect(),
             map_at_r: self.ap_sum / n,
             queries,
             gallery,
@@ -127,16 +151,25 @@ pub fn evaluate_retrieval<B: Backend>(
         return Err(EvalError::Empty("gallery"));
     }
     if queries.len() != nq * dim {
-        return Err(EvalError::LabelCount { what: "query set", got: nq, expected: queries.len() / dim.max(1) });
+        return Err(EvalError::LabelCount {
+            what: "query set",
+            got: nq,
+            expected: queries.len() / dim.max(1),
+        });
     }
     if gallery.len() != ng * dim {
-        return Err(EvalError::LabelCount { what: "gallery", got: ng, expected: gallery.len() / dim.max(1) });
+        return Err(EvalError::LabelCount {
+            what: "gallery",
+            got: ng,
+            expected: gallery.len() / dim.max(1),
+        });
     }
     let mut label_count: HashMap<u32, usize> = HashMap::new();
     for &l in gallery_labels {
         *label_count.entry(l).or_default() += 1;
     }
-    let g = Tensor::<B, 2>::from_data(TensorData::new(gallery.to_vec(), [ng, dim]), device).transpose();
+    let g =
+        Tensor::<B, 2>::from_data(TensorData::new(gallery.to_vec(), [ng, dim]), device).transpose();
     let mut acc = Accumulator::new(ks);
     // Bound device memory: chunk * G floats per product.
     let chunk = (16_000_000 / ng).clamp(1, 1024);
@@ -151,7 +184,11 @@ pub fn evaluate_retrieval<B: Backend>(
             let qi = start + i;
             let label = query_labels[qi];
             let exclude = same_set.then_some(qi);
-            let r = label_count.get(&label).copied().unwrap_or(0).saturating_sub(usize::from(same_set));
+            let r = label_count
+                .get(&label)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(usize::from(same_set));
             acc.add(row, |gi| gallery_labels[gi] == label, r, exclude);
         }
     }
@@ -179,7 +216,17 @@ mod tests {
         let gl = [0, 1, 1, 0];
         let queries = [1.0, 0.0, 0.0, 1.0];
         let ql = [0, 0];
-        let m = evaluate_retrieval::<B>(&queries, &ql, &gallery, &gl, 2, &[1, 2], false, &Default::default()).unwrap();
+        let m = evaluate_retrieval::<B>(
+            &queries,
+            &ql,
+            &gallery,
+            &gl,
+            2,
+            &[1, 2],
+            false,
+            &Default::default(),
+        )
+        .unwrap();
         assert_eq!(m.recall_at(1), Some(0.5));
         assert_eq!(m.recall_at(2), Some(1.0));
         assert!((m.map_at_r - 0.375).abs() < 1e-12, "{}", m.map_at_r);
@@ -190,14 +237,34 @@ mod tests {
         // Every item's nearest other item has a different label -> Recall@1 = 0.
         let emb = [1.0, 0.0, 0.99, 0.141, 0.0, 1.0, 0.141, 0.99];
         let labels = [0, 1, 0, 1];
-        let m = evaluate_retrieval::<B>(&emb, &labels, &emb, &labels, 2, &[1], true, &Default::default()).unwrap();
+        let m = evaluate_retrieval::<B>(
+            &emb,
+            &labels,
+            &emb,
+            &labels,
+            2,
+            &[1],
+            true,
+            &Default::default(),
+        )
+        .unwrap();
         assert_eq!(m.recall_at(1), Some(0.0));
         assert_eq!(m.queries_without_relevant, 0);
     }
 
     #[test]
     fn labels_without_relevant_items_are_reported_not_counted() {
-        let m = evaluate_retrieval::<B>(&[1.0, 1.0], &[7, 0], &[1.0], &[0], 1, &[1], false, &Default::default()).unwrap();
+        let m = evaluate_retrieval::<B>(
+            &[1.0, 1.0],
+            &[7, 0],
+            &[1.0],
+            &[0],
+            1,
+            &[1],
+            false,
+            &Default::default(),
+        )
+        .unwrap();
         assert_eq!(m.queries_without_relevant, 1);
         assert_eq!(m.recall_at(1), Some(1.0));
     }
@@ -205,7 +272,12 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors() {
         let d = Default::default();
-        assert_eq!(evaluate_retrieval::<B>(&[], &[], &[1.0], &[0], 1, &[1], false, &d), Err(EvalError::Empty("query set")));
-        assert!(evaluate_retrieval::<B>(&[1.0, 2.0], &[0], &[1.0], &[0], 1, &[1], false, &d).is_err());
+        assert_eq!(
+            evaluate_retrieval::<B>(&[], &[], &[1.0], &[0], 1, &[1], false, &d),
+            Err(EvalError::Empty("query set"))
+        );
+        assert!(
+            evaluate_retrieval::<B>(&[1.0, 2.0], &[0], &[1.0], &[0], 1, &[1], false, &d).is_err()
+        );
     }
 }

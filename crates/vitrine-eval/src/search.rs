@@ -29,7 +29,10 @@ pub struct SearchEvalReport {
 impl SearchEvalReport {
     /// A plain-text table for the terminal.
     pub fn table(&self) -> String {
-        let mut s = format!("{} ({} queries, {} gallery)\n", self.protocol, self.metrics.queries, self.metrics.gallery);
+        let mut s = format!(
+            "{} ({} queries, {} gallery)\n",
+            self.protocol, self.metrics.queries, self.metrics.gallery
+        );
         s.push_str("| metric | value |\n|---|---|\n");
         for (k, r) in &self.metrics.recall {
             s.push_str(&format!("| Recall@{k} | {r:.4} |\n"));
@@ -46,13 +49,20 @@ impl SearchEvalReport {
 }
 
 /// Labels as dense ids shared by queries and gallery.
-fn label_ids(catalog: &Catalog, items: &[usize], ids: &mut BTreeMap<String, u32>) -> Result<Vec<u32>> {
+fn label_ids(
+    catalog: &Catalog,
+    items: &[usize],
+    ids: &mut BTreeMap<String, u32>,
+) -> Result<Vec<u32>> {
     items
         .iter()
         .map(|&i| {
             let item = &catalog.items[i];
             let label = item.label.as_ref().ok_or_else(|| {
-                TrainError::Invalid(format!("item {:?} (row {}) has no label: set data.label_column", item.id, item.row))
+                TrainError::Invalid(format!(
+                    "item {:?} (row {}) has no label: set data.label_column",
+                    item.id, item.row
+                ))
             })?;
             let next = ids.len() as u32;
             Ok(*ids.entry(label.clone()).or_insert(next))
@@ -60,7 +70,12 @@ fn label_ids(catalog: &Catalog, items: &[usize], ids: &mut BTreeMap<String, u32>
         .collect()
 }
 
-pub fn eval_search<B: Backend>(run: &Path, device: &B::Device, skip_bad: bool, quiet: bool) -> Result<SearchEvalReport> {
+pub fn eval_search<B: Backend>(
+    run: &Path,
+    device: &B::Device,
+    skip_bad: bool,
+    quiet: bool,
+) -> Result<SearchEvalReport> {
     let encoder = Encoder::<B>::load(run, device)?;
     let config = &encoder.config;
     let started = Instant::now();
@@ -70,7 +85,18 @@ pub fn eval_search<B: Backend>(run: &Path, device: &B::Device, skip_bad: bool, q
     let batch = config.eval.batch_size;
     let embed = |catalog: &Catalog, items: &[usize], what: &str, report: &mut LoadReport| {
         let bar = progress_bar(items.len(), what, quiet);
-        let out = embed_catalog(&encoder.model, catalog, items, &config.preprocess, &config.data.limits, batch, skip_bad, report, device, Some(&bar));
+        let out = embed_catalog(
+            &encoder.model,
+            catalog,
+            items,
+            &config.preprocess,
+            &config.data.limits,
+            batch,
+            skip_bad,
+            report,
+            device,
+            Some(&bar),
+        );
         bar.finish_and_clear();
         out
     };
@@ -84,14 +110,23 @@ pub fn eval_search<B: Backend>(run: &Path, device: &B::Device, skip_bad: bool, q
         let (q_kept, q_emb) = embed(&qcat, &all_q, "queries", &mut report)?;
         let g_labels = label_ids(&prepared.catalog, &g_kept, &mut labels)?;
         let q_labels = label_ids(&qcat, &q_kept, &mut labels)?;
-        ("query set vs. training catalogue".to_string(), q_emb, q_labels, g_emb, g_labels)
+        (
+            "query set vs. training catalogue".to_string(),
+            q_emb,
+            q_labels,
+            g_emb,
+            g_labels,
+        )
     } else if !prepared.holdout.is_empty() {
         let (g_kept, g_emb) = embed(&prepared.catalog, &prepared.train, "gallery", &mut report)?;
         let (q_kept, q_emb) = embed(&prepared.catalog, &prepared.holdout, "queries", &mut report)?;
         let g_labels = label_ids(&prepared.catalog, &g_kept, &mut labels)?;
         let q_labels = label_ids(&prepared.catalog, &q_kept, &mut labels)?;
         (
-            format!("held-out {:.0}% of ids vs. the rest", config.split.holdout_fraction * 100.0),
+            format!(
+                "held-out {:.0}% of ids vs. the rest",
+                config.split.holdout_fraction * 100.0
+            ),
             q_emb,
             q_labels,
             g_emb,
@@ -103,8 +138,17 @@ pub fn eval_search<B: Backend>(run: &Path, device: &B::Device, skip_bad: bool, q
         ));
     };
     let embed_secs = started.elapsed().as_secs_f64();
-    let metrics = evaluate_retrieval::<B>(&q_emb, &q_labels, &g_emb, &g_labels, dim, &config.eval.ks, false, device)
-        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let metrics = evaluate_retrieval::<B>(
+        &q_emb,
+        &q_labels,
+        &g_emb,
+        &g_labels,
+        dim,
+        &config.eval.ks,
+        false,
+        device,
+    )
+    .map_err(|e| TrainError::Invalid(e.to_string()))?;
     let out = SearchEvalReport {
         run: run.display().to_string(),
         protocol,

@@ -17,7 +17,9 @@ impl Filter {
         let mut filter = Self::default();
         for spec in specs {
             let spec = spec.as_ref();
-            let (column, value) = spec.split_once('=').ok_or_else(|| IndexError::BadFilter(spec.to_string()))?;
+            let (column, value) = spec
+                .split_once('=')
+                .ok_or_else(|| IndexError::BadFilter(spec.to_string()))?;
             let column = column.trim();
             if column.is_empty() {
                 return Err(IndexError::BadFilter(spec.to_string()));
@@ -28,7 +30,10 @@ impl Filter {
     }
 
     pub fn add(&mut self, column: &str, value: &str) {
-        self.clauses.entry(column.to_string()).or_default().push(value.to_string());
+        self.clauses
+            .entry(column.to_string())
+            .or_default()
+            .push(value.to_string());
     }
 
     pub fn is_empty(&self) -> bool {
@@ -54,7 +59,9 @@ impl Filter {
             .enumerate()
             .filter(|(_, item)| {
                 self.clauses.iter().all(|(column, values)| {
-                    item.attrs.get(column).is_some_and(|v| values.iter().any(|want| want == v))
+                    item.attrs
+                        .get(column)
+                        .is_some_and(|v| values.iter().any(|want| want == v))
                 })
             })
             .map(|(row, _)| row)
@@ -72,7 +79,13 @@ mod tests {
     #[test]
     fn parse_and_match() {
         let ix = small();
-        assert_eq!(Filter::parse::<&str>(&[]).unwrap().allowed_rows(&ix).unwrap(), None);
+        assert_eq!(
+            Filter::parse::<&str>(&[])
+                .unwrap()
+                .allowed_rows(&ix)
+                .unwrap(),
+            None
+        );
         let red = Filter::parse(&["colour=red"]).unwrap();
         assert_eq!(red.allowed_rows(&ix).unwrap(), Some(vec![0, 2]));
         let either = Filter::parse(&["colour=red", "colour=blue"]).unwrap();
@@ -96,9 +109,18 @@ mod tests {
 
     #[test]
     fn bad_filters_are_errors() {
-        assert!(matches!(Filter::parse(&["colour"]), Err(IndexError::BadFilter(_))));
-        assert!(matches!(Filter::parse(&["=red"]), Err(IndexError::BadFilter(_))));
-        let err = Filter::parse(&["size=M"]).unwrap().allowed_rows(&small()).unwrap_err();
+        assert!(matches!(
+            Filter::parse(&["colour"]),
+            Err(IndexError::BadFilter(_))
+        ));
+        assert!(matches!(
+            Filter::parse(&["=red"]),
+            Err(IndexError::BadFilter(_))
+        ));
+        let err = Filter::parse(&["size=M"])
+            .unwrap()
+            .allowed_rows(&small())
+            .unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
     }
 }

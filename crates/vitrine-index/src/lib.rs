@@ -28,7 +28,10 @@ const MAGIC: &[u8; 8] = b"VTRIDX01";
 #[derive(Debug, Error)]
 pub enum IndexError {
     #[error("cannot read index {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a Vitrine index: {reason}")]
     Format { path: PathBuf, reason: String },
     #[error("embedding has dimension {got}, the index has {expected}")]
@@ -91,7 +94,14 @@ pub struct Index {
 
 impl Index {
     pub fn new(dim: usize, model: ModelInfo) -> Self {
-        Self { dim, model, columns: Vec::new(), items: Vec::new(), embeddings: Vec::new(), rows: HashMap::new() }
+        Self {
+            dim,
+            model,
+            columns: Vec::new(),
+            items: Vec::new(),
+            embeddings: Vec::new(),
+            rows: HashMap::new(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -127,7 +137,10 @@ impl Index {
     /// index never holds a row that would poison every query.
     pub fn add(&mut self, item: IndexItem, embedding: &[f32]) -> Result<()> {
         if embedding.len() != self.dim {
-            return Err(IndexError::Dim { got: embedding.len(), expected: self.dim });
+            return Err(IndexError::Dim {
+                got: embedding.len(),
+                expected: self.dim,
+            });
         }
         if embedding.iter().any(|v| !v.is_finite()) {
             return Err(IndexError::NonFinite { id: item.id });
@@ -165,7 +178,12 @@ impl Index {
         }
         self.items = items;
         self.embeddings = embeddings;
-        self.rows = self.items.iter().enumerate().map(|(i, it)| (it.id.clone(), i)).collect();
+        self.rows = self
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| (it.id.clone(), i))
+            .collect();
         Ok(())
     }
 
@@ -195,30 +213,45 @@ impl Index {
 
     /// Writes the index atomically (temp file in the same folder, fsync, rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        vitrine_data::fsio::atomic_save(path, &self.to_bytes())
-            .map_err(|source| IndexError::Io { path: path.to_owned(), source })
+        vitrine_data::fsio::atomic_save(path, &self.to_bytes()).map_err(|source| IndexError::Io {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let io = |source| IndexError::Io { path: path.to_owned(), source };
-        let bad = |reason: String| IndexError::Format { path: path.to_owned(), reason };
+        let io = |source| IndexError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let bad = |reason: String| IndexError::Format {
+            path: path.to_owned(),
+            reason,
+        };
         let mut file = std::fs::File::open(path).map_err(io)?;
         let file_len = file.metadata().map_err(io)?.len();
         let mut head = [0u8; 16];
-        file.read_exact(&mut head).map_err(|_| bad("file is shorter than the 16-byte preamble".into()))?;
+        file.read_exact(&mut head)
+            .map_err(|_| bad("file is shorter than the 16-byte preamble".into()))?;
         if &head[..8] != MAGIC {
             return Err(bad("bad magic bytes (expected VTRIDX01)".into()));
         }
         let header_len = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
         if header_len > file_len.saturating_sub(16) {
-            return Err(bad(format!("header length {header_len} exceeds the file size {file_len}")));
+            return Err(bad(format!(
+                "header length {header_len} exceeds the file size {file_len}"
+            )));
         }
         let mut header = vec![0u8; header_len as usize];
         file.read_exact(&mut header).map_err(io)?;
-        let header: IndexHeader =
-            serde_json::from_slice(&header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+        let header: IndexHeader = serde_json::from_slice(&header)
+            .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
         if header.items.len() != header.count {
-            return Err(bad(format!("header lists {} items but count is {}", header.items.len(), header.count)));
+            return Err(bad(format!(
+                "header lists {} items but count is {}",
+                header.items.len(),
+                header.count
+            )));
         }
         let expected = (header.count as u64)
             .checked_mul(header.dim as u64)
@@ -236,9 +269,14 @@ impl Index {
         let mut crc = flate2::Crc::new();
         crc.update(&block);
         if crc.sum() != header.crc32 {
-            return Err(bad("embedding checksum mismatch: the file is corrupted".into()));
+            return Err(bad(
+                "embedding checksum mismatch: the file is corrupted".into()
+            ));
         }
-        let embeddings = block.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let embeddings = block
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         let mut rows = HashMap::with_capacity(header.items.len());
         for (i, item) in header.items.iter().enumerate() {
             if rows.insert(item.id.clone(), i).is_some() {
@@ -261,11 +299,20 @@ mod tests {
     use super::*;
 
     pub(crate) fn item(id: &str, colour: &str) -> IndexItem {
-        IndexItem { id: id.into(), attrs: [("colour".to_string(), colour.to_string())].into() }
+        IndexItem {
+            id: id.into(),
+            attrs: [("colour".to_string(), colour.to_string())].into(),
+        }
     }
 
     pub(crate) fn small() -> Index {
-        let mut ix = Index::new(2, ModelInfo { run: "runs/x".into(), arch: "cnn".into() });
+        let mut ix = Index::new(
+            2,
+            ModelInfo {
+                run: "runs/x".into(),
+                arch: "cnn".into(),
+            },
+        );
         ix.add(item("a", "red"), &[1.0, 0.0]).unwrap();
         ix.add(item("b", "blue"), &[0.0, 1.0]).unwrap();
         ix.add(item("c", "red"), &[0.6, 0.8]).unwrap();
@@ -289,16 +336,31 @@ mod tests {
     #[test]
     fn add_refuses_bad_rows() {
         let mut ix = small();
-        assert!(matches!(ix.add(item("a", "x"), &[1.0, 0.0]), Err(IndexError::DuplicateId(_))));
-        assert!(matches!(ix.add(item("d", "x"), &[1.0]), Err(IndexError::Dim { got: 1, expected: 2 })));
-        assert!(matches!(ix.add(item("d", "x"), &[f32::NAN, 0.0]), Err(IndexError::NonFinite { .. })));
+        assert!(matches!(
+            ix.add(item("a", "x"), &[1.0, 0.0]),
+            Err(IndexError::DuplicateId(_))
+        ));
+        assert!(matches!(
+            ix.add(item("d", "x"), &[1.0]),
+            Err(IndexError::Dim {
+                got: 1,
+                expected: 2
+            })
+        ));
+        assert!(matches!(
+            ix.add(item("d", "x"), &[f32::NAN, 0.0]),
+            Err(IndexError::NonFinite { .. })
+        ));
         assert_eq!(ix.len(), 3);
     }
 
     #[test]
     fn remove_is_all_or_nothing() {
         let mut ix = small();
-        assert!(matches!(ix.remove(&["b".into(), "zzz".into()]), Err(IndexError::UnknownId(_))));
+        assert!(matches!(
+            ix.remove(&["b".into(), "zzz".into()]),
+            Err(IndexError::UnknownId(_))
+        ));
         assert_eq!(ix.len(), 3);
         ix.remove(&["b".into()]).unwrap();
         assert_eq!(ix.len(), 2);
@@ -315,16 +377,34 @@ mod tests {
         // Truncated, flipped payload byte, garbage, empty.
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (bytes[..bytes.len() - 3].to_vec(), "embedding block"),
-            ({ let mut b = bytes.clone(); let n = b.len(); b[n - 1] ^= 0xff; b }, "checksum"),
+            (
+                {
+                    let mut b = bytes.clone();
+                    let n = b.len();
+                    b[n - 1] ^= 0xff;
+                    b
+                },
+                "checksum",
+            ),
             (b"hello world, not an index".to_vec(), "magic"),
             (Vec::new(), "shorter"),
-            ({ let mut b = bytes.clone(); b[8..16].copy_from_slice(&u64::MAX.to_le_bytes()); b }, "header length"),
+            (
+                {
+                    let mut b = bytes.clone();
+                    b[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+                    b
+                },
+                "header length",
+            ),
         ];
         for (data, needle) in cases {
             std::fs::write(&path, data).unwrap();
             let err = Index::load(&path).unwrap_err().to_string();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         }
-        assert!(matches!(Index::load(&dir.path().join("missing")), Err(IndexError::Io { .. })));
+        assert!(matches!(
+            Index::load(&dir.path().join("missing")),
+            Err(IndexError::Io { .. })
+        ));
     }
 }

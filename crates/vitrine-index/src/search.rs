@@ -24,19 +24,35 @@ pub struct DeviceIndex<B: Backend> {
 impl<B: Backend> DeviceIndex<B> {
     pub fn new(index: &Index, device: &B::Device) -> Self {
         let embeddings = (!index.is_empty()).then(|| {
-            Tensor::from_data(TensorData::new(index.embeddings().to_vec(), [index.len(), index.dim]), device)
+            Tensor::from_data(
+                TensorData::new(index.embeddings().to_vec(), [index.len(), index.dim]),
+                device,
+            )
         });
-        Self { embeddings, device: device.clone() }
+        Self {
+            embeddings,
+            device: device.clone(),
+        }
     }
 
     /// Top-k rows for each query (row-major [q, dim]), best first. `max_k` is the caller's
     /// configured limit on k. Fewer than k hits come back when fewer rows pass the filter.
-    pub fn search(&self, index: &Index, queries: &[f32], k: usize, max_k: usize, filter: &Filter) -> Result<Vec<Vec<Hit>>> {
+    pub fn search(
+        &self,
+        index: &Index,
+        queries: &[f32],
+        k: usize,
+        max_k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<Vec<Hit>>> {
         if k == 0 || k > max_k {
             return Err(IndexError::BadK { k, max: max_k });
         }
         if queries.len() % index.dim != 0 || queries.is_empty() {
-            return Err(IndexError::Dim { got: queries.len() % index.dim.max(1), expected: index.dim });
+            return Err(IndexError::Dim {
+                got: queries.len() % index.dim.max(1),
+                expected: index.dim,
+            });
         }
         let n_queries = queries.len() / index.dim;
         let Some(all) = &self.embeddings else {
@@ -48,13 +64,19 @@ impl<B: Backend> DeviceIndex<B> {
             Some(rows) if rows.is_empty() => return Ok(vec![Vec::new(); n_queries]),
             Some(rows) => {
                 let ids: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-                let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [rows.len()]), &self.device);
+                let ids = Tensor::<B, 1, Int>::from_data(
+                    TensorData::new(ids, [rows.len()]),
+                    &self.device,
+                );
                 (all.clone().select(0, ids), Some(rows))
             }
         };
         let n = candidates.dims()[0];
         let k = k.min(n);
-        let q = Tensor::<B, 2>::from_data(TensorData::new(queries.to_vec(), [n_queries, index.dim]), &self.device);
+        let q = Tensor::<B, 2>::from_data(
+            TensorData::new(queries.to_vec(), [n_queries, index.dim]),
+            &self.device,
+        );
         // [q, dim] x [dim, n] -> [q, n] -> top-k along candidates.
         let scores = q.matmul(candidates.transpose());
         let (values, indices) = scores.topk_with_indices(k, 1);
@@ -67,7 +89,11 @@ impl<B: Backend> DeviceIndex<B> {
                 let local = indices[qi * k + j] as usize;
                 let row = rows.as_ref().map_or(local, |r| r[local]);
                 let id = index.item(row).map(|it| it.id.clone()).unwrap_or_default();
-                hits.push(Hit { row, id, score: values[qi * k + j] });
+                hits.push(Hit {
+                    row,
+                    id,
+                    score: values[qi * k + j],
+                });
             }
             out.push(hits);
         }
@@ -88,11 +114,19 @@ mod tests {
         let ix = small();
         let dev = Default::default();
         let d = DeviceIndex::<B>::new(&ix, &dev);
-        let hits = d.search(&ix, &[1.0, 0.0, 0.0, 1.0], 2, 100, &Filter::default()).unwrap();
+        let hits = d
+            .search(&ix, &[1.0, 0.0, 0.0, 1.0], 2, 100, &Filter::default())
+            .unwrap();
         assert_eq!(hits.len(), 2);
-        assert_eq!(hits[0].iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+        assert_eq!(
+            hits[0].iter().map(|h| h.id.as_str()).collect::<Vec<_>>(),
+            ["a", "c"]
+        );
         assert!((hits[0][1].score - 0.6).abs() < 1e-6);
-        assert_eq!(hits[1].iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+        assert_eq!(
+            hits[1].iter().map(|h| h.id.as_str()).collect::<Vec<_>>(),
+            ["b", "c"]
+        );
     }
 
     #[test]
@@ -114,9 +148,23 @@ mod tests {
         let ix = small();
         let dev = Default::default();
         let d = DeviceIndex::<B>::new(&ix, &dev);
-        assert_eq!(d.search(&ix, &[1.0, 0.0], 3, 3, &Filter::default()).unwrap()[0].len(), 3);
-        assert!(matches!(d.search(&ix, &[1.0, 0.0], 4, 3, &Filter::default()), Err(IndexError::BadK { k: 4, max: 3 })));
-        assert!(matches!(d.search(&ix, &[1.0, 0.0], 0, 3, &Filter::default()), Err(IndexError::BadK { .. })));
-        assert!(matches!(d.search(&ix, &[1.0, 0.0, 1.0], 1, 3, &Filter::default()), Err(IndexError::Dim { .. })));
+        assert_eq!(
+            d.search(&ix, &[1.0, 0.0], 3, 3, &Filter::default())
+                .unwrap()[0]
+                .len(),
+            3
+        );
+        assert!(matches!(
+            d.search(&ix, &[1.0, 0.0], 4, 3, &Filter::default()),
+            Err(IndexError::BadK { k: 4, max: 3 })
+        ));
+        assert!(matches!(
+            d.search(&ix, &[1.0, 0.0], 0, 3, &Filter::default()),
+            Err(IndexError::BadK { .. })
+        ));
+        assert!(matches!(
+            d.search(&ix, &[1.0, 0.0, 1.0], 1, 3, &Filter::default()),
+            Err(IndexError::Dim { .. })
+        ));
     }
 }

@@ -40,6 +40,17 @@ pub enum Downsample {
     StridedConv,
 }
 
+/// How the last feature map becomes one vector before the embedding projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadPool {
+    /// Global average: position-invariant, works at any input size.
+    Avg,
+    /// Flatten the whole map: keeps the layout (which part of the image holds what), which
+    /// matters for small, centred images such as Fashion-MNIST; needs the configured size.
+    Flatten,
+}
+
 /// Normalisation inside the convolutional units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -63,6 +74,7 @@ pub struct CnnConfig {
     pub depths: Vec<usize>,
     pub downsample: Downsample,
     pub norm: Norm,
+    pub head_pool: HeadPool,
     /// Size of the output embedding.
     pub embed_dim: usize,
 }
@@ -76,6 +88,7 @@ impl Default for CnnConfig {
             depths: vec![1, 1, 1],
             downsample: Downsample::MaxPool,
             norm: Norm::None,
+            head_pool: HeadPool::Avg,
             embed_dim: 128,
         }
     }
@@ -87,10 +100,18 @@ impl CnnConfig {
             return Err(invalid("in_channels", self.in_channels, "1 or 3"));
         }
         if self.widths.is_empty() || self.widths.len() > 8 {
-            return Err(invalid("widths", format!("{:?}", self.widths), "1 to 8 stages"));
+            return Err(invalid(
+                "widths",
+                format!("{:?}", self.widths),
+                "1 to 8 stages",
+            ));
         }
         if self.widths.iter().any(|&w| w == 0 || w > 4096) {
-            return Err(invalid("widths", format!("{:?}", self.widths), "each 1..=4096"));
+            return Err(invalid(
+                "widths",
+                format!("{:?}", self.widths),
+                "each 1..=4096",
+            ));
         }
         if self.depths.len() != self.widths.len() {
             return Err(invalid(
@@ -100,7 +121,11 @@ impl CnnConfig {
             ));
         }
         if self.depths.iter().any(|&d| d > 64) {
-            return Err(invalid("depths", format!("{:?}", self.depths), "each 0..=64"));
+            return Err(invalid(
+                "depths",
+                format!("{:?}", self.depths),
+                "each 0..=64",
+            ));
         }
         let factor = 1usize << (self.widths.len() - 1);
         for &side in &self.input_size {
@@ -120,7 +145,9 @@ impl CnnConfig {
 
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Cnn<B>, ModelError> {
         self.validate()?;
-        let unit = |c_in: usize, c_out: usize, stride: usize| ConvUnit::new(c_in, c_out, stride, self.norm, device);
+        let unit = |c_in: usize, c_out: usize, stride: usize| {
+            ConvUnit::new(c_in, c_out, stride, self.norm, device)
+        };
         let stem = unit(self.in_channels, self.widths[0], 1);
         let mut stages = Vec::with_capacity(self.widths.len());
         for (s, (&width, &depth)) in self.widths.iter().zip(&self.depths).enumerate() {
@@ -150,11 +177,19 @@ impl CnnConfig {
             Downsample::StridedConv => None,
         };
         let last = *self.widths.last().unwrap_or(&1);
+        let factor = 1usize << (self.widths.len() - 1);
+        let head_in = match self.head_pool {
+            HeadPool::Avg => last,
+            HeadPool::Flatten => {
+                last * (self.input_size[0] / factor) * (self.input_size[1] / factor)
+            }
+        };
         Ok(Cnn {
             stem,
             stages,
             pool,
-            head: LinearConfig::new(last, self.embed_dim).init(device),
+            head: LinearConfig::new(head_in, self.embed_dim).init(device),
+            flatten: self.head_pool == HeadPool::Flatten,
         })
     }
 }
@@ -230,6 +265,7 @@ pub struct Cnn<B: Backend> {
     pub stages: Vec<Stage<B>>,
     pub pool: Option<MaxPool2d>,
     pub head: Linear<B>,
+    pub flatten: bool,
 }
 
 impl<B: Backend> Cnn<B> {
@@ -261,8 +297,12 @@ impl<B: Backend> Cnn<B> {
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         let x = self.feature_map(images);
         let [b, c, h, w] = x.dims();
-        // One reduction over the flattened plane: Flex is slow on multi-axis reductions.
-        let pooled = x.reshape([b, c, h * w]).mean_dim(2).reshape([b, c]);
+        let pooled = if self.flatten {
+            x.reshape([b, c * h * w])
+        } else {
+            // One reduction over the flattened plane: Flex is slow on multi-axis reductions.
+            x.reshape([b, c, h * w]).mean_dim(2).reshape([b, c])
+        };
         l2_normalize(self.head.forward(pooled))
     }
 }
@@ -282,6 +322,7 @@ mod tests {
             depths: vec![1, 1],
             downsample,
             norm,
+            head_pool: HeadPool::Avg,
             embed_dim: 6,
         }
     }
@@ -292,12 +333,22 @@ mod tests {
         for norm in [Norm::None, Norm::Batch] {
             for ds in [Downsample::MaxPool, Downsample::StridedConv] {
                 let model = tiny(norm, ds).init::<B>(&device).unwrap();
-                let x = Tensor::<B, 4>::random([3, 1, 8, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+                let x = Tensor::<B, 4>::random(
+                    [3, 1, 8, 8],
+                    burn::tensor::Distribution::Normal(0.0, 1.0),
+                    &device,
+                );
                 let tokens = model.forward_tokens(x.clone());
                 assert_eq!(tokens.dims(), [3, 16, 8]);
                 let emb = model.forward(x);
                 assert_eq!(emb.dims(), [3, 6]);
-                let norms: Vec<f32> = emb.powi_scalar(2).sum_dim(1).sqrt().into_data().to_vec().unwrap();
+                let norms: Vec<f32> = emb
+                    .powi_scalar(2)
+                    .sum_dim(1)
+                    .sqrt()
+                    .into_data()
+                    .to_vec()
+                    .unwrap();
                 for n in norms {
                     assert!((n - 1.0).abs() < 1e-5, "norm {n}");
                 }
@@ -306,12 +357,36 @@ mod tests {
     }
 
     #[test]
+    fn flatten_head_keeps_the_layout() {
+        let device = Default::default();
+        let cfg = CnnConfig {
+            head_pool: HeadPool::Flatten,
+            ..tiny(Norm::None, Downsample::MaxPool)
+        };
+        let model = cfg.init::<B>(&device).unwrap();
+        // widths [4, 8], one pooling: 8 channels x 4 x 4 feed the projection.
+        assert_eq!(model.head.weight.dims(), [8 * 4 * 4, 6]);
+        let x = Tensor::<B, 4>::random(
+            [2, 1, 8, 8],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        assert_eq!(model.forward(x).dims(), [2, 6]);
+    }
+
+    #[test]
     fn validate_rejects_bad_configs() {
         let ok = tiny(Norm::None, Downsample::MaxPool);
         assert!(ok.validate().is_ok());
         let mut c = ok.clone();
         c.in_channels = 2;
-        assert!(matches!(c.validate(), Err(ModelError::InvalidConfig { field: "in_channels", .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ModelError::InvalidConfig {
+                field: "in_channels",
+                ..
+            })
+        ));
         let mut c = ok.clone();
         c.depths = vec![1];
         assert!(c.validate().is_err());
@@ -325,7 +400,8 @@ mod tests {
 
     #[test]
     fn config_parses_from_toml_with_defaults() {
-        let c: CnnConfig = toml::from_str("widths = [8, 16]\ndepths = [0, 2]\nnorm = \"batch\"").unwrap();
+        let c: CnnConfig =
+            toml::from_str("widths = [8, 16]\ndepths = [0, 2]\nnorm = \"batch\"").unwrap();
         assert_eq!(c.widths, vec![8, 16]);
         assert_eq!(c.norm, Norm::Batch);
         assert_eq!(c.embed_dim, CnnConfig::default().embed_dim);

@@ -98,7 +98,8 @@ mod tests {
 
     #[test]
     fn arch_tag_selects_the_architecture() {
-        let c: ImageEncoderConfig = toml::from_str("arch = \"vit\"\npatch_size = 4\ninput_size = [8, 8]").unwrap();
+        let c: ImageEncoderConfig =
+            toml::from_str("arch = \"vit\"\npatch_size = 4\ninput_size = [8, 8]").unwrap();
         assert!(matches!(&c, ImageEncoderConfig::Vit(v) if v.patch_size == 4));
         assert_eq!(c.input_shape(), [3, 8, 8]);
         let c: ImageEncoderConfig = toml::from_str("arch = \"cnn\"\nin_channels = 1\ninput_size = [28, 28]\nwidths=[8,16,32]\ndepths=[0,0,0]").unwrap();
@@ -111,7 +112,12 @@ mod tests {
         let c = ImageEncoderConfig::default();
         assert!(check_input(&c, [2, 3, 64, 64]).is_ok());
         let err = check_input(&c, [2, 1, 64, 64]).unwrap_err();
-        assert_eq!(err, ModelError::InputShape { got: vec![2, 1, 64, 64], expected: vec![2, 3, 64, 64] });
+        assert_eq!(
+            err,
+            ModelError::InputShape {
+                got: vec![2, 1, 64, 64],
+                expected: vec![2, 3, 64, 64]
+            }
+        );
     }
-
 }

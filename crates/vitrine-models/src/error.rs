@@ -16,7 +16,11 @@ pub enum ModelError {
     },
 }
 
-pub(crate) fn invalid(field: &'static str, value: impl ToString, allowed: impl ToString) -> ModelError {
+pub(crate) fn invalid(
+    field: &'static str,
+    value: impl ToString,
+    allowed: impl ToString,
+) -> ModelError {
     ModelError::InvalidConfig {
         field,
         value: value.to_string(),

@@ -49,7 +49,11 @@ impl BlockConfig {
 
     pub fn init<B: Backend>(&self, device: &B::Device) -> Block<B> {
         let d = self.d_model;
-        let ln = || LayerNormConfig::new(d).with_epsilon(self.layer_norm_eps).init(device);
+        let ln = || {
+            LayerNormConfig::new(d)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
         let lin = |i, o| LinearConfig::new(i, o).init(device);
         Block {
             ln_1: ln(),
@@ -127,7 +131,10 @@ pub struct Block<B: Backend> {
 impl<B: Backend> Block<B> {
     /// [B, T, D] -> [B, T, D]
     pub fn forward(&self, x: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
-        let x = x.clone() + self.dropout.forward(self.attn.forward(self.ln_1.forward(x), causal));
+        let x = x.clone()
+            + self
+                .dropout
+                .forward(self.attn.forward(self.ln_1.forward(x), causal));
         x.clone() + self.dropout.forward(self.mlp.forward(self.ln_2.forward(x)))
     }
 }
@@ -141,7 +148,13 @@ mod tests {
     type B = Flex;
 
     fn cfg() -> BlockConfig {
-        BlockConfig { d_model: 8, n_heads: 2, mlp_ratio: 2, dropout: 0.0, layer_norm_eps: 1e-5 }
+        BlockConfig {
+            d_model: 8,
+            n_heads: 2,
+            mlp_ratio: 2,
+            dropout: 0.0,
+            layer_norm_eps: 1e-5,
+        }
     }
 
     #[test]
@@ -158,14 +171,27 @@ mod tests {
         let b = changed.clone().slice([0..1, 0..4, 0..8]);
         let diff: f32 = (a - b).abs().max().into_scalar();
         assert!(diff < 1e-6, "earlier positions changed by {diff}");
-        let last: f32 = (full.slice([0..1, 4..5, 0..8]) - changed.slice([0..1, 4..5, 0..8])).abs().max().into_scalar();
+        let last: f32 = (full.slice([0..1, 4..5, 0..8]) - changed.slice([0..1, 4..5, 0..8]))
+            .abs()
+            .max()
+            .into_scalar();
         assert!(last > 1e-4, "last position should change");
     }
 
     #[test]
     fn validate() {
         assert!(cfg().validate().is_ok());
-        assert!(BlockConfig { n_heads: 3, ..cfg() }.validate().is_err());
-        assert!(BlockConfig { dropout: 1.0, ..cfg() }.validate().is_err());
+        assert!(BlockConfig {
+            n_heads: 3,
+            ..cfg()
+        }
+        .validate()
+        .is_err());
+        assert!(BlockConfig {
+            dropout: 1.0,
+            ..cfg()
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -102,7 +102,8 @@ impl VitConfig {
 
     /// Number of patch tokens (class token excluded).
     pub fn num_patches(&self) -> usize {
-        (self.input_size[0] / self.patch_size.max(1)) * (self.input_size[1] / self.patch_size.max(1))
+        (self.input_size[0] / self.patch_size.max(1))
+            * (self.input_size[1] / self.patch_size.max(1))
     }
 
     pub fn validate(&self) -> Result<(), ModelError> {
@@ -117,7 +118,10 @@ impl VitConfig {
                 return Err(invalid(
                     "input_size",
                     format!("{:?}", self.input_size),
-                    format!("each side 1..=4096 and divisible by patch_size ({})", self.patch_size),
+                    format!(
+                        "each side 1..=4096 and divisible by patch_size ({})",
+                        self.patch_size
+                    ),
                 ));
             }
         }
@@ -135,13 +139,18 @@ impl VitConfig {
         let d = self.d_model;
         let patch_dim = self.in_channels * self.patch_size * self.patch_size;
         let block = self.block();
-        let trunc = Initializer::Normal { mean: 0.0, std: 0.02 };
+        let trunc = Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
         Ok(Vit {
             patch_embed: LinearConfig::new(patch_dim, d).init(device),
             cls_token: trunc.init([1, 1, d], device),
             pos_embed: trunc.init([1, self.num_patches() + 1, d], device),
             blocks: (0..self.n_layers).map(|_| block.init(device)).collect(),
-            ln_final: LayerNormConfig::new(d).with_epsilon(self.layer_norm_eps).init(device),
+            ln_final: LayerNormConfig::new(d)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device),
             head: LinearConfig::new(d, self.embed_dim).init(device),
             patch_size: self.patch_size,
             mean_pool: self.pool == Pool::Mean,
@@ -249,7 +258,10 @@ mod tests {
             burn::tensor::ops::ConvOptions::new([p, p], [0, 0], [1, 1], 1),
         ); // [2, D, 2, 3]
         let conv_tokens = conv.reshape([2, d, 6]).swap_dims(1, 2);
-        let patches = x.reshape([2, c, 2, p, 3, p]).permute([0, 2, 4, 1, 3, 5]).reshape([2, 6, c * p * p]);
+        let patches = x
+            .reshape([2, c, 2, p, 3, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([2, 6, c * p * p]);
         let ours = model.patch_embed.forward(patches);
         let diff: f32 = (ours - conv_tokens).abs().max().into_scalar();
         assert!(diff < 1e-4, "max diff {diff}");
@@ -258,8 +270,23 @@ mod tests {
     #[test]
     fn validate() {
         assert!(tiny().validate().is_ok());
-        assert!(VitConfig { input_size: [10, 12], ..tiny() }.validate().is_err());
-        assert!(VitConfig { n_heads: 3, ..tiny() }.validate().is_err());
-        assert!(VitConfig { patch_size: 0, ..tiny() }.validate().is_err());
+        assert!(VitConfig {
+            input_size: [10, 12],
+            ..tiny()
+        }
+        .validate()
+        .is_err());
+        assert!(VitConfig {
+            n_heads: 3,
+            ..tiny()
+        }
+        .validate()
+        .is_err());
+        assert!(VitConfig {
+            patch_size: 0,
+            ..tiny()
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -28,6 +28,7 @@ pub struct TrainState {
     pub epoch_examples: usize,
 }
 
+#[derive(Debug)]
 pub struct Checkpoint {
     pub state: TrainState,
     pub module: Vec<u8>,
@@ -37,7 +38,8 @@ pub struct Checkpoint {
 impl Checkpoint {
     pub fn save(&self, path: &Path) -> Result<()> {
         let state = serde_json::to_vec(&self.state).expect("state serialises");
-        let mut out = Vec::with_capacity(32 + state.len() + self.module.len() + self.optimizer.len());
+        let mut out =
+            Vec::with_capacity(32 + state.len() + self.module.len() + self.optimizer.len());
         out.extend_from_slice(MAGIC);
         for part in [&state, &self.module, &self.optimizer] {
             out.extend_from_slice(&(part.len() as u64).to_le_bytes());
@@ -48,7 +50,10 @@ impl Checkpoint {
 
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(io_err(path))?;
-        let bad = |message: &str| TrainError::Checkpoint { path: path.to_owned(), message: message.to_string() };
+        let bad = |message: &str| TrainError::Checkpoint {
+            path: path.to_owned(),
+            message: message.to_string(),
+        };
         if bytes.len() < 8 || &bytes[..8] != MAGIC {
             return Err(bad("not a Vitrine checkpoint (bad magic bytes)"));
         }
@@ -58,7 +63,10 @@ impl Checkpoint {
             let len_bytes = bytes.get(pos..pos + 8).ok_or_else(|| bad("truncated"))?;
             let len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes")) as usize;
             pos += 8;
-            let end = pos.checked_add(len).filter(|&e| e <= bytes.len()).ok_or_else(|| bad("truncated"))?;
+            let end = pos
+                .checked_add(len)
+                .filter(|&e| e <= bytes.len())
+                .ok_or_else(|| bad("truncated"))?;
             parts.push(bytes[pos..end].to_vec());
             pos = end;
         }
@@ -67,8 +75,13 @@ impl Checkpoint {
         }
         let optimizer = parts.pop().expect("3 parts");
         let module = parts.pop().expect("3 parts");
-        let state = serde_json::from_slice(&parts[0]).map_err(|e| bad(&format!("bad state: {e}")))?;
-        Ok(Self { state, module, optimizer })
+        let state =
+            serde_json::from_slice(&parts[0]).map_err(|e| bad(&format!("bad state: {e}")))?;
+        Ok(Self {
+            state,
+            module,
+            optimizer,
+        })
     }
 }
 
@@ -80,16 +93,35 @@ mod tests {
     fn round_trip_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.ckpt");
-        let state = TrainState { step: 7, epoch: 1, batch_in_epoch: 2, total_steps: 20, epoch_loss_sum: 1.5, epoch_examples: 8 };
-        Checkpoint { state: state.clone(), module: vec![1, 2, 3], optimizer: vec![9; 5] }.save(&path).unwrap();
+        let state = TrainState {
+            step: 7,
+            epoch: 1,
+            batch_in_epoch: 2,
+            total_steps: 20,
+            epoch_loss_sum: 1.5,
+            epoch_examples: 8,
+        };
+        Checkpoint {
+            state: state.clone(),
+            module: vec![1, 2, 3],
+            optimizer: vec![9; 5],
+        }
+        .save(&path)
+        .unwrap();
         let back = Checkpoint::load(&path).unwrap();
         assert_eq!(back.state, state);
         assert_eq!(back.module, vec![1, 2, 3]);
         assert_eq!(back.optimizer, vec![9; 5]);
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
-        assert!(Checkpoint::load(&path).unwrap_err().to_string().contains("truncated"));
+        assert!(Checkpoint::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
         std::fs::write(&path, b"junk").unwrap();
-        assert!(Checkpoint::load(&path).unwrap_err().to_string().contains("magic"));
+        assert!(Checkpoint::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
     }
 }

@@ -84,19 +84,31 @@ impl TrainConfig {
             return bad(format!("epochs = {} (allowed 1..=100000)", self.epochs));
         }
         if self.batch_size < 2 || self.batch_size > 65_536 {
-            return bad(format!("batch_size = {} (allowed 2..=65536: contrastive losses need pairs)", self.batch_size));
+            return bad(format!(
+                "batch_size = {} (allowed 2..=65536: contrastive losses need pairs)",
+                self.batch_size
+            ));
         }
         if !(self.temperature > 0.0) {
             return bad(format!("temperature = {} (must be > 0)", self.temperature));
         }
         if self.samples_per_class < 2 || self.samples_per_class > self.batch_size {
-            return bad(format!("samples_per_class = {} (allowed 2..=batch_size)", self.samples_per_class));
+            return bad(format!(
+                "samples_per_class = {} (allowed 2..=batch_size)",
+                self.samples_per_class
+            ));
         }
         if !(self.schedule.lr > 0.0) || self.schedule.min_lr < 0.0 {
-            return bad(format!("schedule.lr = {}, min_lr = {} (lr > 0, min_lr >= 0)", self.schedule.lr, self.schedule.min_lr));
+            return bad(format!(
+                "schedule.lr = {}, min_lr = {} (lr > 0, min_lr >= 0)",
+                self.schedule.lr, self.schedule.min_lr
+            ));
         }
         if !(self.proxy_lr_multiplier > 0.0) {
-            return bad(format!("proxy_lr_multiplier = {} (must be > 0)", self.proxy_lr_multiplier));
+            return bad(format!(
+                "proxy_lr_multiplier = {} (must be > 0)",
+                self.proxy_lr_multiplier
+            ));
         }
         Ok(())
     }
@@ -113,7 +125,10 @@ pub struct SplitConfig {
 
 impl Default for SplitConfig {
     fn default() -> Self {
-        Self { holdout_fraction: 0.0, seed: 0 }
+        Self {
+            holdout_fraction: 0.0,
+            seed: 0,
+        }
     }
 }
 
@@ -126,7 +141,10 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { ks: vec![1, 5, 10], batch_size: 256 }
+        Self {
+            ks: vec![1, 5, 10],
+            batch_size: 256,
+        }
     }
 }
 
@@ -164,7 +182,10 @@ fn default_task() -> String {
 impl SearchRunConfig {
     pub fn validate(&self) -> Result<()> {
         if self.task != "search" {
-            return Err(TrainError::Invalid(format!("task = {:?}: this config is for task \"search\"", self.task)));
+            return Err(TrainError::Invalid(format!(
+                "task = {:?}: this config is for task \"search\"",
+                self.task
+            )));
         }
         self.model.validate()?;
         self.preprocess.validate()?;
@@ -185,10 +206,16 @@ impl SearchRunConfig {
             )));
         }
         if self.eval.ks.is_empty() || self.eval.ks.iter().any(|&k| k == 0 || k > 1000) {
-            return Err(TrainError::Invalid(format!("eval.ks = {:?} (each 1..=1000)", self.eval.ks)));
+            return Err(TrainError::Invalid(format!(
+                "eval.ks = {:?} (each 1..=1000)",
+                self.eval.ks
+            )));
         }
         if self.eval.batch_size == 0 || self.eval.batch_size > 65_536 {
-            return Err(TrainError::Invalid(format!("eval.batch_size = {} (allowed 1..=65536)", self.eval.batch_size)));
+            return Err(TrainError::Invalid(format!(
+                "eval.batch_size = {} (allowed 1..=65536)",
+                self.eval.batch_size
+            )));
         }
         Ok(())
     }
@@ -204,17 +231,29 @@ impl SearchRunConfig {
 
 /// Reads a TOML file, applies `key.path=value` overrides and deserialises it.
 pub fn load_toml<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     parse_toml(&text, &path.display().to_string(), overrides)
 }
 
-pub fn parse_toml<T: DeserializeOwned>(text: &str, origin: &str, overrides: &[String]) -> Result<T> {
-    let cfg_err = |message: String| TrainError::Config { origin: origin.to_string(), message };
+pub fn parse_toml<T: DeserializeOwned>(
+    text: &str,
+    origin: &str,
+    overrides: &[String],
+) -> Result<T> {
+    let cfg_err = |message: String| TrainError::Config {
+        origin: origin.to_string(),
+        message,
+    };
     let mut value: toml::Table = toml::from_str(text).map_err(|e| cfg_err(e.to_string()))?;
     for ov in overrides {
         apply_override(&mut value, ov).map_err(|m| cfg_err(format!("--set {ov}: {m}")))?;
     }
-    toml::Value::Table(value).try_into().map_err(|e: toml::de::Error| cfg_err(e.to_string()))
+    toml::Value::Table(value)
+        .try_into()
+        .map_err(|e: toml::de::Error| cfg_err(e.to_string()))
 }
 
 /// `a.b.c=value`: the value is parsed as a TOML literal (number, bool, array, quoted
@@ -231,8 +270,12 @@ fn apply_override(root: &mut toml::Table, spec: &str) -> std::result::Result<(),
         .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
     let mut table = root;
     for part in &parts[..parts.len() - 1] {
-        let entry = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
-        table = entry.as_table_mut().ok_or_else(|| format!("{part} is not a table"))?;
+        let entry = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{part} is not a table"))?;
     }
     table.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
@@ -262,12 +305,21 @@ root = "photos"
 
     #[test]
     fn overrides_apply_and_typecheck() {
-        let c: SearchRunConfig =
-            parse_toml(MINIMAL, "t", &["train.epochs=3".into(), "train.loss=proxy-anchor".into(), "seed=9".into()]).unwrap();
+        let c: SearchRunConfig = parse_toml(
+            MINIMAL,
+            "t",
+            &[
+                "train.epochs=3".into(),
+                "train.loss=proxy-anchor".into(),
+                "seed=9".into(),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.train.epochs, 3);
         assert_eq!(c.train.loss, LossKind::ProxyAnchor);
         assert_eq!(c.seed, 9);
-        let err = parse_toml::<SearchRunConfig>(MINIMAL, "t", &["train.epochs=many".into()]).unwrap_err();
+        let err =
+            parse_toml::<SearchRunConfig>(MINIMAL, "t", &["train.epochs=many".into()]).unwrap_err();
         assert!(err.to_string().contains("epochs"), "{err}");
         assert!(parse_toml::<SearchRunConfig>(MINIMAL, "t", &["train.nope=1".into()]).is_err());
         assert!(parse_toml::<SearchRunConfig>(MINIMAL, "t", &["novalue".into()]).is_err());
@@ -284,11 +336,30 @@ root = "photos"
 
     #[test]
     fn train_limits_at_and_past() {
-        let ok = TrainConfig { batch_size: 2, samples_per_class: 2, ..Default::default() };
+        let ok = TrainConfig {
+            batch_size: 2,
+            samples_per_class: 2,
+            ..Default::default()
+        };
         assert!(ok.validate().is_ok());
-        assert!(TrainConfig { batch_size: 1, ..ok.clone() }.validate().is_err());
-        assert!(TrainConfig { epochs: 0, ..ok.clone() }.validate().is_err());
-        assert!(TrainConfig { samples_per_class: 3, ..ok }.validate().is_err());
+        assert!(TrainConfig {
+            batch_size: 1,
+            ..ok.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(TrainConfig {
+            epochs: 0,
+            ..ok.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(TrainConfig {
+            samples_per_class: 3,
+            ..ok
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]

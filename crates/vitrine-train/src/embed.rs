@@ -3,10 +3,10 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use indicatif::ProgressBar;
+use vitrine_data::catalog::LoadReport;
 use vitrine_data::catalog::{decode_pixels, Catalog};
 use vitrine_data::image_io::DecodeLimits;
 use vitrine_data::transform::{normalize_into, Preprocess};
-use vitrine_data::catalog::LoadReport;
 use vitrine_models::ImageEncoder;
 
 use crate::error::Result;
@@ -77,9 +77,11 @@ pub fn progress_bar(len: usize, what: &str, quiet: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} [{elapsed_precise}<{eta_precise}]")
-            .expect("static template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} {per_sec} [{elapsed_precise}<{eta_precise}]",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(what.to_string());
     bar

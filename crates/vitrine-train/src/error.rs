@@ -11,7 +11,10 @@ pub enum TrainError {
     #[error(transparent)]
     Index(#[from] vitrine_index::IndexError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config {origin}: {message}")]
     Config { origin: String, message: String },
     #[error("run directory {path}: {message}")]
@@ -27,5 +30,8 @@ pub enum TrainError {
 pub type Result<T> = std::result::Result<T, TrainError>;
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.to_owned(), source }
+    move |source| TrainError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }

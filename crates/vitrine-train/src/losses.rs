@@ -38,7 +38,11 @@ pub fn supcon<B: Backend>(z: Tensor<B, 2>, labels: &[u32], tau: f64) -> Tensor<B
     let diag = Tensor::<B, 2, Bool>::from_data(TensorData::new(diag, [n, n]), &device);
     let weight = Tensor::<B, 1>::from_data(TensorData::new(weight, [n]), &device);
     // [N, N] similarities; self-similarity removed from the softmax's denominator.
-    let logits = z.clone().matmul(z.transpose()).div_scalar(tau).mask_fill(diag, -1e9);
+    let logits = z
+        .clone()
+        .matmul(z.transpose())
+        .div_scalar(tau)
+        .mask_fill(diag, -1e9);
     let log_prob = log_softmax(logits, 1);
     let per_anchor = (log_prob * pos).sum_dim(1).reshape([n]) * weight;
     per_anchor.sum().neg().div_scalar(anchors as f64)
@@ -46,7 +50,13 @@ pub fn supcon<B: Backend>(z: Tensor<B, 2>, labels: &[u32], tau: f64) -> Tensor<B
 
 /// Proxy-Anchor loss (Kim et al. 2020). `z`: [N, D] normalised embeddings, `proxies`:
 /// [C, D] (normalised here), `alpha` scale, `delta` margin.
-pub fn proxy_anchor<B: Backend>(z: Tensor<B, 2>, proxies: Tensor<B, 2>, labels: &[u32], alpha: f64, delta: f64) -> Tensor<B, 1> {
+pub fn proxy_anchor<B: Backend>(
+    z: Tensor<B, 2>,
+    proxies: Tensor<B, 2>,
+    labels: &[u32],
+    alpha: f64,
+    delta: f64,
+) -> Tensor<B, 1> {
     let device = z.device();
     let n = labels.len();
     let c = proxies.dims()[0];
@@ -62,8 +72,18 @@ pub fn proxy_anchor<B: Backend>(z: Tensor<B, 2>, proxies: Tensor<B, 2>, labels: 
     let cos = z.matmul(vitrine_models::l2_normalize(proxies).transpose()); // [N, C]
     let pos_exp = cos.clone().sub_scalar(delta).mul_scalar(-alpha).exp() * pos;
     let neg_exp = cos.add_scalar(delta).mul_scalar(alpha).exp() * neg;
-    let pos_term = pos_exp.sum_dim(0).add_scalar(1.0).log().sum().div_scalar(n_pos_classes as f64);
-    let neg_term = neg_exp.sum_dim(0).add_scalar(1.0).log().sum().div_scalar(c as f64);
+    let pos_term = pos_exp
+        .sum_dim(0)
+        .add_scalar(1.0)
+        .log()
+        .sum()
+        .div_scalar(n_pos_classes as f64);
+    let neg_term = neg_exp
+        .sum_dim(0)
+        .add_scalar(1.0)
+        .log()
+        .sum()
+        .div_scalar(c as f64);
     pos_term + neg_term
 }
 
@@ -85,15 +105,26 @@ mod tests {
     /// Anchor 2 has no positive: left out. Loss = log(1 + e^-1).
     #[test]
     fn supcon_known_value() {
-        let loss: f32 = supcon(t(&[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), &[0, 0, 1], 1.0).into_scalar();
+        let loss: f32 =
+            supcon(t(&[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), &[0, 0, 1], 1.0).into_scalar();
         let expected = (1.0 + (-1.0f32).exp()).ln();
         assert!((loss - expected).abs() < 1e-5, "{loss} vs {expected}");
     }
 
     #[test]
     fn supcon_prefers_clustered_embeddings() {
-        let good: f32 = supcon(t(&[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]), &[0, 0, 1, 1], 0.1).into_scalar();
-        let bad: f32 = supcon(t(&[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]), &[0, 0, 1, 1], 0.1).into_scalar();
+        let good: f32 = supcon(
+            t(&[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]),
+            &[0, 0, 1, 1],
+            0.1,
+        )
+        .into_scalar();
+        let bad: f32 = supcon(
+            t(&[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]),
+            &[0, 0, 1, 1],
+            0.1,
+        )
+        .into_scalar();
         assert!(good < bad, "{good} !< {bad}");
     }
 
@@ -102,7 +133,14 @@ mod tests {
     /// log 2, class 0 has no negatives -> log 1 = 0; averaged over C = 2.
     #[test]
     fn proxy_anchor_known_value() {
-        let loss: f32 = proxy_anchor(t(&[[1.0, 0.0]]), t(&[[2.0, 0.0], [0.0, 3.0]]), &[0], 1.0, 0.0).into_scalar();
+        let loss: f32 = proxy_anchor(
+            t(&[[1.0, 0.0]]),
+            t(&[[2.0, 0.0], [0.0, 3.0]]),
+            &[0],
+            1.0,
+            0.0,
+        )
+        .into_scalar();
         let expected = (1.0 + (-1.0f32).exp()).ln() + 2f32.ln() / 2.0;
         assert!((loss - expected).abs() < 1e-5, "{loss} vs {expected}");
     }

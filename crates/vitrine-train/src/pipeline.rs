@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use serde::Serialize;
+use vitrine_data::catalog::LoadReport;
 use vitrine_data::catalog::{Catalog, CatalogConfig};
 use vitrine_data::image_io::load_image;
 use vitrine_data::transform::{to_pixels, Augment};
-use vitrine_data::catalog::LoadReport;
 use vitrine_index::{DeviceIndex, Filter, Index, IndexItem, ModelInfo};
 use vitrine_models::{ImageEncoder, ImageEncoderConfig};
 
@@ -31,7 +31,12 @@ impl<B: Backend> Encoder<B> {
         let run = RunDir::new(run);
         let config = run.load_config()?;
         let model = run.load_encoder::<B>(&config.model, device)?;
-        Ok(Self { run, config, model, device: device.clone() })
+        Ok(Self {
+            run,
+            config,
+            model,
+            device: device.clone(),
+        })
     }
 
     pub fn model_config(&self) -> &ImageEncoderConfig {
@@ -46,7 +51,14 @@ impl<B: Backend> Encoder<B> {
             let img = load_image(path, &self.config.data.limits)?;
             pixels.extend(to_pixels(&img, p, &Augment::default(), None));
         }
-        Ok(embed_pixels(&self.model, &pixels, p, self.config.eval.batch_size, &self.device, None))
+        Ok(embed_pixels(
+            &self.model,
+            &pixels,
+            p,
+            self.config.eval.batch_size,
+            &self.device,
+            None,
+        ))
     }
 
     fn model_info(&self) -> ModelInfo {
@@ -55,11 +67,20 @@ impl<B: Backend> Encoder<B> {
             ImageEncoderConfig::Vit(_) => "vit",
         };
         let run = std::fs::canonicalize(&self.run.path).unwrap_or_else(|_| self.run.path.clone());
-        ModelInfo { run: run.display().to_string(), arch: arch.into() }
+        ModelInfo {
+            run: run.display().to_string(),
+            arch: arch.into(),
+        }
     }
 
     /// Embeds a catalogue's items into `index` (all-or-nothing on duplicate ids).
-    pub fn add_catalog(&self, index: &mut Index, catalog: &CatalogConfig, skip_bad: bool, quiet: bool) -> Result<AddReport> {
+    pub fn add_catalog(
+        &self,
+        index: &mut Index,
+        catalog: &CatalogConfig,
+        skip_bad: bool,
+        quiet: bool,
+    ) -> Result<AddReport> {
         let (cat, mut report) = Catalog::open(catalog, skip_bad)?;
         for item in &cat.items {
             if index.row_of(&item.id).is_some() {
@@ -89,13 +110,26 @@ impl<B: Backend> Encoder<B> {
             staged.add(item_of(item), &emb[row * dim..(row + 1) * dim])?;
         }
         *index = staged;
-        Ok(AddReport { added: kept.len(), data: report })
+        Ok(AddReport {
+            added: kept.len(),
+            data: report,
+        })
     }
 
     /// Builds a new index of a catalogue (the run's training catalogue by default).
-    pub fn build_index(&self, catalog: Option<&CatalogConfig>, skip_bad: bool, quiet: bool) -> Result<(Index, AddReport)> {
+    pub fn build_index(
+        &self,
+        catalog: Option<&CatalogConfig>,
+        skip_bad: bool,
+        quiet: bool,
+    ) -> Result<(Index, AddReport)> {
         let mut index = Index::new(self.config.model.embed_dim(), self.model_info());
-        let report = self.add_catalog(&mut index, catalog.unwrap_or(&self.config.data), skip_bad, quiet)?;
+        let report = self.add_catalog(
+            &mut index,
+            catalog.unwrap_or(&self.config.data),
+            skip_bad,
+            quiet,
+        )?;
         Ok((index, report))
     }
 }
@@ -108,7 +142,10 @@ fn item_of(item: &vitrine_data::catalog::Item) -> IndexItem {
     if let Some(label) = &item.label {
         attrs.entry("label".into()).or_insert_with(|| label.clone());
     }
-    IndexItem { id: item.id.clone(), attrs }
+    IndexItem {
+        id: item.id.clone(),
+        attrs,
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -151,7 +188,9 @@ pub fn search<B: Backend>(
     let queries = match query {
         Query::Images(paths) => encoder.embed_files(paths)?,
         Query::ItemId(id) => {
-            let row = index.row_of(id).ok_or_else(|| vitrine_index::IndexError::UnknownId(id.to_string()))?;
+            let row = index
+                .row_of(id)
+                .ok_or_else(|| vitrine_index::IndexError::UnknownId(id.to_string()))?;
             index.embedding(row).expect("row exists").to_vec()
         }
     };
@@ -163,8 +202,17 @@ pub fn search<B: Backend>(
             hits.into_iter()
                 .enumerate()
                 .map(|(r, h)| {
-                    let attrs = index.item(h.row).map(|it| it.attrs.clone()).unwrap_or_default();
-                    SearchResult { rank: r + 1, id: h.id, score: h.score, title: attrs.get("title").cloned(), attrs }
+                    let attrs = index
+                        .item(h.row)
+                        .map(|it| it.attrs.clone())
+                        .unwrap_or_default();
+                    SearchResult {
+                        rank: r + 1,
+                        id: h.id,
+                        score: h.score,
+                        title: attrs.get("title").cloned(),
+                        attrs,
+                    }
                 })
                 .collect()
         })
@@ -176,6 +224,8 @@ pub fn index_run(index: &Index, run: Option<&Path>) -> Result<PathBuf> {
     match run {
         Some(r) => Ok(r.to_owned()),
         None if !index.model.run.is_empty() => Ok(PathBuf::from(&index.model.run)),
-        None => Err(TrainError::Invalid("the index records no run: pass --run".into())),
+        None => Err(TrainError::Invalid(
+            "the index records no run: pass --run".into(),
+        )),
     }
 }

@@ -56,7 +56,8 @@ impl RunDir {
         if !path.exists() {
             return Err(TrainError::Run {
                 path: self.path.clone(),
-                message: "no config.toml here: is this a run directory written by `vitrine train`?".into(),
+                message: "no config.toml here: is this a run directory written by `vitrine train`?"
+                    .into(),
             });
         }
         let config: SearchRunConfig = crate::config::load_toml(&path, &[])?;
@@ -73,21 +74,31 @@ impl RunDir {
     pub fn load_json<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
         let path = self.file(name);
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| TrainError::Run { path: path.clone(), message: format!("invalid JSON: {e}") })
+        serde_json::from_slice(&bytes).map_err(|e| TrainError::Run {
+            path: path.clone(),
+            message: format!("invalid JSON: {e}"),
+        })
     }
 
     /// Appends one JSON line to `metrics.jsonl` (flushed so a crash loses at most a line).
     pub fn append_metrics(&self, value: &serde_json::Value) -> Result<()> {
         let path = self.metrics_path();
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
-        writeln!(f, "{value}").and_then(|_| f.flush()).map_err(io_err(&path))
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        writeln!(f, "{value}")
+            .and_then(|_| f.flush())
+            .map_err(io_err(&path))
     }
 
     /// Drops metrics lines past `step` (after a resume, the lines of the lost work).
     pub fn truncate_metrics_after(&self, step: usize) -> Result<()> {
         let path = self.metrics_path();
-        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
         let kept: String = text
             .lines()
             .filter(|l| {
@@ -102,7 +113,11 @@ impl RunDir {
     }
 
     /// Loads the trained image encoder of a search run.
-    pub fn load_encoder<B: Backend>(&self, config: &ImageEncoderConfig, device: &B::Device) -> Result<ImageEncoder<B>> {
+    pub fn load_encoder<B: Backend>(
+        &self,
+        config: &ImageEncoderConfig,
+        device: &B::Device,
+    ) -> Result<ImageEncoder<B>> {
         let path = self.model_path();
         let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => TrainError::Run {
@@ -116,15 +131,24 @@ impl RunDir {
 }
 
 pub fn module_to_bytes<B: Backend, M: Module<B>>(module: M) -> Vec<u8> {
-    Rec::default().record(module.into_record(), ()).expect("module records serialise")
+    Rec::default()
+        .record(module.into_record(), ())
+        .expect("module records serialise")
 }
 
 /// Loads weights into `module`; a file from another architecture or a corrupted file is an
 /// error naming the file, never a panic.
-pub fn load_module_bytes<B: Backend, M: Module<B>>(module: M, bytes: Vec<u8>, path: &Path, device: &B::Device) -> Result<M> {
-    let record = Recorder::<B>::load::<M::Record>(&Rec::default(), bytes, device).map_err(|e| TrainError::Checkpoint {
-        path: path.to_owned(),
-        message: format!("cannot load weights ({e}); was it written by this model config?"),
+pub fn load_module_bytes<B: Backend, M: Module<B>>(
+    module: M,
+    bytes: Vec<u8>,
+    path: &Path,
+    device: &B::Device,
+) -> Result<M> {
+    let record = Recorder::<B>::load::<M::Record>(&Rec::default(), bytes, device).map_err(|e| {
+        TrainError::Checkpoint {
+            path: path.to_owned(),
+            message: format!("cannot load weights ({e}); was it written by this model config?"),
+        }
     })?;
     Ok(module.load_record(record))
 }

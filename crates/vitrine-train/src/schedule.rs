@@ -15,7 +15,12 @@ pub struct Schedule {
 
 impl Default for Schedule {
     fn default() -> Self {
-        Self { lr: 1e-3, min_lr: 1e-5, warmup_steps: 100, decay_steps: 0 }
+        Self {
+            lr: 1e-3,
+            min_lr: 1e-5,
+            warmup_steps: 100,
+            decay_steps: 0,
+        }
     }
 }
 
@@ -25,7 +30,11 @@ impl Schedule {
         if step < self.warmup_steps {
             return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
         }
-        let decay = if self.decay_steps == 0 { total_steps } else { self.decay_steps };
+        let decay = if self.decay_steps == 0 {
+            total_steps
+        } else {
+            self.decay_steps
+        };
         let span = decay.saturating_sub(self.warmup_steps).max(1);
         let t = ((step - self.warmup_steps) as f64 / span as f64).min(1.0);
         self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
@@ -38,12 +47,20 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine() {
-        let s = Schedule { lr: 1.0, min_lr: 0.0, warmup_steps: 10, decay_steps: 0 };
+        let s = Schedule {
+            lr: 1.0,
+            min_lr: 0.0,
+            warmup_steps: 10,
+            decay_steps: 0,
+        };
         assert!((s.at(0, 110) - 0.1).abs() < 1e-12);
         assert!((s.at(9, 110) - 1.0).abs() < 1e-12);
         assert!((s.at(10, 110) - 1.0).abs() < 1e-12);
         assert!((s.at(60, 110) - 0.5).abs() < 1e-12);
         assert!(s.at(110, 110).abs() < 1e-12);
-        assert!(s.at(500, 110).abs() < 1e-12, "stays at min after the decay span");
+        assert!(
+            s.at(500, 110).abs() < 1e-12,
+            "stays at min after the decay span"
+        );
     }
 }

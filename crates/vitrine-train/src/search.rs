@@ -7,10 +7,10 @@ use burn::tensor::Tensor;
 use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
+use vitrine_data::catalog::LoadReport;
 use vitrine_data::catalog::{decode_pixels, Catalog};
 use vitrine_data::split::split_indices;
 use vitrine_data::transform::{augment_pixels, normalize_into};
-use vitrine_data::catalog::LoadReport;
 use vitrine_models::ImageEncoder;
 
 use crate::config::{LossKind, Sampler, SearchRunConfig};
@@ -38,7 +38,10 @@ pub struct LabelMap {
 
 impl LabelMap {
     pub fn index_of(&self, label: &str) -> Option<u32> {
-        self.classes.binary_search_by(|c| c.as_str().cmp(label)).ok().map(|i| i as u32)
+        self.classes
+            .binary_search_by(|c| c.as_str().cmp(label))
+            .ok()
+            .map(|i| i as u32)
     }
 }
 
@@ -53,7 +56,9 @@ pub struct SplitRecord {
 
 /// splitmix64 of a combination: independent seeds for (run, epoch, item).
 pub fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x632B_E59B_D9B5_E1A7);
+    let mut z = a ^ b
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(0x632B_E59B_D9B5_E1A7);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -70,14 +75,26 @@ pub struct Prepared {
 pub fn open_and_split(config: &SearchRunConfig, skip_bad: bool) -> Result<Prepared> {
     let (catalog, report) = Catalog::open(&config.data, skip_bad)?;
     if catalog.is_empty() {
-        return Err(TrainError::Invalid(format!("catalogue {} has no items", catalog.source_name)));
+        return Err(TrainError::Invalid(format!(
+            "catalogue {} has no items",
+            catalog.source_name
+        )));
     }
     let (train, holdout) = if config.split.holdout_fraction > 0.0 {
-        split_indices(catalog.len(), config.split.holdout_fraction, config.split.seed)
+        split_indices(
+            catalog.len(),
+            config.split.holdout_fraction,
+            config.split.seed,
+        )
     } else {
         ((0..catalog.len()).collect(), Vec::new())
     };
-    Ok(Prepared { catalog, report, train, holdout })
+    Ok(Prepared {
+        catalog,
+        report,
+        train,
+        holdout,
+    })
 }
 
 struct SearchTask<B: Backend> {
@@ -110,13 +127,21 @@ impl<B: Backend> SearchTask<B> {
                     members.shuffle(&mut rng);
                     // Singletons cannot form a positive pair: they only serve as negatives
                     // through the other groups' batches.
-                    groups.extend(members.chunks(t.samples_per_class).filter(|g| g.len() >= 2).map(<[usize]>::to_vec));
+                    groups.extend(
+                        members
+                            .chunks(t.samples_per_class)
+                            .filter(|g| g.len() >= 2)
+                            .map(<[usize]>::to_vec),
+                    );
                 }
                 groups.shuffle(&mut rng);
                 groups.concat()
             }
         };
-        order.chunks_exact(t.batch_size).map(<[usize]>::to_vec).collect()
+        order
+            .chunks_exact(t.batch_size)
+            .map(<[usize]>::to_vec)
+            .collect()
     }
 }
 
@@ -125,12 +150,19 @@ impl<B: AutodiffBackend> Task<B, SearchModel<B>> for SearchTask<B> {
         self.batches(0).len()
     }
 
-    fn loss(&mut self, model: &SearchModel<B>, epoch: usize, batch: usize) -> Result<(Tensor<B, 1>, usize)> {
+    fn loss(
+        &mut self,
+        model: &SearchModel<B>,
+        epoch: usize,
+        batch: usize,
+    ) -> Result<(Tensor<B, 1>, usize)> {
         if self.epoch_batches.as_ref().is_none_or(|(e, _)| *e != epoch) {
             self.epoch_batches = Some((epoch, self.batches(epoch)));
         }
         let (_, batches) = self.epoch_batches.as_ref().expect("just set");
-        let idx = batches.get(batch).ok_or_else(|| TrainError::Invalid(format!("batch {batch} out of range")))?;
+        let idx = batches
+            .get(batch)
+            .ok_or_else(|| TrainError::Invalid(format!("batch {batch} out of range")))?;
         let p = &self.config.preprocess;
         let aug = &self.config.augment;
         let epoch_seed = mix(self.config.seed, 0xE90C + epoch as u64);
@@ -140,21 +172,39 @@ impl<B: AutodiffBackend> Task<B, SearchModel<B>> for SearchTask<B> {
             if aug.is_identity() {
                 normalize_into(px, p, &mut data);
             } else {
-                let augmented = augment_pixels(px, p.channels, p.height, p.width, aug, mix(epoch_seed, i as u64));
+                let augmented = augment_pixels(
+                    px,
+                    p.channels,
+                    p.height,
+                    p.width,
+                    aug,
+                    mix(epoch_seed, i as u64),
+                );
                 normalize_into(&augmented, p, &mut data);
             }
         }
         let [c, h, w] = self.config.model.input_shape();
-        let x = Tensor::<B, 4>::from_data(burn::tensor::TensorData::new(data, [idx.len(), c, h, w]), &self.device);
+        let x = Tensor::<B, 4>::from_data(
+            burn::tensor::TensorData::new(data, [idx.len(), c, h, w]),
+            &self.device,
+        );
         let labels: Vec<u32> = idx.iter().map(|&i| self.labels[i]).collect();
         let z = model.encoder.forward(x);
         let t = &self.config.train;
         let loss = match (&t.loss, &model.proxies) {
             (LossKind::Supcon, _) => supcon(z, &labels, t.temperature),
-            (LossKind::ProxyAnchor, Some(proxies)) => {
-                proxy_anchor(z, proxies.val().mul_scalar(t.proxy_lr_multiplier), &labels, t.proxy_alpha, t.proxy_margin)
+            (LossKind::ProxyAnchor, Some(proxies)) => proxy_anchor(
+                z,
+                proxies.val().mul_scalar(t.proxy_lr_multiplier),
+                &labels,
+                t.proxy_alpha,
+                t.proxy_margin,
+            ),
+            (LossKind::ProxyAnchor, None) => {
+                return Err(TrainError::Invalid(
+                    "proxy-anchor loss needs proxies".into(),
+                ))
             }
-            (LossKind::ProxyAnchor, None) => return Err(TrainError::Invalid("proxy-anchor loss needs proxies".into())),
         };
         Ok((loss, idx.len()))
     }
@@ -177,7 +227,12 @@ pub struct TrainReport {
 
 /// Trains a search model into `run`. With `opts.fit.resume`, `config` is ignored and the
 /// run's own saved config is used.
-pub fn train_search<B: AutodiffBackend>(config: Option<SearchRunConfig>, run: &RunDir, opts: &TrainOptions, device: &B::Device) -> Result<TrainReport> {
+pub fn train_search<B: AutodiffBackend>(
+    config: Option<SearchRunConfig>,
+    run: &RunDir,
+    opts: &TrainOptions,
+    device: &B::Device,
+) -> Result<TrainReport> {
     let config = if opts.fit.resume {
         if !run.checkpoint_path().exists() {
             return Err(TrainError::Run {
@@ -187,12 +242,15 @@ pub fn train_search<B: AutodiffBackend>(config: Option<SearchRunConfig>, run: &R
         }
         run.load_config()?
     } else {
-        let config = config.ok_or_else(|| TrainError::Invalid("a config is required to start a run".into()))?;
+        let config = config
+            .ok_or_else(|| TrainError::Invalid("a config is required to start a run".into()))?;
         config.validate()?;
         if run.config_path().exists() {
             return Err(TrainError::Run {
                 path: run.path.clone(),
-                message: "already holds a run: pass --resume to continue it, or choose another --run-dir".into(),
+                message:
+                    "already holds a run: pass --resume to continue it, or choose another --run-dir"
+                        .into(),
             });
         }
         run.create()?;
@@ -201,7 +259,12 @@ pub fn train_search<B: AutodiffBackend>(config: Option<SearchRunConfig>, run: &R
     };
     B::seed(device, config.seed);
 
-    let Prepared { catalog, mut report, train, holdout } = open_and_split(&config, opts.skip_bad)?;
+    let Prepared {
+        catalog,
+        mut report,
+        train,
+        holdout,
+    } = open_and_split(&config, opts.skip_bad)?;
     // Classes come from the training items only; hold-out items are never seen.
     let mut classes: Vec<String> = Vec::new();
     for &i in &train {
@@ -217,9 +280,14 @@ pub fn train_search<B: AutodiffBackend>(config: Option<SearchRunConfig>, run: &R
     }
     classes.sort();
     classes.dedup();
-    let label_map = LabelMap { column: config.data.label_column.clone(), classes };
+    let label_map = LabelMap {
+        column: config.data.label_column.clone(),
+        classes,
+    };
     if label_map.classes.len() < 2 {
-        return Err(TrainError::Invalid("metric learning needs at least 2 classes in the label column".into()));
+        return Err(TrainError::Invalid(
+            "metric learning needs at least 2 classes in the label column".into(),
+        ));
     }
     run.save_json("labels.json", &label_map)?;
     run.save_json(
@@ -228,25 +296,47 @@ pub fn train_search<B: AutodiffBackend>(config: Option<SearchRunConfig>, run: &R
             holdout_fraction: config.split.holdout_fraction,
             seed: config.split.seed,
             train_items: train.len(),
-            holdout_ids: holdout.iter().map(|&i| catalog.items[i].id.clone()).collect(),
+            holdout_ids: holdout
+                .iter()
+                .map(|&i| catalog.items[i].id.clone())
+                .collect(),
         },
     )?;
 
     let bar = progress_bar(train.len(), "decode", opts.fit.quiet);
-    let (kept, pixels) = decode_pixels(&catalog, &train, &config.preprocess, &config.data.limits, opts.skip_bad, &mut report, Some(&bar))?;
+    let (kept, pixels) = decode_pixels(
+        &catalog,
+        &train,
+        &config.preprocess,
+        &config.data.limits,
+        opts.skip_bad,
+        &mut report,
+        Some(&bar),
+    )?;
     bar.finish_and_clear();
     let labels: Vec<u32> = kept
         .iter()
-        .map(|&i| catalog.items[i].label.as_deref().and_then(|l| label_map.index_of(l)).expect("labelled above"))
+        .map(|&i| {
+            catalog.items[i]
+                .label
+                .as_deref()
+                .and_then(|l| label_map.index_of(l))
+                .expect("labelled above")
+        })
         .collect();
     if !opts.fit.quiet && report.skipped > 0 {
-        eprintln!("warning: skipped {} bad items (--skip-bad); first: {}", report.skipped, report.warnings.first().map_or("", |s| s.as_str()));
+        eprintln!(
+            "warning: skipped {} bad items (--skip-bad); first: {}",
+            report.skipped,
+            report.warnings.first().map_or("", |s| s.as_str())
+        );
     }
 
     let encoder = config.model.init::<B>(device)?;
     let proxies = (config.train.loss == LossKind::ProxyAnchor).then(|| {
         let std = 1.0 / config.train.proxy_lr_multiplier;
-        Initializer::Normal { mean: 0.0, std }.init([label_map.classes.len(), config.model.embed_dim()], device)
+        Initializer::Normal { mean: 0.0, std }
+            .init([label_map.classes.len(), config.model.embed_dim()], device)
     });
     let model = SearchModel { encoder, proxies };
     let [c, h, w] = config.model.input_shape();

@@ -7,9 +7,9 @@
 use std::io::IsTerminal;
 use std::time::Instant;
 
+use burn::grad_clipping::GradientClippingConfig;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::grad_clipping::GradientClippingConfig;
 use burn::record::Recorder;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
@@ -48,7 +48,14 @@ pub struct FitSummary {
     pub stopped_early: bool,
 }
 
-pub fn fit<B, M, T>(mut model: M, task: &mut T, cfg: &TrainConfig, run: &RunDir, opts: &FitOptions, device: &B::Device) -> Result<(M, FitSummary)>
+pub fn fit<B, M, T>(
+    mut model: M,
+    task: &mut T,
+    cfg: &TrainConfig,
+    run: &RunDir,
+    opts: &FitOptions,
+    device: &B::Device,
+) -> Result<(M, FitSummary)>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
@@ -64,9 +71,18 @@ where
     let total_steps = per_epoch * cfg.epochs;
     let mut optim = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
-        .with_grad_clipping((cfg.grad_clip > 0.0).then(|| GradientClippingConfig::Norm(cfg.grad_clip as f32)))
+        .with_grad_clipping(
+            (cfg.grad_clip > 0.0).then(|| GradientClippingConfig::Norm(cfg.grad_clip as f32)),
+        )
         .init::<B, M>();
-    let mut state = TrainState { step: 0, epoch: 0, batch_in_epoch: 0, total_steps, epoch_loss_sum: 0.0, epoch_examples: 0 };
+    let mut state = TrainState {
+        step: 0,
+        epoch: 0,
+        batch_in_epoch: 0,
+        total_steps,
+        epoch_loss_sum: 0.0,
+        epoch_examples: 0,
+    };
 
     let ckpt_path = run.checkpoint_path();
     if opts.resume {
@@ -81,9 +97,11 @@ where
             });
         }
         model = load_module_bytes(model, ckpt.module, &ckpt_path, device)?;
-        let record = Recorder::<B>::load(&Rec::default(), ckpt.optimizer, device).map_err(|e| TrainError::Checkpoint {
-            path: ckpt_path.clone(),
-            message: format!("cannot load optimiser state: {e}"),
+        let record = Recorder::<B>::load(&Rec::default(), ckpt.optimizer, device).map_err(|e| {
+            TrainError::Checkpoint {
+                path: ckpt_path.clone(),
+                message: format!("cannot load optimiser state: {e}"),
+            }
         })?;
         optim = optim.load_record(record);
         state = ckpt.state;
@@ -91,11 +109,17 @@ where
     }
 
     let interactive = !opts.quiet && std::io::stderr().is_terminal();
-    let bar = if interactive { ProgressBar::new(total_steps as u64) } else { ProgressBar::hidden() };
+    let bar = if interactive {
+        ProgressBar::new(total_steps as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     bar.set_position(state.step as u64);
 
@@ -108,7 +132,9 @@ where
         Checkpoint {
             state: state.clone(),
             module: module_to_bytes(model.clone()),
-            optimizer: Rec::default().record(optim.to_record(), ()).expect("optimiser state serialises"),
+            optimizer: Rec::default()
+                .record(optim.to_record(), ())
+                .expect("optimiser state serialises"),
         }
         .save(&ckpt_path)
     };
@@ -120,9 +146,17 @@ where
         while state.batch_in_epoch < per_epoch {
             let lr = cfg.schedule.at(state.step, total_steps);
             let (loss, examples) = task.loss(&model, state.epoch, state.batch_in_epoch)?;
-            let loss_value: f32 = loss.clone().into_data().iter::<f32>().next().unwrap_or(f32::NAN);
+            let loss_value: f32 = loss
+                .clone()
+                .into_data()
+                .iter::<f32>()
+                .next()
+                .unwrap_or(f32::NAN);
             if !loss_value.is_finite() {
-                return Err(TrainError::Diverged { step: state.step, loss: loss_value });
+                return Err(TrainError::Diverged {
+                    step: state.step,
+                    loss: loss_value,
+                });
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
@@ -133,9 +167,15 @@ where
             epoch_examples_now += examples;
             examples_total += examples;
             let rate = epoch_examples_now as f64 / epoch_started.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("loss {loss_value:.4} | {rate:.0} ex/s | lr {lr:.2e}"));
+            bar.set_message(format!(
+                "loss {loss_value:.4} | {rate:.0} ex/s | lr {lr:.2e}"
+            ));
             bar.inc(1);
-            if !interactive && !opts.quiet && cfg.log_every_steps > 0 && state.step % cfg.log_every_steps == 0 {
+            if !interactive
+                && !opts.quiet
+                && cfg.log_every_steps > 0
+                && state.step % cfg.log_every_steps == 0
+            {
                 eprintln!(
                     "epoch {}/{} step {}/{total_steps} loss {loss_value:.4} {rate:.0} ex/s lr {lr:.2e}",
                     state.epoch + 1,
@@ -143,7 +183,10 @@ where
                     state.step
                 );
             }
-            if cfg.checkpoint_every_steps > 0 && state.step % cfg.checkpoint_every_steps == 0 && state.batch_in_epoch < per_epoch {
+            if cfg.checkpoint_every_steps > 0
+                && state.step % cfg.checkpoint_every_steps == 0
+                && state.batch_in_epoch < per_epoch
+            {
                 save(&model, &optim, &state)?;
             }
         }

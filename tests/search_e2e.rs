@@ -9,17 +9,7 @@ use common::*;
 fn train_eval_index_search_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write_catalogue(d);
-    let config = write_config(d, 4);
-    let run = d.join("run");
-    ok(&[
-        "train",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&run),
-        "--quiet",
-    ]);
+    let run = trained_run(d, 4, "run");
     for f in [
         "config.toml",
         "model.mpk",
@@ -230,26 +220,8 @@ fn resumed_run_matches_uninterrupted_run() {
     ok(&["train", "--resume", s(&parts), "--quiet"]);
     // Weight files carry random parameter ids, so compare what the weights compute: the
     // embeddings of every catalogue item.
-    let embed = |run: &std::path::Path| {
-        let out = d.join(format!(
-            "{}.index",
-            run.file_name().unwrap().to_str().unwrap()
-        ));
-        ok(&[
-            "index",
-            "build",
-            "--run",
-            s(run),
-            "--out",
-            s(&out),
-            "--quiet",
-        ]);
-        vitrine_index::Index::load(&out)
-            .unwrap()
-            .embeddings()
-            .to_vec()
-    };
-    let (a, b) = (embed(&full), embed(&parts));
+    let a = index_embeddings(&full, &d.join("full.index"), "cpu").unwrap();
+    let b = index_embeddings(&parts, &d.join("parts.index"), "cpu").unwrap();
     assert_eq!(a.len(), 24 * 16);
     let max_diff = a
         .iter()

@@ -132,3 +132,45 @@ pub fn ok(args: &[&str]) -> String {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Writes the tiny catalogue and recipe into `dir` and trains `dir/<name>` for `epochs`.
+pub fn trained_run(dir: &Path, epochs: usize, name: &str) -> PathBuf {
+    write_catalogue(dir);
+    let config = write_config(dir, epochs);
+    let run = dir.join(name);
+    ok(&[
+        "train",
+        "--config",
+        s(&config),
+        "--run-dir",
+        s(&run),
+        "--quiet",
+    ]);
+    run
+}
+
+/// Builds an index of the run's catalogue on `device` and returns its row-major embeddings.
+pub fn index_embeddings(
+    run: &Path,
+    out: &Path,
+    device: &str,
+) -> std::result::Result<Vec<f32>, String> {
+    let o = vitrine(&[
+        "index",
+        "build",
+        "--run",
+        s(run),
+        "--out",
+        s(out),
+        "--quiet",
+        "--device",
+        device,
+    ]);
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr).into_owned());
+    }
+    Ok(vitrine_index::Index::load(out)
+        .unwrap()
+        .embeddings()
+        .to_vec())
+}

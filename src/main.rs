@@ -13,6 +13,8 @@ use device::DeviceArg;
 use vitrine_data::catalog::{CatalogConfig, CatalogSource};
 use vitrine_index::{Filter, Index};
 use vitrine_train::config::{load_toml, SearchRunConfig};
+use vitrine_train::generate::{generate, validate, GenerateRequest};
+use vitrine_train::lm::{train_lm, LmRun, LmRunConfig};
 use vitrine_train::pipeline::{index_run, search, Encoder, Query};
 use vitrine_train::run::RunDir;
 use vitrine_train::search::{train_search, TrainOptions};
@@ -51,6 +53,56 @@ enum Command {
     Index(IndexCommand),
     /// Find the catalogue items most similar to a photo (or to an indexed item).
     Search(SearchArgs),
+    /// Write subject lines / headlines for a brief with a copy run.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// A copy run (task "copy").
+    #[arg(long)]
+    run: PathBuf,
+    /// Comma-separated keywords or phrases the lines should use.
+    #[arg(long, default_value = "")]
+    keywords: String,
+    /// Tone, for models trained with a tone column.
+    #[arg(long)]
+    tone: Option<String>,
+    /// Candidates to return.
+    #[arg(short, default_value_t = 10)]
+    n: usize,
+    /// Longest line, in characters.
+    #[arg(long, default_value_t = 60)]
+    max_chars: usize,
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
+    temperature: f64,
+    /// Sample from the k most likely tokens (>= 1).
+    #[arg(long, default_value_t = 50)]
+    top_k: usize,
+    /// Nucleus sampling mass, 0 < p <= 1.
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
+    top_p: f64,
+    /// > 1 discourages tokens the line already used (1 = off).
+    #[arg(long, default_value_t = 1.1, allow_negative_numbers = true)]
+    repetition_penalty: f64,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// End a line at this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// File of banned words or phrases, one per line.
+    #[arg(long)]
+    banned_words: Option<PathBuf>,
+    /// Refuse lines that repeat a training line.
+    #[arg(long)]
+    no_copy: bool,
+    /// Logit bonus for keywords not used yet (default: the run's generate.keyword_boost).
+    #[arg(long, allow_negative_numbers = true)]
+    keyword_boost: Option<f64>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    device: DeviceOpt,
 }
 
 #[derive(Args)]
@@ -91,6 +143,17 @@ enum EvalCommand {
         json: bool,
         #[arg(long)]
         quiet: bool,
+        #[command(flatten)]
+        device: DeviceOpt,
+    },
+    /// Validation loss and perplexity of a copy or language-model run; for copy runs also
+    /// keyword coverage, distinct-1/2, constraint compliance and training-copy rate of
+    /// candidates generated for the validation briefs. Writes eval.json.
+    Copy {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         device: DeviceOpt,
     },
@@ -229,7 +292,16 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Most of our errors already name their cause; print each cause once.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
     }
@@ -260,37 +332,154 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Eval(EvalCommand::Copy { run, json, device }) => {
+            let dev = device.device.open()?;
+            let report = with_backend!(&dev, B, d, vitrine_eval::eval_copy::<B>(&run, &d))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+                eprintln!("wrote {}", run.join("eval.json").display());
+            }
+            Ok(())
+        }
         Command::Index(cmd) => cmd_index(cmd),
         Command::Search(a) => cmd_search(a),
+        Command::Generate(a) => cmd_generate(a),
     }
 }
 
+fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    let banned = match &a.banned_words {
+        Some(p) => vitrine_data::copy::Constraints::read_banned(p)?,
+        None => Vec::new(),
+    };
+    let req = GenerateRequest {
+        keywords: a.keywords.clone(),
+        tone: a.tone.clone(),
+        n: a.n,
+        max_chars: a.max_chars,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repetition_penalty: a.repetition_penalty,
+        seed: a.seed,
+        stop: a.stop.clone(),
+        banned,
+        no_copy: a.no_copy,
+        keyword_boost: a.keyword_boost,
+    };
+    let dev = a.device.device.open()?;
+    let out = with_backend!(&dev, B, d, {
+        let run = LmRun::<B>::load(&a.run, &d)?;
+        let checked = validate(&req, &run, &run.config.generate)?;
+        anyhow::Ok(generate(&run, &checked, &run.config.generate, &d)?)
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    for (i, c) in out.candidates.iter().enumerate() {
+        println!("{:>3}. {}", i + 1, c.text);
+    }
+    if out.budget_exhausted {
+        eprintln!(
+            "only {} of {} candidates passed the constraints after sampling {} (rejected: {:?})",
+            out.candidates.len(),
+            out.requested,
+            out.sampled,
+            out.rejected
+        );
+    }
+    Ok(())
+}
+
+/// The `task` a config file or run declares (`search` when it says none).
+fn task_of(a: &TrainArgs) -> Result<String> {
+    let table: toml::Table = match (&a.resume, &a.config) {
+        (Some(run), _) => RunDir::new(run).load_toml_config()?,
+        (None, Some(path)) => load_toml(path, &a.overrides)?,
+        (None, None) => unreachable!("clap requires --config or --resume"),
+    };
+    Ok(table
+        .get("task")
+        .and_then(|t| t.as_str())
+        .unwrap_or("search")
+        .to_string())
+}
+
+fn default_run_dir(a: &TrainArgs, config: &Path) -> PathBuf {
+    a.run_dir.clone().unwrap_or_else(|| {
+        let stem = config
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "run".into());
+        Path::new("runs").join(stem)
+    })
+}
+
 fn cmd_train(a: TrainArgs) -> Result<()> {
+    match task_of(&a)?.as_str() {
+        "search" => cmd_train_search(a),
+        "lm" | "copy" => cmd_train_lm(a),
+        other => {
+            anyhow::bail!("task = {other:?}: this version trains \"search\", \"lm\" and \"copy\"")
+        }
+    }
+}
+
+/// What `train` starts from: the config with its paths made absolute (None when resuming),
+/// the run directory and the loop options.
+fn train_plan<C: serde::de::DeserializeOwned>(
+    a: &TrainArgs,
+    resolve_paths: fn(&mut C, &Path),
+) -> Result<(Option<C>, PathBuf, FitOptions)> {
     let (config, run_dir) = match (&a.resume, &a.config) {
         (Some(run), _) => (None, run.clone()),
         (None, Some(path)) => {
-            let mut config: SearchRunConfig = load_toml(path, &a.overrides)?;
-            config.resolve_paths(&std::env::current_dir().context("current directory")?);
-            let stem = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "run".into());
-            (
-                Some(config),
-                a.run_dir
-                    .clone()
-                    .unwrap_or_else(|| Path::new("runs").join(stem)),
-            )
+            let mut config: C = load_toml(path, &a.overrides)?;
+            resolve_paths(
+                &mut config,
+                &std::env::current_dir().context("current directory")?,
+            );
+            (Some(config), default_run_dir(a, path))
         }
         (None, None) => unreachable!("clap requires --config or --resume"),
     };
+    let opts = FitOptions {
+        resume: a.resume.is_some(),
+        stop_after_epochs: a.stop_after_epochs,
+        quiet: a.quiet,
+    };
+    Ok((config, run_dir, opts))
+}
+
+fn cmd_train_lm(a: TrainArgs) -> Result<()> {
+    let (config, run_dir, opts) = train_plan(&a, LmRunConfig::resolve_paths)?;
+    let run = RunDir::new(&run_dir);
+    let dev = a.device.device.open()?;
+    let r = with_backend!(&dev, B, d, train_lm::<Autodiff<B>>(config, &run, &opts, &d))?;
+    eprintln!(
+        "{} {}: {} epochs, {} steps, val loss {:.4} (perplexity {:.2}), {:.0} tokens/s, {:.1} s ({} parameters, vocab {})",
+        if r.fit.stopped_early { "stopped (resumable)" } else { "trained" },
+        run_dir.display(),
+        r.fit.epochs_completed,
+        r.fit.steps,
+        r.val_loss,
+        r.val_perplexity,
+        r.tokens_per_sec,
+        r.fit.wall_secs,
+        r.parameters,
+        r.vocab_size,
+    );
+    Ok(())
+}
+
+fn cmd_train_search(a: TrainArgs) -> Result<()> {
+    let (config, run_dir, fit) = train_plan(&a, SearchRunConfig::resolve_paths)?;
     let run = RunDir::new(&run_dir);
     let opts = TrainOptions {
-        fit: FitOptions {
-            resume: a.resume.is_some(),
-            stop_after_epochs: a.stop_after_epochs,
-            quiet: a.quiet,
-        },
+        fit,
         skip_bad: a.skip_bad,
     };
     let dev = a.device.device.open()?;
@@ -408,7 +597,11 @@ fn cmd_search(a: SearchArgs) -> Result<()> {
                 h.rank,
                 h.id,
                 h.score,
-                h.title.as_deref().unwrap_or("-")
+                // Catalogues without titles (Fashion-MNIST) show the item's label.
+                h.title
+                    .as_deref()
+                    .or(h.attrs.get("label").map(String::as_str))
+                    .unwrap_or("-")
             );
         }
         if hits.is_empty() {

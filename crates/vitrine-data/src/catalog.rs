@@ -666,7 +666,14 @@ fn idx_error(file: &Path, reason: impl Into<String>) -> DataError {
 /// Read an IDX file (plain or gzip, told apart by the gzip magic bytes)
 /// whose magic number must be `expected`.
 fn read_idx(path: &Path, expected: u32, what: &str) -> Result<IdxData> {
-    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => idx_error(
+            path,
+            "no such file (Fashion-MNIST installs with `apt-get install dataset-fashion-mnist`, \
+             which scripts/setup.sh runs)",
+        ),
+        _ => DataError::io(path, e),
+    })?;
     let mut buffered = BufReader::new(file);
     let head = buffered.fill_buf().map_err(|e| DataError::io(path, e))?;
     let gz = head.starts_with(&[0x1f, 0x8b]);
@@ -1471,7 +1478,12 @@ mod tests {
         check("nofile.idx", Vec::new(), None, "");
         fs::remove_file(d.join("nofile.idx")).unwrap();
         let err = Catalog::open(&idx_config(d.join("nofile.idx"), None, None), false).unwrap_err();
-        assert!(matches!(err, DataError::Io { .. }), "{err:?}");
+        assert!(matches!(err, DataError::Idx { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("nofile.idx") && msg.contains("apt-get install dataset-fashion-mnist"),
+            "{msg}"
+        );
     }
 
     #[test]

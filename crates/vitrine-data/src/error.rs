@@ -72,6 +72,10 @@ pub enum DataError {
         available: Vec<String>,
     },
 
+    /// A tokenizer that cannot be trained, loaded, or applied to a text.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
     /// A malformed IDX (MNIST-style) file.
     #[error("{file}: {reason}")]
     Idx { file: PathBuf, reason: String },

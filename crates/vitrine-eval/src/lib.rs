@@ -1,7 +1,9 @@
 //! Metrics and evaluation reports.
 
+pub mod copy;
 pub mod retrieval;
 pub mod search;
 
+pub use copy::{eval_copy, CopyEvalReport};
 pub use retrieval::{evaluate_retrieval, RetrievalMetrics};
 pub use search::{eval_search, SearchEvalReport};

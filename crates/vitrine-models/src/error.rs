@@ -9,6 +9,8 @@ pub enum ModelError {
         value: String,
         allowed: String,
     },
+    #[error("{len} positions exceed the model's context of {max} tokens (model.n_ctx)")]
+    Context { len: usize, max: usize },
     #[error("input shape {got:?} does not match the model's expected input {expected:?}")]
     InputShape {
         got: Vec<usize>,

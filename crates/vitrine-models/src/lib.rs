@@ -3,12 +3,13 @@
 //!
 //! One file per architecture (`cnn`, `vit`), each with its config (serde, defaults), module,
 //! `init`, `forward` with shape comments and the Hugging Face weight-name mapping where one
-//! exists. `transformer` holds the pre-LayerNorm blocks shared by the ViT and, later, the
-//! GPT decoder.
+//! exists. `transformer` holds the pre-LayerNorm blocks shared by the ViT and the GPT
+//! decoder (`gpt`).
 
 pub mod cnn;
 pub mod encoder;
 pub mod error;
+pub mod gpt;
 pub mod transformer;
 pub mod vit;
 

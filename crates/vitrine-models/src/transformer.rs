@@ -6,13 +6,15 @@
 //!   x = x + mlp(ln_2(x))       Linear(D -> ratio*D), GELU, Linear(ratio*D -> D)
 //! ```
 //! Separate q/k/v projections map one-to-one onto ViT/CLIP checkpoints; GPT-2's fused
-//! `c_attn` splits into three along its output axis.
+//! `c_attn` splits into three along its output axis. [`Block::forward_kv`] takes and returns
+//! the keys/values of earlier positions, for incremental decoding with a KV cache.
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::{gelu, gelu_approximate, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, ModelError};
 
@@ -24,6 +26,17 @@ pub struct BlockConfig {
     pub mlp_ratio: usize,
     pub dropout: f64,
     pub layer_norm_eps: f64,
+    pub activation: Activation,
+}
+
+/// The MLP's non-linearity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    /// Exact (erf) GELU, as in ViT.
+    Gelu,
+    /// tanh approximation (`gelu_new`): GPT-2.
+    GeluTanh,
 }
 
 impl BlockConfig {
@@ -68,6 +81,7 @@ impl BlockConfig {
             mlp: Mlp {
                 fc_in: lin(d, d * self.mlp_ratio),
                 fc_out: lin(d * self.mlp_ratio, d),
+                gelu_tanh: self.activation == Activation::GeluTanh,
             },
             dropout: DropoutConfig::new(self.dropout).init(),
         }
@@ -83,27 +97,57 @@ pub struct SelfAttention<B: Backend> {
     pub n_heads: usize,
 }
 
+/// Keys and values of one attention layer for the positions seen so far: [B, H, S, dk].
+#[derive(Debug, Clone)]
+pub struct LayerKv<B: Backend> {
+    pub k: Tensor<B, 4>,
+    pub v: Tensor<B, 4>,
+}
+
 impl<B: Backend> SelfAttention<B> {
     /// [B, T, D] -> [B, T, D]. `causal` masks attention to later positions.
     pub fn forward(&self, x: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
+        self.forward_kv(x, None, causal).0
+    }
+
+    /// Attention of the T new positions over `past` (S positions) and themselves:
+    /// [B, T, D] -> ([B, T, D], keys/values of all S + T positions).
+    pub fn forward_kv(
+        &self,
+        x: Tensor<B, 3>,
+        past: Option<LayerKv<B>>,
+        causal: bool,
+    ) -> (Tensor<B, 3>, LayerKv<B>) {
         let [b, t, d] = x.dims();
         let h = self.n_heads;
         let dk = d / h;
         // [B, T, D] -> [B, H, T, dk]
         let split = |y: Tensor<B, 3>| y.reshape([b, t, h, dk]).swap_dims(1, 2);
         let q = split(self.query.forward(x.clone()));
-        let k = split(self.key.forward(x.clone()));
-        let v = split(self.value.forward(x));
-        // [B, H, T, T]
-        let mut scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dk as f64).sqrt());
-        if causal {
-            let mask = Tensor::<B, 2, burn::tensor::Bool>::tril_mask([t, t], 0, &scores.device());
-            scores = scores.mask_fill(mask.reshape([1, 1, t, t]), f32::NEG_INFINITY);
+        let mut k = split(self.key.forward(x.clone()));
+        let mut v = split(self.value.forward(x));
+        if let Some(p) = past {
+            k = Tensor::cat(vec![p.k, k], 2);
+            v = Tensor::cat(vec![p.v, v], 2);
+        }
+        let s = k.dims()[2];
+        // [B, H, T, S]
+        let mut scores = q
+            .matmul(k.clone().swap_dims(2, 3))
+            .div_scalar((dk as f64).sqrt());
+        if causal && t > 1 {
+            // New position i sits at S - T + i: it sees keys 0..=S-T+i.
+            let mask = Tensor::<B, 2, burn::tensor::Bool>::tril_mask(
+                [t, s],
+                (s - t) as i64,
+                &scores.device(),
+            );
+            scores = scores.mask_fill(mask.reshape([1, 1, t, s]), f32::NEG_INFINITY);
         }
         let attn = softmax(scores, 3);
         // [B, H, T, dk] -> [B, T, D]
-        let ctx = attn.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
-        self.out.forward(ctx)
+        let ctx = attn.matmul(v.clone()).swap_dims(1, 2).reshape([b, t, d]);
+        (self.out.forward(ctx), LayerKv { k, v })
     }
 }
 
@@ -111,11 +155,18 @@ impl<B: Backend> SelfAttention<B> {
 pub struct Mlp<B: Backend> {
     pub fc_in: Linear<B>,
     pub fc_out: Linear<B>,
+    pub gelu_tanh: bool,
 }
 
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.fc_out.forward(gelu(self.fc_in.forward(x)))
+        let h = self.fc_in.forward(x);
+        let h = if self.gelu_tanh {
+            gelu_approximate(h)
+        } else {
+            gelu(h)
+        };
+        self.fc_out.forward(h)
     }
 }
 
@@ -131,11 +182,23 @@ pub struct Block<B: Backend> {
 impl<B: Backend> Block<B> {
     /// [B, T, D] -> [B, T, D]
     pub fn forward(&self, x: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
-        let x = x.clone()
-            + self
-                .dropout
-                .forward(self.attn.forward(self.ln_1.forward(x), causal));
-        x.clone() + self.dropout.forward(self.mlp.forward(self.ln_2.forward(x)))
+        self.forward_kv(x, None, causal).0
+    }
+
+    /// As [`Block::forward`], continuing the positions in `past` (see
+    /// [`SelfAttention::forward_kv`]).
+    pub fn forward_kv(
+        &self,
+        x: Tensor<B, 3>,
+        past: Option<LayerKv<B>>,
+        causal: bool,
+    ) -> (Tensor<B, 3>, LayerKv<B>) {
+        let (a, kv) = self
+            .attn
+            .forward_kv(self.ln_1.forward(x.clone()), past, causal);
+        let x = x + self.dropout.forward(a);
+        let y = x.clone() + self.dropout.forward(self.mlp.forward(self.ln_2.forward(x)));
+        (y, kv)
     }
 }
 
@@ -154,6 +217,7 @@ mod tests {
             mlp_ratio: 2,
             dropout: 0.0,
             layer_norm_eps: 1e-5,
+            activation: Activation::Gelu,
         }
     }
 

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, ModelError};
 use crate::l2_normalize;
-use crate::transformer::{Block, BlockConfig};
+use crate::transformer::{Activation, Block, BlockConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -97,6 +97,7 @@ impl VitConfig {
             mlp_ratio: self.mlp_ratio,
             dropout: self.dropout,
             layer_norm_eps: self.layer_norm_eps,
+            activation: Activation::Gelu,
         }
     }
 

@@ -78,6 +78,20 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    pub fn loop_config(&self) -> crate::trainer::LoopConfig {
+        crate::trainer::LoopConfig {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            schedule: self.schedule,
+            weight_decay: self.weight_decay,
+            beta_1: 0.9,
+            beta_2: 0.999,
+            grad_clip: self.grad_clip,
+            checkpoint_every_steps: self.checkpoint_every_steps,
+            log_every_steps: self.log_every_steps,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Invalid(format!("train: {m}")));
         if self.epochs == 0 || self.epochs > 100_000 {

@@ -5,6 +5,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod embed;
 pub mod error;
+pub mod generate;
+pub mod lm;
 pub mod losses;
 pub mod pipeline;
 pub mod run;

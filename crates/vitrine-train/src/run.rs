@@ -47,11 +47,17 @@ impl RunDir {
     }
 
     pub fn save_config(&self, config: &SearchRunConfig) -> Result<()> {
-        let path = self.config_path();
-        atomic_save(&path, to_toml_string(config).as_bytes()).map_err(io_err(&path))
+        self.save_toml_config(config)
     }
 
     pub fn load_config(&self) -> Result<SearchRunConfig> {
+        let config: SearchRunConfig = self.load_toml_config()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The resolved `config.toml` of any task.
+    pub fn load_toml_config<T: DeserializeOwned>(&self) -> Result<T> {
         let path = self.config_path();
         if !path.exists() {
             return Err(TrainError::Run {
@@ -60,9 +66,22 @@ impl RunDir {
                     .into(),
             });
         }
-        let config: SearchRunConfig = crate::config::load_toml(&path, &[])?;
-        config.validate()?;
-        Ok(config)
+        crate::config::load_toml(&path, &[])
+    }
+
+    pub fn save_toml_config<T: Serialize>(&self, config: &T) -> Result<()> {
+        let path = self.config_path();
+        atomic_save(&path, to_toml_string(config).as_bytes()).map_err(io_err(&path))
+    }
+
+    /// The task named in a run's `config.toml` (`search` when absent).
+    pub fn task(&self) -> Result<String> {
+        let value: toml::Table = self.load_toml_config()?;
+        Ok(value
+            .get("task")
+            .and_then(|t| t.as_str())
+            .unwrap_or("search")
+            .to_string())
     }
 
     pub fn save_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
@@ -118,6 +137,15 @@ impl RunDir {
         config: &ImageEncoderConfig,
         device: &B::Device,
     ) -> Result<ImageEncoder<B>> {
+        self.load_weights(config.init::<B>(device)?, device)
+    }
+
+    /// Loads the final weights (`model.mpk`) into `module`.
+    pub fn load_weights<B: Backend, M: Module<B>>(
+        &self,
+        module: M,
+        device: &B::Device,
+    ) -> Result<M> {
         let path = self.model_path();
         let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => TrainError::Run {
@@ -126,7 +154,7 @@ impl RunDir {
             },
             _ => TrainError::Io { path: path.clone(), source },
         })?;
-        load_module_bytes(config.init::<B>(device)?, bytes, &path, device)
+        load_module_bytes(module, bytes, &path, device)
     }
 }
 

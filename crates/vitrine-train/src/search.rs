@@ -349,7 +349,14 @@ pub fn train_search<B: AutodiffBackend>(
         config: config.clone(),
         epoch_batches: None,
     };
-    let (model, fit_summary) = fit(model, &mut task, &config.train, run, &opts.fit, device)?;
+    let (model, fit_summary) = fit(
+        model,
+        &mut task,
+        &config.train.loop_config(),
+        run,
+        &opts.fit,
+        device,
+    )?;
     if !fit_summary.stopped_early {
         save_module(model.encoder.valid(), &run.model_path())?;
     }

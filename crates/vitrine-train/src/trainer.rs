@@ -17,14 +17,37 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::checkpoint::{Checkpoint, TrainState};
-use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
 use crate::run::{load_module_bytes, module_to_bytes, Rec, RunDir};
+use crate::schedule::Schedule;
 
 pub trait Task<B: AutodiffBackend, M> {
     fn batches_per_epoch(&self) -> usize;
     /// Forward pass and loss of batch `batch` of `epoch`: (scalar loss, examples in it).
     fn loss(&mut self, model: &M, epoch: usize, batch: usize) -> Result<(Tensor<B, 1>, usize)>;
+    /// What `loss` counts (progress and metrics say "<unit>/s").
+    fn unit(&self) -> &'static str {
+        "examples"
+    }
+    /// Extra metrics after each epoch (e.g. validation loss), merged into `metrics.jsonl`.
+    fn epoch_end(&mut self, _model: &M, _epoch: usize) -> Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
+}
+
+/// What the loop needs from a task's config: optimiser, schedule and bookkeeping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub schedule: Schedule,
+    pub weight_decay: f64,
+    pub beta_1: f64,
+    pub beta_2: f64,
+    /// Per-parameter gradient-norm clip (0 = off).
+    pub grad_clip: f64,
+    pub checkpoint_every_steps: usize,
+    pub log_every_steps: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -51,7 +74,7 @@ pub struct FitSummary {
 pub fn fit<B, M, T>(
     mut model: M,
     task: &mut T,
-    cfg: &TrainConfig,
+    cfg: &LoopConfig,
     run: &RunDir,
     opts: &FitOptions,
     device: &B::Device,
@@ -64,12 +87,17 @@ where
     let per_epoch = task.batches_per_epoch();
     if per_epoch == 0 {
         return Err(TrainError::Invalid(format!(
-            "no full batch of {} examples in an epoch: use a smaller train.batch_size or more data",
-            cfg.batch_size
+            "no full batch of {} {} in an epoch: use a smaller train.batch_size or more data",
+            cfg.batch_size,
+            task.unit()
         )));
     }
+    let unit = task.unit();
+    let unit_short = if unit == "tokens" { "tok" } else { "ex" };
     let total_steps = per_epoch * cfg.epochs;
     let mut optim = AdamWConfig::new()
+        .with_beta_1(cfg.beta_1 as f32)
+        .with_beta_2(cfg.beta_2 as f32)
         .with_weight_decay(cfg.weight_decay as f32)
         .with_grad_clipping(
             (cfg.grad_clip > 0.0).then(|| GradientClippingConfig::Norm(cfg.grad_clip as f32)),
@@ -168,7 +196,7 @@ where
             examples_total += examples;
             let rate = epoch_examples_now as f64 / epoch_started.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!(
-                "loss {loss_value:.4} | {rate:.0} ex/s | lr {lr:.2e}"
+                "loss {loss_value:.4} | {rate:.0} {unit_short}/s | lr {lr:.2e}"
             ));
             bar.inc(1);
             if !interactive
@@ -177,7 +205,7 @@ where
                 && state.step % cfg.log_every_steps == 0
             {
                 eprintln!(
-                    "epoch {}/{} step {}/{total_steps} loss {loss_value:.4} {rate:.0} ex/s lr {lr:.2e}",
+                    "epoch {}/{} step {}/{total_steps} loss {loss_value:.4} {rate:.0} {unit_short}/s lr {lr:.2e}",
                     state.epoch + 1,
                     cfg.epochs,
                     state.step
@@ -192,18 +220,34 @@ where
         }
         let epoch_secs = epoch_started.elapsed().as_secs_f64();
         last_epoch_loss = state.epoch_loss_sum / state.epoch_examples.max(1) as f64;
-        run.append_metrics(&json!({
+        let extra = task.epoch_end(&model, state.epoch)?;
+        let mut line = json!({
             "epoch": state.epoch + 1,
             "step": state.step,
             "loss": last_epoch_loss,
             "lr": cfg.schedule.at(state.step.saturating_sub(1), total_steps),
-            "examples_per_sec": epoch_examples_now as f64 / epoch_secs.max(1e-9),
             "epoch_secs": epoch_secs,
-        }))?;
+        });
+        let mut extra_text = String::new();
+        if let Some(map) = line.as_object_mut() {
+            map.insert(
+                format!("{unit}_per_sec"),
+                json!(epoch_examples_now as f64 / epoch_secs.max(1e-9)),
+            );
+        }
+        if let (Some(map), Some(add)) = (line.as_object_mut(), extra.as_object()) {
+            for (k, v) in add {
+                map.insert(k.clone(), v.clone());
+                if let Some(f) = v.as_f64().filter(|f| f.fract() != 0.0) {
+                    extra_text.push_str(&format!(", {k} {f:.4}"));
+                }
+            }
+        }
+        run.append_metrics(&line)?;
         if !opts.quiet {
             bar.suspend(|| {
                 eprintln!(
-                    "epoch {}/{}: loss {last_epoch_loss:.4}, {:.0} examples/s, {epoch_secs:.1} s",
+                    "epoch {}/{}: loss {last_epoch_loss:.4}{extra_text}, {:.0} {unit}/s, {epoch_secs:.1} s",
                     state.epoch + 1,
                     cfg.epochs,
                     epoch_examples_now as f64 / epoch_secs.max(1e-9)

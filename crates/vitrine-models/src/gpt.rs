@@ -1,0 +1,429 @@
+//! GPT-2-architecture decoder (Radford et al. 2019) for copy generation and language modelling.
+//!
+//! ```text
+//! tokens [B, T] (int)
+//!   wte(tokens) + wpe(positions)              [B, T, D]    positions = past .. past+T
+//!   dropout
+//!   n_layers pre-LN causal blocks             [B, T, D]    (KV cache: keys/values of past)
+//!   ln_f                                      [B, T, D]
+//!   logits = h · wteᵀ  (tied output head)     [B, T, V]
+//! ```
+//!
+//! Presets ([`GptConfig::preset`]): `tiny` (tests), `nano-cpu` (nanoGPT's CPU recipe:
+//! 4 layers, 4 heads, 128 dims), `gpt2-124m` (12/12/768, GPT-2 small).
+//!
+//! Hugging Face `GPT2LMHeadModel` weight names map onto this module as follows. GPT-2 stores
+//! its linear layers as `Conv1D` with weight [in, out], which is Burn's `Linear` layout, so
+//! nothing is transposed; the fused `c_attn` [D, 3D] splits along its output axis into
+//! query | key | value (columns 0..D, D..2D, 2D..3D), and so does its bias.
+//!
+//! | Hugging Face                                   | here                                  |
+//! |------------------------------------------------|---------------------------------------|
+//! | `transformer.wte.weight` [V, D]                | `wte.weight`                          |
+//! | `transformer.wpe.weight` [n_ctx, D]            | `wpe.weight`                          |
+//! | `transformer.h.{i}.ln_1.{weight,bias}`         | `blocks.{i}.ln_1.{gamma,beta}`        |
+//! | `transformer.h.{i}.attn.c_attn.{weight,bias}`  | `blocks.{i}.attn.{query,key,value}`   |
+//! | `transformer.h.{i}.attn.c_proj.{weight,bias}`  | `blocks.{i}.attn.out`                 |
+//! | `transformer.h.{i}.ln_2.{weight,bias}`         | `blocks.{i}.ln_2.{gamma,beta}`        |
+//! | `transformer.h.{i}.mlp.c_fc.{weight,bias}`     | `blocks.{i}.mlp.fc_in`                |
+//! | `transformer.h.{i}.mlp.c_proj.{weight,bias}`   | `blocks.{i}.mlp.fc_out`               |
+//! | `transformer.ln_f.{weight,bias}`               | `ln_f.{gamma,beta}`                   |
+//! | `lm_head.weight` (tied to `wte`)               | (none: the head reuses `wte.weight`)  |
+//!
+//! GPT-2's MLP uses the tanh approximation of GELU (`gelu_new`), as here; LayerNorm ε = 1e-5.
+
+use burn::module::Module;
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
+};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{invalid, ModelError};
+use crate::transformer::{Activation, Block, BlockConfig, LayerKv};
+
+/// Decoder hyper-parameters. In TOML, `preset = "nano-cpu"` fills every field the file does
+/// not give; the resolved values are what a run saves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "GptConfigFile")]
+pub struct GptConfig {
+    pub vocab_size: usize,
+    /// Context length: the most positions the model can attend over.
+    pub n_ctx: usize,
+    pub d_model: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub mlp_ratio: usize,
+    pub dropout: f64,
+    pub layer_norm_eps: f64,
+}
+
+/// What a config file may say: a preset and any field overriding it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GptConfigFile {
+    preset: Option<String>,
+    vocab_size: Option<usize>,
+    n_ctx: Option<usize>,
+    d_model: Option<usize>,
+    n_layers: Option<usize>,
+    n_heads: Option<usize>,
+    mlp_ratio: Option<usize>,
+    dropout: Option<f64>,
+    layer_norm_eps: Option<f64>,
+}
+
+impl TryFrom<GptConfigFile> for GptConfig {
+    type Error = String;
+    fn try_from(f: GptConfigFile) -> Result<Self, String> {
+        let base = match &f.preset {
+            Some(name) => GptConfig::preset(name).map_err(|e| e.to_string())?,
+            None => GptConfig::default(),
+        };
+        Ok(GptConfig {
+            vocab_size: f.vocab_size.unwrap_or(base.vocab_size),
+            n_ctx: f.n_ctx.unwrap_or(base.n_ctx),
+            d_model: f.d_model.unwrap_or(base.d_model),
+            n_layers: f.n_layers.unwrap_or(base.n_layers),
+            n_heads: f.n_heads.unwrap_or(base.n_heads),
+            mlp_ratio: f.mlp_ratio.unwrap_or(base.mlp_ratio),
+            dropout: f.dropout.unwrap_or(base.dropout),
+            layer_norm_eps: f.layer_norm_eps.unwrap_or(base.layer_norm_eps),
+        })
+    }
+}
+
+impl Default for GptConfig {
+    /// The `nano-cpu` preset.
+    fn default() -> Self {
+        Self {
+            vocab_size: 65,
+            n_ctx: 64,
+            d_model: 128,
+            n_layers: 4,
+            n_heads: 4,
+            mlp_ratio: 4,
+            dropout: 0.0,
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+impl GptConfig {
+    pub const PRESETS: [&'static str; 3] = ["tiny", "nano-cpu", "gpt2-124m"];
+
+    /// Named sizes. `vocab_size` of `tiny` and `nano-cpu` is a placeholder: a run sets it
+    /// from its tokenizer.
+    pub fn preset(name: &str) -> Result<Self, ModelError> {
+        Ok(match name {
+            "tiny" => Self {
+                vocab_size: 32,
+                n_ctx: 32,
+                d_model: 16,
+                n_layers: 2,
+                n_heads: 2,
+                ..Self::default()
+            },
+            "nano-cpu" => Self::default(),
+            "gpt2-124m" => Self {
+                vocab_size: 50257,
+                n_ctx: 1024,
+                d_model: 768,
+                n_layers: 12,
+                n_heads: 12,
+                ..Self::default()
+            },
+            other => {
+                return Err(invalid(
+                    "preset",
+                    other,
+                    format!("one of {}", Self::PRESETS.join(", ")),
+                ))
+            }
+        })
+    }
+
+    fn block(&self) -> BlockConfig {
+        BlockConfig {
+            d_model: self.d_model,
+            n_heads: self.n_heads,
+            mlp_ratio: self.mlp_ratio,
+            dropout: self.dropout,
+            layer_norm_eps: self.layer_norm_eps,
+            activation: Activation::GeluTanh,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.vocab_size == 0 || self.vocab_size > 1 << 20 {
+            return Err(invalid("vocab_size", self.vocab_size, "1..=1048576"));
+        }
+        if self.n_ctx == 0 || self.n_ctx > 1 << 16 {
+            return Err(invalid("n_ctx", self.n_ctx, "1..=65536"));
+        }
+        if self.n_layers == 0 || self.n_layers > 128 {
+            return Err(invalid("n_layers", self.n_layers, "1..=128"));
+        }
+        self.block().validate()
+    }
+
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Gpt<B>, ModelError> {
+        self.validate()?;
+        let normal = Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
+        let block = self.block();
+        Ok(Gpt {
+            wte: EmbeddingConfig::new(self.vocab_size, self.d_model)
+                .with_initializer(normal.clone())
+                .init(device),
+            wpe: EmbeddingConfig::new(self.n_ctx, self.d_model)
+                .with_initializer(normal)
+                .init(device),
+            blocks: (0..self.n_layers).map(|_| block.init(device)).collect(),
+            ln_f: LayerNormConfig::new(self.d_model)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            n_ctx: self.n_ctx,
+        })
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt<B: Backend> {
+    pub wte: Embedding<B>,
+    pub wpe: Embedding<B>,
+    pub blocks: Vec<Block<B>>,
+    pub ln_f: LayerNorm<B>,
+    pub dropout: Dropout,
+    pub n_ctx: usize,
+}
+
+/// Keys and values of every layer for the positions decoded so far.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<LayerKv<B>>>,
+    len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(n_layers: usize) -> Self {
+        Self {
+            layers: vec![None; n_layers],
+            len: 0,
+        }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<B: Backend> Gpt<B> {
+    pub fn vocab_size(&self) -> usize {
+        self.wte.weight.dims()[0]
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.blocks.len())
+    }
+
+    /// Full causal forward: [B, T] -> logits [B, T, V]. T ≤ n_ctx.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError> {
+        let mut cache = self.new_cache();
+        let h = self.forward_hidden(tokens, &mut cache, false)?;
+        Ok(self.logits(h))
+    }
+
+    /// Incremental forward: the new tokens [B, T] continue the positions in `cache`, which
+    /// grows by T. Returns logits [B, T, V].
+    pub fn forward_cached(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        let h = self.forward_hidden(tokens, cache, true)?;
+        Ok(self.logits(h))
+    }
+
+    /// Final hidden states [B, T, D] after `ln_f`; `keep` stores keys/values in `cache`.
+    pub fn forward_hidden(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+        keep: bool,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        let [b, t] = tokens.dims();
+        let past = cache.len;
+        if t == 0 || past + t > self.n_ctx {
+            return Err(ModelError::Context {
+                len: past + t,
+                max: self.n_ctx,
+            });
+        }
+        let device = tokens.device();
+        // [T] -> [B, T]
+        let positions = Tensor::<B, 1, Int>::arange(past as i64..(past + t) as i64, &device)
+            .reshape([1, t])
+            .expand([b, t]);
+        let mut x = self
+            .dropout
+            .forward(self.wte.forward(tokens) + self.wpe.forward(positions));
+        for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            // Without `keep` the cache is only read, so it is cloned (cheap: shared buffers).
+            let past_kv = if keep { slot.take() } else { slot.clone() };
+            let (y, kv) = block.forward_kv(x, past_kv, true);
+            x = y;
+            if keep {
+                *slot = Some(kv);
+            }
+        }
+        if keep {
+            cache.len = past + t;
+        }
+        Ok(self.ln_f.forward(x))
+    }
+
+    /// Tied output head: [B, T, D] -> [B, T, V].
+    pub fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, d] = h.dims();
+        let w = self.wte.weight.val(); // [V, D]
+        let v = w.dims()[0];
+        h.reshape([b * t, d])
+            .matmul(w.transpose())
+            .reshape([b, t, v])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::TensorData;
+
+    type B = Flex;
+
+    fn tiny() -> GptConfig {
+        GptConfig::preset("tiny").unwrap()
+    }
+
+    fn tokens(rows: &[Vec<i64>]) -> Tensor<B, 2, Int> {
+        let t = rows[0].len();
+        let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+        Tensor::from_data(TensorData::new(flat, [rows.len(), t]), &Default::default())
+    }
+
+    fn max_abs_diff(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f32 {
+        (a - b).abs().max().into_scalar()
+    }
+
+    #[test]
+    fn logits_shape_and_tied_head() {
+        let model = tiny().init::<B>(&Default::default()).unwrap();
+        let logits = model
+            .forward(tokens(&[vec![1, 2, 3], vec![4, 5, 6]]))
+            .unwrap();
+        assert_eq!(logits.dims(), [2, 3, 32]);
+        assert_eq!(model.vocab_size(), 32);
+    }
+
+    /// Decoding 20 steps one token at a time with the cache gives the logits of a full
+    /// recompute over the whole prefix at every step.
+    #[test]
+    fn kv_cache_matches_full_recompute_for_20_steps() {
+        let model = tiny().init::<B>(&Default::default()).unwrap();
+        let seq: Vec<Vec<i64>> = vec![
+            (0..24).map(|i| (i * 7 + 3) % 32).collect(),
+            (0..24).map(|i| (i * 5 + 1) % 32).collect(),
+        ];
+        let prompt = 4;
+        let mut cache = model.new_cache();
+        let first = model
+            .forward_cached(
+                tokens(&seq.iter().map(|r| r[..prompt].to_vec()).collect::<Vec<_>>()),
+                &mut cache,
+            )
+            .unwrap();
+        let full = model
+            .forward(tokens(
+                &seq.iter().map(|r| r[..prompt].to_vec()).collect::<Vec<_>>(),
+            ))
+            .unwrap();
+        assert!(max_abs_diff(first, full) <= 1e-4);
+        for step in 0..20 {
+            let pos = prompt + step;
+            let next: Vec<Vec<i64>> = seq.iter().map(|r| vec![r[pos]]).collect();
+            let cached = model.forward_cached(tokens(&next), &mut cache).unwrap();
+            assert_eq!(cache.len(), pos + 1);
+            let full = model
+                .forward(tokens(
+                    &seq.iter().map(|r| r[..=pos].to_vec()).collect::<Vec<_>>(),
+                ))
+                .unwrap()
+                .slice([0..2, pos..pos + 1, 0..32]);
+            let diff = max_abs_diff(cached, full);
+            assert!(diff <= 1e-4, "step {step}: max abs diff {diff}");
+        }
+    }
+
+    #[test]
+    fn context_overflow_is_an_error_not_a_panic() {
+        let model = tiny().init::<B>(&Default::default()).unwrap();
+        let at_limit = tokens(&[vec![1; 32]]);
+        assert!(model.forward(at_limit).is_ok());
+        let over = tokens(&[vec![1; 33]]);
+        assert_eq!(
+            model.forward(over).unwrap_err(),
+            ModelError::Context { len: 33, max: 32 }
+        );
+        let mut cache = model.new_cache();
+        model
+            .forward_cached(tokens(&[vec![1; 30]]), &mut cache)
+            .unwrap();
+        let err = model
+            .forward_cached(tokens(&[vec![1; 3]]), &mut cache)
+            .unwrap_err();
+        assert_eq!(err, ModelError::Context { len: 33, max: 32 });
+        // The failed call left the cache usable.
+        assert_eq!(cache.len(), 30);
+        assert!(model
+            .forward_cached(tokens(&[vec![1; 2]]), &mut cache)
+            .is_ok());
+    }
+
+    #[test]
+    fn presets_and_overrides_from_toml() {
+        let c: GptConfig =
+            serde_json::from_str(r#"{"preset": "nano-cpu", "vocab_size": 65}"#).unwrap();
+        assert_eq!((c.n_layers, c.n_heads, c.d_model), (4, 4, 128));
+        let c: GptConfig =
+            serde_json::from_str(r#"{"preset": "gpt2-124m", "n_ctx": 256}"#).unwrap();
+        assert_eq!(
+            (c.n_layers, c.d_model, c.n_ctx, c.vocab_size),
+            (12, 768, 256, 50257)
+        );
+        // A resolved config round-trips without its preset.
+        let back: GptConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert!(serde_json::from_str::<GptConfig>(r#"{"preset": "huge"}"#).is_err());
+        assert!(serde_json::from_str::<GptConfig>(r#"{"n_layer": 3}"#).is_err());
+        assert!(GptConfig {
+            n_heads: 3,
+            ..tiny()
+        }
+        .validate()
+        .is_err());
+    }
+}

@@ -1,0 +1,687 @@
+//! Copy generation: validated parameters, batched sampling with a KV cache, hard
+//! constraints, and resampling until `n` candidates pass or the budget is spent.
+//!
+//! Sampling per step and row: keyword boost (a logit bonus for the first token of every
+//! keyword the line has not used yet; a started keyword's remaining tokens are forced, as in
+//! lexically constrained decoding), repetition penalty (CTRL-style, on tokens this candidate
+//! has already generated; the brief is exempt so keywords are not discouraged), temperature,
+//! top-k, top-p, then a draw from one seeded RNG in row order, so the same seed and request
+//! give the same output.
+
+use std::collections::{BTreeMap, HashSet};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use vitrine_data::copy::{Brief, Constraints, Rejection};
+
+use crate::error::{Result, TrainError};
+use crate::lm::{GenerateLimits, LmRun};
+
+/// A raw generation request (CLI flags or the server's JSON body).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenerateRequest {
+    pub keywords: String,
+    pub tone: Option<String>,
+    pub n: usize,
+    pub max_chars: usize,
+    pub temperature: f64,
+    /// Sample among the k most likely tokens (≥ 1; the vocabulary size or more = no cut).
+    pub top_k: usize,
+    pub top_p: f64,
+    pub repetition_penalty: f64,
+    pub seed: u64,
+    pub stop: Vec<String>,
+    pub banned: Vec<String>,
+    /// Refuse candidates that repeat a training line.
+    pub no_copy: bool,
+    /// Logit bonus for unused keywords (None = the run's `generate.keyword_boost`).
+    pub keyword_boost: Option<f64>,
+}
+
+impl Default for GenerateRequest {
+    fn default() -> Self {
+        Self {
+            keywords: String::new(),
+            tone: None,
+            n: 10,
+            max_chars: 60,
+            temperature: 0.8,
+            top_k: 50,
+            top_p: 0.95,
+            repetition_penalty: 1.1,
+            seed: 7,
+            stop: Vec::new(),
+            banned: Vec::new(),
+            no_copy: false,
+            keyword_boost: None,
+        }
+    }
+}
+
+/// A request that passed validation.
+#[derive(Debug, Clone)]
+pub struct CheckedRequest {
+    pub brief: Brief,
+    pub prompt_ids: Vec<u32>,
+    pub n: usize,
+    pub sampling: Sampling,
+    pub max_new_tokens: usize,
+    pub stop: Vec<String>,
+    pub constraints: Constraints,
+    pub seed: u64,
+    /// Per keyword: its tokens inside a line (after a space) and at the line's start.
+    pub keyword_tokens: Vec<[Vec<u32>; 2]>,
+    pub keyword_boost: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    pub temperature: f64,
+    pub top_k: usize,
+    pub top_p: f64,
+    pub repetition_penalty: f64,
+}
+
+fn invalid(
+    field: &str,
+    value: impl std::fmt::Display,
+    allowed: impl std::fmt::Display,
+) -> TrainError {
+    TrainError::Invalid(format!("{field} = {value}: allowed {allowed}"))
+}
+
+/// Turns a raw request into a checked one; each error names the field and its limit.
+pub fn validate<B: Backend>(
+    req: &GenerateRequest,
+    run: &LmRun<B>,
+    limits: &GenerateLimits,
+) -> Result<CheckedRequest> {
+    if !run.config.is_copy() {
+        return Err(TrainError::Invalid(format!(
+            "{} is a plain language-model run (task \"lm\"); generate needs a copy run (task \"copy\")",
+            run.dir.path.display()
+        )));
+    }
+    if !(req.temperature.is_finite() && req.temperature > 0.0) {
+        return Err(invalid(
+            "temperature",
+            req.temperature,
+            "a finite number > 0",
+        ));
+    }
+    if req.top_k == 0 {
+        return Err(invalid("top_k", req.top_k, "an integer >= 1"));
+    }
+    if !(req.top_p > 0.0 && req.top_p <= 1.0) {
+        return Err(invalid("top_p", req.top_p, "0 < top_p <= 1"));
+    }
+    if !(req.repetition_penalty.is_finite() && req.repetition_penalty > 0.0) {
+        return Err(invalid(
+            "repetition_penalty",
+            req.repetition_penalty,
+            "a finite number > 0 (1 = off)",
+        ));
+    }
+    if req.n == 0 || req.n > limits.max_n {
+        return Err(invalid(
+            "n",
+            req.n,
+            format!("1..={} (generate.max_n)", limits.max_n),
+        ));
+    }
+    if req.max_chars == 0 || req.max_chars > limits.max_chars {
+        return Err(invalid(
+            "max_chars",
+            req.max_chars,
+            format!("1..={} (generate.max_chars)", limits.max_chars),
+        ));
+    }
+    if req.stop.len() > limits.max_stop || req.stop.iter().any(|s| s.is_empty()) {
+        return Err(invalid(
+            "stop",
+            format!("{:?}", req.stop),
+            format!(
+                "at most {} non-empty strings (generate.max_stop)",
+                limits.max_stop
+            ),
+        ));
+    }
+    let brief_chars =
+        req.keywords.chars().count() + req.tone.as_deref().map_or(0, |t| t.chars().count());
+    if brief_chars > limits.max_brief_chars {
+        return Err(invalid(
+            "keywords",
+            format!("{brief_chars} characters"),
+            format!(
+                "at most {} (generate.max_brief_chars)",
+                limits.max_brief_chars
+            ),
+        ));
+    }
+    let keyword_boost = req.keyword_boost.unwrap_or(limits.keyword_boost);
+    if !(keyword_boost.is_finite() && (0.0..=limits.max_keyword_boost).contains(&keyword_boost)) {
+        return Err(invalid(
+            "keyword_boost",
+            keyword_boost,
+            format!(
+                "0..={} (generate.max_keyword_boost)",
+                limits.max_keyword_boost
+            ),
+        ));
+    }
+    let mut brief = Brief::parse(&req.keywords, req.tone.as_deref());
+    for k in &mut brief.keywords {
+        *k = limits.keyword_case.apply(k);
+    }
+    let has_tone = match &run.config.data {
+        crate::lm::LmData::Copy { train, .. } => train.tone_column.is_some(),
+        crate::lm::LmData::Text { .. } => false,
+    };
+    if brief.tone.is_some() && !has_tone {
+        return Err(TrainError::Invalid(
+            "tone: this model was trained without a tone column (data.train.tone_column), so it cannot follow one; leave out --tone".into(),
+        ));
+    }
+    let prompt_ids = run.tokenizer.encode(&brief.prompt())?;
+    let n_ctx = run.config.model.n_ctx;
+    if prompt_ids.len() >= n_ctx {
+        return Err(invalid(
+            "keywords",
+            format!("a brief of {} tokens", prompt_ids.len()),
+            format!(
+                "briefs of at most {} tokens: the model's context is {n_ctx} tokens (model.n_ctx) and the line needs room",
+                n_ctx - 1
+            ),
+        ));
+    }
+    let keyword_tokens = brief
+        .keywords
+        .iter()
+        .map(|k| {
+            Ok([
+                run.tokenizer.encode(&format!(" {k}"))?,
+                run.tokenizer.encode(k)?,
+            ])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let banned = req
+        .banned
+        .iter()
+        .map(|b| b.trim().to_lowercase())
+        .filter(|b| !b.is_empty())
+        .collect();
+    Ok(CheckedRequest {
+        brief,
+        max_new_tokens: limits.max_new_tokens.min(n_ctx - prompt_ids.len()),
+        prompt_ids,
+        n: req.n,
+        sampling: Sampling {
+            temperature: req.temperature,
+            top_k: req.top_k,
+            top_p: req.top_p,
+            repetition_penalty: req.repetition_penalty,
+        },
+        stop: req.stop.clone(),
+        constraints: Constraints {
+            max_chars: req.max_chars,
+            banned,
+            no_copy_of: if req.no_copy {
+                run.train_lines.clone()
+            } else {
+                HashSet::new()
+            },
+        },
+        seed: req.seed,
+        keyword_tokens,
+        keyword_boost: keyword_boost as f32,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Candidate {
+    pub text: String,
+    pub keyword_coverage: f64,
+    /// Set when a scorer ranked the candidates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GenerateOutput {
+    pub candidates: Vec<Candidate>,
+    pub requested: usize,
+    /// Candidates sampled in all.
+    pub sampled: usize,
+    /// Rejections by reason.
+    pub rejected: BTreeMap<String, usize>,
+    /// Fewer than `requested` passed within the budget.
+    pub budget_exhausted: bool,
+}
+
+/// Applies repetition penalty, temperature, top-k and top-p to `logits` in place and draws
+/// one token id.
+pub fn sample_token(logits: &mut [f32], generated: &[u32], s: &Sampling, rng: &mut StdRng) -> u32 {
+    if s.repetition_penalty != 1.0 {
+        let mut seen = HashSet::new();
+        let p = s.repetition_penalty as f32;
+        for &t in generated {
+            if seen.insert(t) {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = if *l > 0.0 { *l / p } else { *l * p };
+                }
+            }
+        }
+    }
+    let inv_t = (1.0 / s.temperature) as f32;
+    // Candidate ids sorted by logit, best first (top-k keeps the first k).
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    let cmp = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
+    if s.top_k > 0 && s.top_k < ids.len() {
+        ids.select_nth_unstable_by(s.top_k - 1, cmp);
+        ids.truncate(s.top_k);
+    }
+    ids.sort_unstable_by(cmp);
+    let max = logits[ids[0] as usize] * inv_t;
+    let mut probs: Vec<f64> = ids
+        .iter()
+        .map(|&i| (((logits[i as usize] * inv_t) - max) as f64).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    // Top-p: the smallest prefix whose mass reaches p (at least one token).
+    let mut keep = probs.len();
+    if s.top_p < 1.0 {
+        let mut cum = 0.0;
+        for (j, p) in probs.iter().enumerate() {
+            cum += p / total;
+            if cum >= s.top_p {
+                keep = j + 1;
+                break;
+            }
+        }
+    }
+    probs.truncate(keep);
+    let total: f64 = probs.iter().sum();
+    let mut r = rng.random::<f64>() * total;
+    for (j, p) in probs.iter().enumerate() {
+        r -= p;
+        if r <= 0.0 {
+            return ids[j];
+        }
+    }
+    ids[keep - 1]
+}
+
+/// How one sampled row ended.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    ids: Vec<u32>,
+    text: String,
+    done: bool,
+    ended: bool,
+    too_long: bool,
+    /// Per keyword: not used yet, started (variant, tokens matched), or used.
+    keywords: Vec<KeywordState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum KeywordState {
+    Unused,
+    Started { variant: usize, matched: usize },
+    Used,
+}
+
+/// The token a started keyword forces next, or else boosts the first token of each unused
+/// keyword in `logits`.
+fn keyword_step(row: &Row, kw: &[[Vec<u32>; 2]], boost: f32, logits: &mut [f32]) -> Option<u32> {
+    for (state, seqs) in row.keywords.iter().zip(kw) {
+        if let KeywordState::Started { variant, matched } = *state {
+            return seqs[variant].get(matched).copied();
+        }
+    }
+    if boost > 0.0 {
+        // At the line's start a word has no leading space: variant 1.
+        let variant = usize::from(row.ids.is_empty());
+        for (state, seqs) in row.keywords.iter().zip(kw) {
+            if *state == KeywordState::Unused {
+                if let Some(l) = seqs[variant]
+                    .first()
+                    .and_then(|&t| logits.get_mut(t as usize))
+                {
+                    *l += boost;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Advances the keyword states after `tok` was emitted.
+fn keyword_advance(row: &mut Row, kw: &[[Vec<u32>; 2]], tok: u32, brief: &Brief) {
+    let variant_now = usize::from(row.ids.len() == 1);
+    let mut consumed = false;
+    for (state, seqs) in row.keywords.iter_mut().zip(kw) {
+        match *state {
+            KeywordState::Started { variant, matched } => {
+                let seq = &seqs[variant];
+                *state = if seq.get(matched) == Some(&tok) {
+                    if matched + 1 == seq.len() {
+                        KeywordState::Used
+                    } else {
+                        KeywordState::Started {
+                            variant,
+                            matched: matched + 1,
+                        }
+                    }
+                } else {
+                    KeywordState::Unused
+                };
+                consumed = true;
+            }
+            KeywordState::Unused if !consumed && seqs[variant_now].first() == Some(&tok) => {
+                *state = if seqs[variant_now].len() == 1 {
+                    KeywordState::Used
+                } else {
+                    KeywordState::Started {
+                        variant: variant_now,
+                        matched: 1,
+                    }
+                };
+                consumed = true;
+            }
+            _ => {}
+        }
+    }
+    // A keyword the line wrote in its own way (other case, other tokens) counts as used.
+    for (state, k) in row.keywords.iter_mut().zip(&brief.keywords) {
+        if *state == KeywordState::Unused
+            && (Brief {
+                keywords: vec![k.clone()],
+                tone: None,
+            })
+            .coverage(&row.text)
+                == 1.0
+        {
+            *state = KeywordState::Used;
+        }
+    }
+}
+
+/// Samples `rows` continuations of the prompt in one batch with a KV cache.
+fn sample_batch<B: Backend>(
+    run: &LmRun<B>,
+    req: &CheckedRequest,
+    rows: usize,
+    rng: &mut StdRng,
+    device: &B::Device,
+) -> Result<Vec<Row>> {
+    let eos = run.eos();
+    let p = req.prompt_ids.len();
+    let prompt: Vec<i64> = (0..rows)
+        .flat_map(|_| req.prompt_ids.iter().map(|&t| t as i64))
+        .collect();
+    let mut cache = run.model.new_cache();
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(prompt, [rows, p]), device);
+    let h = run.model.forward_hidden(tokens, &mut cache, true)?;
+    let d = h.dims()[2];
+    let mut logits = run.model.logits(h.slice([0..rows, p - 1..p, 0..d]));
+    let mut out: Vec<Row> = (0..rows)
+        .map(|_| Row {
+            ids: Vec::new(),
+            text: String::new(),
+            done: false,
+            ended: false,
+            too_long: false,
+            keywords: vec![KeywordState::Unused; req.keyword_tokens.len()],
+        })
+        .collect();
+    let max_chars = req.constraints.max_chars;
+    for step in 0..req.max_new_tokens {
+        let v = logits.dims()[2];
+        let host: Vec<f32> = logits
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .map_err(|e| TrainError::Invalid(format!("reading logits: {e:?}")))?;
+        let mut next = vec![eos.unwrap_or(0) as i64; rows];
+        for (r, row) in out.iter_mut().enumerate() {
+            if row.done {
+                continue;
+            }
+            let mut l = host[r * v..(r + 1) * v].to_vec();
+            let forced = keyword_step(row, &req.keyword_tokens, req.keyword_boost, &mut l);
+            let tok = match forced {
+                Some(t) => t,
+                None => sample_token(&mut l, &row.ids, &req.sampling, rng),
+            };
+            if Some(tok) == eos {
+                row.done = true;
+                row.ended = true;
+                continue;
+            }
+            row.ids.push(tok);
+            next[r] = tok as i64;
+            row.text = run.tokenizer.decode(&row.ids)?;
+            keyword_advance(row, &req.keyword_tokens, tok, &req.brief);
+            if let Some(cut) = req
+                .stop
+                .iter()
+                .filter_map(|s| row.text.find(s.as_str()))
+                .min()
+            {
+                row.text.truncate(cut);
+                row.done = true;
+                row.ended = true;
+            } else if row.text.trim().chars().count() > max_chars {
+                // Already over the limit: stop spending compute on it.
+                row.done = true;
+                row.too_long = true;
+            }
+        }
+        if out.iter().all(|r| r.done) || step + 1 == req.max_new_tokens {
+            break;
+        }
+        let t = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [rows, 1]), device);
+        logits = run.model.forward_cached(t, &mut cache)?;
+    }
+    Ok(out)
+}
+
+/// Generates until `n` candidates pass the constraints or `budget_factor × n` are sampled.
+pub fn generate<B: Backend>(
+    run: &LmRun<B>,
+    req: &CheckedRequest,
+    limits: &GenerateLimits,
+    device: &B::Device,
+) -> Result<GenerateOutput> {
+    let mut rng = StdRng::seed_from_u64(req.seed);
+    let budget = req.n * limits.budget_factor;
+    let mut accepted: HashSet<String> = HashSet::new();
+    let mut candidates = Vec::new();
+    let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
+    let mut sampled = 0;
+    while candidates.len() < req.n && sampled < budget {
+        let rows = limits.batch_size.min(budget - sampled);
+        let batch = sample_batch(run, req, rows, &mut rng, device)?;
+        sampled += rows;
+        for row in batch {
+            let text = row.text.trim().to_string();
+            let verdict = if row.too_long {
+                Some(Rejection::TooLong)
+            } else if !row.ended {
+                Some(Rejection::Unfinished)
+            } else {
+                req.constraints.check(&text, &accepted)
+            };
+            match verdict {
+                Some(r) => {
+                    let key = serde_json::to_value(r)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default();
+                    *rejected.entry(key).or_default() += 1;
+                }
+                None if candidates.len() < req.n => {
+                    accepted.insert(vitrine_data::copy::normalize(&text));
+                    candidates.push(Candidate {
+                        keyword_coverage: req.brief.coverage(&text),
+                        text,
+                        score: None,
+                    });
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(GenerateOutput {
+        budget_exhausted: candidates.len() < req.n,
+        candidates,
+        requested: req.n,
+        sampled,
+        rejected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn greedy() -> Sampling {
+        Sampling {
+            temperature: 1.0,
+            top_k: 1,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+        }
+    }
+
+    #[test]
+    fn top_k_one_is_argmax_and_penalty_demotes_repeats() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let mut l = vec![0.1, 2.0, 1.9, -1.0];
+        assert_eq!(sample_token(&mut l, &[], &greedy(), &mut rng), 1);
+        let s = Sampling {
+            repetition_penalty: 1.2,
+            ..greedy()
+        };
+        let mut l = vec![0.1, 2.0, 1.9, -1.0];
+        // 2.0 / 1.2 < 1.9: the repeated token loses.
+        assert_eq!(sample_token(&mut l, &[1, 1], &s, &mut rng), 2);
+        assert!(
+            (l[1] - 2.0 / 1.2).abs() < 1e-6,
+            "penalised once, not per repeat"
+        );
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_sufficient_prefix() {
+        let s = Sampling {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            repetition_penalty: 1.0,
+        };
+        // Token 0 holds ~0.84 of the mass: with top_p 0.5 it is always drawn.
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..200 {
+            let mut l = vec![3.0, 1.0, 0.5, 0.0];
+            assert_eq!(sample_token(&mut l, &[], &s, &mut rng), 0);
+        }
+        // With top_p 1 and temperature 1 every token is drawn sometimes.
+        let s = Sampling { top_p: 1.0, ..s };
+        let mut seen = HashSet::new();
+        for _ in 0..2000 {
+            let mut l = vec![1.0, 1.0, 0.5, 0.0];
+            seen.insert(sample_token(&mut l, &[], &s, &mut rng));
+        }
+        assert_eq!(seen.len(), 4);
+    }
+
+    fn row(ids: Vec<u32>, n_keywords: usize) -> Row {
+        Row {
+            ids,
+            text: String::new(),
+            done: false,
+            ended: false,
+            too_long: false,
+            keywords: vec![KeywordState::Unused; n_keywords],
+        }
+    }
+
+    #[test]
+    fn keyword_boost_then_forced_continuation() {
+        // One keyword: [5, 6] inside a line, [7] at its start.
+        let kw = vec![[vec![5, 6], vec![7]]];
+        let brief = Brief::parse("zq", None);
+        let mut r = row(vec![1], 1);
+        let mut l = vec![0.0f32; 10];
+        assert_eq!(keyword_step(&r, &kw, 3.0, &mut l), None);
+        assert_eq!(l[5], 3.0);
+        assert_eq!(
+            l.iter().sum::<f32>(),
+            3.0,
+            "only the first token is boosted"
+        );
+        r.ids.push(5);
+        keyword_advance(&mut r, &kw, 5, &brief);
+        assert_eq!(
+            r.keywords[0],
+            KeywordState::Started {
+                variant: 0,
+                matched: 1
+            }
+        );
+        let mut l = vec![0.0f32; 10];
+        assert_eq!(keyword_step(&r, &kw, 3.0, &mut l), Some(6));
+        r.ids.push(6);
+        keyword_advance(&mut r, &kw, 6, &brief);
+        assert_eq!(r.keywords[0], KeywordState::Used);
+        let mut l = vec![0.0f32; 10];
+        assert_eq!(keyword_step(&r, &kw, 3.0, &mut l), None);
+        assert!(l.iter().all(|&x| x == 0.0), "a used keyword is not boosted");
+
+        // At the start of a line the no-space variant is boosted and completes at once.
+        let mut r = row(Vec::new(), 1);
+        let mut l = vec![0.0f32; 10];
+        keyword_step(&r, &kw, 2.0, &mut l);
+        assert_eq!((l[5], l[7]), (0.0, 2.0));
+        r.ids.push(7);
+        keyword_advance(&mut r, &kw, 7, &brief);
+        assert_eq!(r.keywords[0], KeywordState::Used);
+
+        // Boost 0 leaves the logits alone.
+        let r = row(vec![1], 1);
+        let mut l = vec![0.0f32; 10];
+        assert_eq!(keyword_step(&r, &kw, 0.0, &mut l), None);
+        assert!(l.iter().all(|&x| x == 0.0));
+
+        // Written another way (other case) still counts as used.
+        let mut r = row(vec![1, 2], 1);
+        r.text = "About ZQ".into();
+        keyword_advance(&mut r, &kw, 2, &brief);
+        assert_eq!(r.keywords[0], KeywordState::Used);
+    }
+
+    #[test]
+    fn same_seed_same_draws() {
+        let s = Sampling {
+            temperature: 0.7,
+            top_k: 3,
+            top_p: 0.9,
+            repetition_penalty: 1.1,
+        };
+        let draw = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..50)
+                .map(|i| {
+                    let mut l: Vec<f32> = (0..10).map(|j| ((i * j) % 7) as f32 * 0.3).collect();
+                    sample_token(&mut l, &[1, 2], &s, &mut rng)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(5), draw(5));
+        assert_ne!(draw(5), draw(6));
+    }
+}

@@ -324,29 +324,33 @@ fn run(cli: Cli) -> Result<()> {
                 d,
                 vitrine_eval::eval_search::<B>(&run, &d, skip_bad, quiet)
             )?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.table());
-                eprintln!("wrote {}", run.join("eval.json").display());
-            }
-            Ok(())
+            print_eval(&report, report.table(), &run, json)
         }
         Command::Eval(EvalCommand::Copy { run, json, device }) => {
             let dev = device.device.open()?;
             let report = with_backend!(&dev, B, d, vitrine_eval::eval_copy::<B>(&run, &d))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.table());
-                eprintln!("wrote {}", run.join("eval.json").display());
-            }
-            Ok(())
+            print_eval(&report, report.table(), &run, json)
         }
         Command::Index(cmd) => cmd_index(cmd),
         Command::Search(a) => cmd_search(a),
         Command::Generate(a) => cmd_generate(a),
     }
+}
+
+/// Prints an evaluation report as JSON or as its table (which says where eval.json went).
+fn print_eval<R: serde::Serialize>(
+    report: &R,
+    table: String,
+    run: &Path,
+    json: bool,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{table}");
+        eprintln!("wrote {}", run.join("eval.json").display());
+    }
+    Ok(())
 }
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {

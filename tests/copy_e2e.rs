@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{ok, s, vitrine};
+use common::{ok, s, train_to, vitrine};
 
 const PRODUCTS: [&str; 6] = [
     "sandals", "jackets", "sneakers", "scarves", "watches", "bags",
@@ -98,14 +98,7 @@ max_chars = 100
 fn train(dir: &Path, name: &str, epochs: usize) -> PathBuf {
     let config = write_config(dir, epochs);
     let run = dir.join(name);
-    ok(&[
-        "train",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&run),
-        "--quiet",
-    ]);
+    train_to(&config, &run, &[]);
     run
 }
 
@@ -291,24 +284,8 @@ fn resumed_copy_run_matches_uninterrupted_run() {
     let config = write_config(d, 3);
     let full = d.join("full");
     let parts = d.join("parts");
-    ok(&[
-        "train",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&full),
-        "--quiet",
-    ]);
-    ok(&[
-        "train",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&parts),
-        "--stop-after-epochs",
-        "1",
-        "--quiet",
-    ]);
+    train_to(&config, &full, &[]);
+    train_to(&config, &parts, &["--stop-after-epochs", "1"]);
     ok(&["train", "--resume", s(&parts), "--quiet"]);
     let read = |p: &Path| -> Vec<(f64, f64)> {
         std::fs::read_to_string(p.join("metrics.jsonl"))

@@ -187,24 +187,8 @@ fn resumed_run_matches_uninterrupted_run() {
     let config = write_config(d, 3);
     let full = d.join("full");
     let parts = d.join("parts");
-    ok(&[
-        "train",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&full),
-        "--quiet",
-    ]);
-    ok(&[
-        "train",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&parts),
-        "--stop-after-epochs",
-        "1",
-        "--quiet",
-    ]);
+    train_to(&config, &full, &[]);
+    train_to(&config, &parts, &["--stop-after-epochs", "1"]);
     assert!(
         !parts.join("model.mpk").exists(),
         "an interrupted run has no final model yet"

@@ -133,19 +133,26 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `vitrine train --config CONFIG --run-dir RUN --quiet EXTRA…`, asserting success.
+pub fn train_to(config: &Path, run: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "train",
+        "--config",
+        s(config),
+        "--run-dir",
+        s(run),
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+}
+
 /// Writes the tiny catalogue and recipe into `dir` and trains `dir/<name>` for `epochs`.
 pub fn trained_run(dir: &Path, epochs: usize, name: &str) -> PathBuf {
     write_catalogue(dir);
     let config = write_config(dir, epochs);
     let run = dir.join(name);
-    ok(&[
-        "train",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&run),
-        "--quiet",
-    ]);
+    train_to(&config, &run, &[]);
     run
 }
 

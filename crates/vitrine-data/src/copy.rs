@@ -161,6 +161,13 @@ pub fn surface_words(text: &str) -> Vec<String> {
     out
 }
 
+/// Whether the words of `phrase` occur consecutively in `hay` (the [`words`] of a text);
+/// an empty phrase never does.
+pub fn contains_phrase(hay: &[String], phrase: &str) -> bool {
+    let needle = words(phrase);
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle.as_slice())
+}
+
 fn is_content(word: &str) -> bool {
     word.chars().count() >= 3 && !STOP_WORDS.contains(&word)
 }
@@ -317,10 +324,7 @@ impl Brief {
         let hit = self
             .keywords
             .iter()
-            .filter(|k| {
-                let needle = words(k);
-                !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle.as_slice())
-            })
+            .filter(|k| contains_phrase(&hay, k))
             .count();
         hit as f64 / self.keywords.len() as f64
     }
@@ -380,10 +384,7 @@ impl Constraints {
             return Some(Rejection::TooLong);
         }
         let hay = words(text);
-        if self.banned.iter().any(|b| {
-            let needle = words(b);
-            !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle.as_slice())
-        }) {
+        if self.banned.iter().any(|b| contains_phrase(&hay, b)) {
             return Some(Rejection::Banned);
         }
         if accepted.contains(&norm) {

@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use serde::Serialize;
-use vitrine_data::copy::{normalize, read_copy_corpus, words, Brief, KeywordExtractor};
+use vitrine_data::copy::{normalize, words, Brief};
 use vitrine_train::generate::{generate, validate, GenerateRequest};
-use vitrine_train::lm::{eval_loss, prepare, LmData, LmRun};
+use vitrine_train::lm::{eval_loss, prepare, LmRun};
 use vitrine_train::Result;
 
 #[derive(Debug, Clone, Serialize)]
@@ -106,17 +106,13 @@ pub fn eval_copy<B: Backend>(run_path: &Path, device: &B::Device) -> Result<Copy
         .valid
         .eval_batches(t.batch_size, t.block_size, t.eval_batches);
     let (val_loss, val_tokens) = eval_loss(&run.model, &batches, device)?;
-    let generation = match &run.config.data {
-        LmData::Copy { train, valid } if run.config.eval.briefs > 0 => {
+    let generation = if run.config.is_copy() && run.config.eval.briefs > 0 {
+        {
             let e = &run.config.eval;
-            let train_lines = read_copy_corpus(train)?;
-            let kx = KeywordExtractor::fit(train_lines.iter().map(|l| l.text.as_str()));
-            let valid_lines = read_copy_corpus(valid)?;
             let mut texts = Vec::new();
             let (mut coverage, mut compliant, mut copies) = (0.0, 0usize, 0usize);
             let (mut short, mut sampled, mut briefs) = (0, 0, 0);
-            for line in valid_lines.iter().take(e.briefs) {
-                let brief = kx.training_brief(line);
+            for brief in prepared.valid_briefs.iter().take(e.briefs) {
                 let req = GenerateRequest {
                     keywords: brief.keywords.join(", "),
                     tone: brief.tone.clone(),
@@ -163,7 +159,8 @@ pub fn eval_copy<B: Backend>(run_path: &Path, device: &B::Device) -> Result<Copy
                 sampled,
             })
         }
-        _ => None,
+    } else {
+        None
     };
     let report = CopyEvalReport {
         run: run_path.display().to_string(),

@@ -14,7 +14,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use vitrine_data::copy::{Brief, Constraints, Rejection};
+use vitrine_data::copy::{contains_phrase, words, Brief, Constraints, Rejection};
 
 use crate::error::{Result, TrainError};
 use crate::lm::{GenerateLimits, LmRun};
@@ -395,15 +395,9 @@ fn keyword_advance(row: &mut Row, kw: &[[Vec<u32>; 2]], tok: u32, brief: &Brief)
         }
     }
     // A keyword the line wrote in its own way (other case, other tokens) counts as used.
+    let hay = words(&row.text);
     for (state, k) in row.keywords.iter_mut().zip(&brief.keywords) {
-        if *state == KeywordState::Unused
-            && (Brief {
-                keywords: vec![k.clone()],
-                tone: None,
-            })
-            .coverage(&row.text)
-                == 1.0
-        {
+        if *state == KeywordState::Unused && contains_phrase(&hay, k) {
             *state = KeywordState::Used;
         }
     }

@@ -14,7 +14,7 @@ use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use vitrine_data::copy::{
-    normalize, read_copy_corpus, CopyCorpusConfig, CopyLine, KeywordCase, KeywordExtractor,
+    normalize, read_copy_corpus, Brief, CopyCorpusConfig, CopyLine, KeywordCase, KeywordExtractor,
     SPECIAL_TOKENS,
 };
 use vitrine_data::fsio::atomic_save;
@@ -506,6 +506,8 @@ pub struct LmPrepared {
     pub truncated: usize,
     /// How the corpus cases its words.
     pub keyword_case: KeywordCase,
+    /// The brief of every validation line (copy runs), as in training.
+    pub valid_briefs: Vec<Brief>,
     pub train_tokens: usize,
 }
 
@@ -550,6 +552,7 @@ pub fn prepare(config: &LmRunConfig, existing: Option<Tokenizer>) -> Result<LmPr
                 train_lines: Vec::new(),
                 truncated: 0,
                 keyword_case: KeywordCase::AsTyped,
+                valid_briefs: Vec::new(),
             })
         }
         LmData::Copy { train, valid } => {
@@ -566,11 +569,12 @@ pub fn prepare(config: &LmRunConfig, existing: Option<Tokenizer>) -> Result<LmPr
             };
             let max_len = config.model.n_ctx + 1;
             let mut truncated = 0;
-            let mut encode = |lines: &[CopyLine]| -> Result<Vec<Vec<u32>>> {
+            let mut encode = |lines: &[CopyLine], briefs: &[Brief]| -> Result<Vec<Vec<u32>>> {
                 lines
                     .iter()
-                    .map(|l| {
-                        let mut ids = tokenizer.encode(&kx.training_brief(l).example(&l.text))?;
+                    .zip(briefs)
+                    .map(|(l, b)| {
+                        let mut ids = tokenizer.encode(&b.example(&l.text))?;
                         if ids.len() > max_len {
                             ids.truncate(max_len);
                             truncated += 1;
@@ -579,8 +583,12 @@ pub fn prepare(config: &LmRunConfig, existing: Option<Tokenizer>) -> Result<LmPr
                     })
                     .collect()
             };
-            let train_seqs = encode(&train_lines)?;
-            let valid_seqs = encode(&valid_lines)?;
+            let briefs = |lines: &[CopyLine]| -> Vec<Brief> {
+                lines.iter().map(|l| kx.training_brief(l)).collect()
+            };
+            let valid_briefs = briefs(&valid_lines);
+            let train_seqs = encode(&train_lines, &briefs(&train_lines))?;
+            let valid_seqs = encode(&valid_lines, &valid_briefs)?;
             Ok(LmPrepared {
                 keyword_case: KeywordCase::detect(train_lines.iter().map(|l| l.text.as_str())),
                 train_tokens: train_seqs.iter().map(Vec::len).sum(),
@@ -589,6 +597,7 @@ pub fn prepare(config: &LmRunConfig, existing: Option<Tokenizer>) -> Result<LmPr
                 valid: LmCorpus::Examples(valid_seqs),
                 train_lines: train_lines.iter().map(|l| normalize(&l.text)).collect(),
                 truncated,
+                valid_briefs,
             })
         }
     }

@@ -17,6 +17,7 @@ use vitrine_train::generate::{generate, validate, GenerateRequest};
 use vitrine_train::lm::{train_lm, LmRun, LmRunConfig};
 use vitrine_train::pipeline::{index_run, search, Encoder, Query};
 use vitrine_train::run::RunDir;
+use vitrine_train::scorer::{read_lines, train_scorer, ScoreRun, ScoreRunConfig};
 use vitrine_train::search::{train_search, TrainOptions};
 use vitrine_train::trainer::FitOptions;
 
@@ -55,6 +56,20 @@ enum Command {
     Search(SearchArgs),
     /// Write subject lines / headlines for a brief with a copy run.
     Generate(GenerateArgs),
+    /// Score lines read from stdin (one per line) with a click-through scorer run; prints
+    /// them best first.
+    Score(ScoreArgs),
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    /// A scorer run (task "score").
+    #[arg(long)]
+    run: PathBuf,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    device: DeviceOpt,
 }
 
 #[derive(Args)]
@@ -99,6 +114,9 @@ struct GenerateArgs {
     /// Logit bonus for keywords not used yet (default: the run's generate.keyword_boost).
     #[arg(long, allow_negative_numbers = true)]
     keyword_boost: Option<f64>,
+    /// Rank the candidates with this click-through scorer run (best first, score shown).
+    #[arg(long, value_name = "SCORER_RUN")]
+    rank_with: Option<PathBuf>,
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -150,6 +168,17 @@ enum EvalCommand {
     /// keyword coverage, distinct-1/2, constraint compliance and training-copy rate of
     /// candidates generated for the validation briefs. Writes eval.json.
     Copy {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        device: DeviceOpt,
+    },
+    /// Pairwise accuracy (all pairs and significant ones) and AUC of a scorer run on the
+    /// validation A/B tests, with the "longer headline wins" and random baselines. Writes
+    /// eval.json.
+    Score {
         #[arg(long)]
         run: PathBuf,
         #[arg(long)]
@@ -331,9 +360,15 @@ fn run(cli: Cli) -> Result<()> {
             let report = with_backend!(&dev, B, d, vitrine_eval::eval_copy::<B>(&run, &d))?;
             print_eval(&report, report.table(), &run, json)
         }
+        Command::Eval(EvalCommand::Score { run, json, device }) => {
+            let dev = device.device.open()?;
+            let report = with_backend!(&dev, B, d, vitrine_eval::eval_score::<B>(&run, &d))?;
+            print_eval(&report, report.table(), &run, json)
+        }
         Command::Index(cmd) => cmd_index(cmd),
         Command::Search(a) => cmd_search(a),
         Command::Generate(a) => cmd_generate(a),
+        Command::Score(a) => cmd_score(a),
     }
 }
 
@@ -376,15 +411,28 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let dev = a.device.device.open()?;
     let out = with_backend!(&dev, B, d, {
         let run = LmRun::<B>::load(&a.run, &d)?;
+        // Load the scorer before sampling, so a bad scorer run fails fast.
+        let scorer = a
+            .rank_with
+            .as_deref()
+            .map(|p| ScoreRun::<B>::load(p, &d))
+            .transpose()?;
         let checked = validate(&req, &run, &run.config.generate)?;
-        anyhow::Ok(generate(&run, &checked, &run.config.generate, &d)?)
+        let mut out = generate(&run, &checked, &run.config.generate, &d)?;
+        if let Some(scorer) = &scorer {
+            scorer.rank_candidates(&mut out.candidates, &d)?;
+        }
+        anyhow::Ok(out)
     })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     for (i, c) in out.candidates.iter().enumerate() {
-        println!("{:>3}. {}", i + 1, c.text);
+        match c.score {
+            Some(s) => println!("{:>3}. {s:>8.4}  {}", i + 1, c.text),
+            None => println!("{:>3}. {}", i + 1, c.text),
+        }
     }
     if out.budget_exhausted {
         eprintln!(
@@ -394,6 +442,29 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
             out.sampled,
             out.rejected
         );
+    }
+    Ok(())
+}
+
+fn cmd_score(a: ScoreArgs) -> Result<()> {
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
+        .context("reading lines from stdin (UTF-8 text, one line per candidate)")?;
+    let (lines, blank) = read_lines(&input);
+    let dev = a.device.device.open()?;
+    let ranked = with_backend!(&dev, B, d, {
+        let run = ScoreRun::<B>::load(&a.run, &d)?;
+        anyhow::Ok(run.rank(&lines, &d)?)
+    })?;
+    if blank > 0 {
+        eprintln!("skipped {blank} blank lines");
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&ranked)?);
+    } else {
+        for r in &ranked {
+            println!("{:>8.4}\t{}", r.score, r.text);
+        }
     }
     Ok(())
 }
@@ -426,8 +497,11 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     match task_of(&a)?.as_str() {
         "search" => cmd_train_search(a),
         "lm" | "copy" => cmd_train_lm(a),
+        "score" => cmd_train_score(a),
         other => {
-            anyhow::bail!("task = {other:?}: this version trains \"search\", \"lm\" and \"copy\"")
+            anyhow::bail!(
+                "task = {other:?}: this version trains \"search\", \"lm\", \"copy\" and \"score\""
+            )
         }
     }
 }
@@ -475,6 +549,40 @@ fn cmd_train_lm(a: TrainArgs) -> Result<()> {
         r.fit.wall_secs,
         r.parameters,
         r.vocab_size,
+    );
+    Ok(())
+}
+
+fn cmd_train_score(a: TrainArgs) -> Result<()> {
+    let (config, run_dir, opts) = train_plan(&a, ScoreRunConfig::resolve_paths)?;
+    let run = RunDir::new(&run_dir);
+    let dev = a.device.device.open()?;
+    let r = with_backend!(
+        &dev,
+        B,
+        d,
+        train_scorer::<Autodiff<B>>(config, &run, &opts, &d)
+    )?;
+    let f = &r.fit;
+    let dev_text = match (&r.dev, r.best_epoch) {
+        (Some(m), Some(e)) => format!(
+            ", dev pairwise accuracy {:.4} (epoch {e} kept, {} dev tests)",
+            m.accuracy, r.dev_tests
+        ),
+        _ => String::new(),
+    };
+    eprintln!(
+        "{} {}: {} epochs, {} steps, last epoch loss {:.4}{dev_text}, {:.0} pairs/s, {:.1} s ({} train tests, {} pairs, {} parameters)",
+        if f.stopped_early { "stopped (resumable)" } else { "trained" },
+        run_dir.display(),
+        f.epochs_completed,
+        f.steps,
+        f.last_epoch_loss,
+        f.examples_per_sec,
+        f.wall_secs,
+        r.train_tests,
+        r.train_pairs,
+        r.parameters,
     );
     Ok(())
 }

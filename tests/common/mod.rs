@@ -181,3 +181,100 @@ pub fn index_embeddings(
         .embeddings()
         .to_vec())
 }
+
+pub const PRODUCTS: [&str; 6] = [
+    "sandals", "jackets", "sneakers", "scarves", "watches", "bags",
+];
+pub const OPENERS: [&str; 5] = [
+    "Summer sale on",
+    "Last chance for",
+    "New season",
+    "You will love these",
+    "Free shipping on",
+];
+pub const CLOSERS: [&str; 4] = ["today", "this week", "for everyone", "while they last"];
+
+/// `dir/train.csv` and `dir/valid.csv` in the Upworthy layout (headline column).
+fn write_copy_corpus(dir: &Path) {
+    let mut train = String::from("test_id,headline,clicks\n");
+    let mut valid = String::from("test_id,headline,clicks\n");
+    let mut i = 0;
+    for p in PRODUCTS {
+        for o in OPENERS {
+            for c in CLOSERS {
+                let line = format!("{o} {p} {c}");
+                let row = format!("t{i},\"{line}\",{}\n", i % 7);
+                if i % 10 == 0 {
+                    valid.push_str(&row);
+                } else {
+                    train.push_str(&row);
+                }
+                i += 1;
+            }
+        }
+    }
+    std::fs::write(dir.join("train.csv"), train).unwrap();
+    std::fs::write(dir.join("valid.csv"), valid).unwrap();
+}
+
+/// A tiny copy recipe over a synthetic headline corpus in `dir`.
+pub fn write_copy_config(dir: &Path, epochs: usize) -> PathBuf {
+    write_copy_corpus(dir);
+    let cfg = format!(
+        r#"task = "copy"
+seed = 5
+
+[data]
+format = "copy"
+[data.train]
+csv = "{train}"
+[data.valid]
+csv = "{valid}"
+
+[tokenizer]
+kind = "bpe"
+vocab_size = 300
+
+[model]
+preset = "tiny"
+n_ctx = 40
+d_model = 32
+
+[train]
+epochs = {epochs}
+batch_size = 8
+block_size = 40
+log_every_steps = 0
+
+[train.schedule]
+lr = 5e-3
+warmup_steps = 10
+
+[generate]
+max_n = 4
+max_chars = 100
+max_brief_chars = 40
+batch_size = 4
+budget_factor = 3
+max_new_tokens = 30
+
+[eval]
+briefs = 3
+n = 2
+max_chars = 100
+"#,
+        train = dir.join("train.csv").display(),
+        valid = dir.join("valid.csv").display(),
+    );
+    let path = dir.join("copy.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+/// Writes the tiny copy recipe into `dir` and trains `dir/<name>` for `epochs`.
+pub fn train_copy(dir: &Path, name: &str, epochs: usize) -> PathBuf {
+    let config = write_copy_config(dir, epochs);
+    let run = dir.join(name);
+    train_to(&config, &run, &[]);
+    run
+}

@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod copy;
+pub mod ctr;
 pub mod error;
 pub mod fsio;
 pub mod image_io;

@@ -10,6 +10,7 @@ pub mod cnn;
 pub mod encoder;
 pub mod error;
 pub mod gpt;
+pub mod scorer;
 pub mod transformer;
 pub mod vit;
 

@@ -11,6 +11,7 @@ pub mod losses;
 pub mod pipeline;
 pub mod run;
 pub mod schedule;
+pub mod scorer;
 pub mod search;
 pub mod trainer;
 

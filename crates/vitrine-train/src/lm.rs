@@ -603,7 +603,7 @@ pub fn prepare(config: &LmRunConfig, existing: Option<Tokenizer>) -> Result<LmPr
     }
 }
 
-fn build_tokenizer<'a>(
+pub(crate) fn build_tokenizer<'a>(
     source: &TokenizerSource,
     texts: impl Iterator<Item = &'a str> + Send,
     special: &[&str],

@@ -1,0 +1,363 @@
+//! End to end through the binary: train a tiny click-through scorer on synthetic A/B tests
+//! with a planted rule (the variant that says "free" gets the most clicks), evaluate it
+//! against the baselines, score lines from stdin, rank generated candidates, resume, and
+//! refuse bad input clearly.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{ok, s, train_copy, train_to, vitrine, CLOSERS, OPENERS, PRODUCTS};
+
+/// Variants of one test: (headline, impressions, clicks). "free" wins; among the rest the
+/// short one beats the long one; a repeat of the short headline (other image, say) and an
+/// equal-CTR variant are pairs a text scorer must not be judged on.
+fn variants(o: &str, p: &str, c: &str) -> Vec<(String, u64, u64)> {
+    let base = format!("{o} {p} {c}");
+    vec![
+        (format!("{base} free"), 5000, 400),       // 8.0 %
+        (format!("{base} today only"), 5000, 150), // 3.0 %
+        (base.clone(), 5000, 200),                 // 4.0 %
+        (base.clone(), 4000, 180),                 // 4.5 %, same headline as above
+    ]
+}
+
+/// `dir/ab-train.csv` and `dir/ab-valid.csv` in the Upworthy layout.
+fn write_tests(dir: &Path) {
+    let header = "test_id,test_week,headline,lede,impressions,clicks,ctr,winner\n";
+    let (mut train, mut valid) = (header.to_string(), header.to_string());
+    let mut i = 0;
+    for p in PRODUCTS {
+        for o in OPENERS {
+            for c in CLOSERS {
+                let out = if i % 5 == 0 { &mut valid } else { &mut train };
+                for (h, imp, clicks) in variants(o, p, c) {
+                    out.push_str(&format!(
+                        "t{i},201401,\"{h}\",lede,{imp},{clicks},{:.6},0\n",
+                        clicks as f64 / imp as f64
+                    ));
+                }
+                i += 1;
+            }
+        }
+    }
+    std::fs::write(dir.join("ab-train.csv"), train).unwrap();
+    std::fs::write(dir.join("ab-valid.csv"), valid).unwrap();
+}
+
+/// The tiny scorer recipe; `top` adds top-level keys (e.g. `init = "…"`).
+fn write_config(dir: &Path, epochs: usize, top: &str) -> PathBuf {
+    write_tests(dir);
+    let cfg = format!(
+        r#"task = "score"
+seed = 3
+{top}
+
+[data.train]
+csv = "{train}"
+[data.valid]
+csv = "{valid}"
+
+[tokenizer]
+kind = "bpe"
+vocab_size = 300
+
+[model.gpt]
+preset = "tiny"
+n_ctx = 40
+d_model = 32
+
+[train]
+epochs = {epochs}
+batch_size = 8
+dev_fraction = 0.1
+log_every_steps = 0
+
+[train.schedule]
+lr = 3e-3
+warmup_steps = 5
+
+[limits]
+max_lines = 5
+max_chars = 60
+batch_size = 3
+"#,
+        train = dir.join("ab-train.csv").display(),
+        valid = dir.join("ab-valid.csv").display(),
+    );
+    let path = dir.join("score.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+fn train(dir: &Path, name: &str, epochs: usize) -> PathBuf {
+    let config = write_config(dir, epochs, "");
+    let run = dir.join(name);
+    train_to(&config, &run, &[]);
+    run
+}
+
+/// `vitrine score --run RUN EXTRA…` with `input` on stdin: (success, stdout, stderr).
+fn score(run: &Path, input: &[u8], extra: &[&str]) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["score", "--run", s(run)])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn eval_json(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&ok(&["eval", "score", "--run", s(run), "--json"])).unwrap()
+}
+
+#[test]
+fn scorer_learns_the_planted_rule_and_ranks_deterministically() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = train(dir.path(), "run", 12);
+    for f in [
+        "model.mpk",
+        "best-model.mpk",
+        "best.json",
+        "tokenizer.json",
+        "train-report.json",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+
+    let e = eval_json(&run);
+    // 24 validation tests; per test 6 variant pairs, of which 1 repeats a headline and 5 count.
+    assert_eq!(e["tests"], 24);
+    assert_eq!(e["variants"], 96);
+    assert_eq!(e["same_text_pairs"], 24);
+    assert_eq!(e["same_ctr_pairs"], 0);
+    for k in ["model", "longer_wins", "random"] {
+        assert_eq!(e[k]["pairs"], 120, "{k}");
+    }
+    // Longer wins is right on (free, short) and (free, short repeat) only: 2 of 5.
+    assert_eq!(e["longer_wins"]["accuracy"], 0.4);
+    let acc = e["model"]["accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.9, "model pairwise accuracy {acc}");
+    assert!(e["model"]["auc"].as_f64().unwrap() >= 0.9);
+    assert!(run.join("eval.json").exists());
+
+    // Unseen product: the free line first; blank lines skipped; scores descending.
+    let input = b"Winter boots today only\n\nWinter boots free\nWinter boots\n";
+    let (good, out, err) = score(&run, input, &[]);
+    assert!(good, "{err}");
+    assert!(err.contains("skipped 1 blank lines"), "{err}");
+    let lines: Vec<(f64, &str)> = out
+        .lines()
+        .map(|l| {
+            let (sc, text) = l.split_once('\t').unwrap();
+            (sc.trim().parse().unwrap(), text)
+        })
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0].1, "Winter boots free");
+    assert!(lines.windows(2).all(|w| w[0].0 >= w[1].0), "{out}");
+    // Deterministic, and the JSON form carries the input line numbers (blank excluded).
+    assert_eq!(score(&run, input, &[]).1, out);
+    let (_, json, _) = score(&run, input, &["--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[0]["text"], "Winter boots free");
+    assert_eq!(v[0]["line"], 2);
+    assert!((v[0]["score"].as_f64().unwrap() - lines[0].0).abs() < 1e-4);
+}
+
+#[test]
+fn score_input_limits_and_bad_lines_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = train(dir.path(), "run", 1);
+    // Words the tokenizer knows, so 60 characters fit the tiny model's context.
+    let words = "Summer sale on bags today free ".repeat(3);
+    let at_limit: String = words.chars().take(60).collect();
+    let over: String = words.chars().take(61).collect();
+    // max_chars = 60: at the limit is scored, one past is refused naming the line.
+    let (good, _, err) = score(&run, format!("{at_limit}\n").as_bytes(), &[]);
+    assert!(good, "{err}");
+    let (good, _, err) = score(&run, format!("fine\n{over}\n").as_bytes(), &[]);
+    assert!(!good);
+    assert!(
+        err.contains("line 2: 61 characters") && err.contains("limits.max_chars = 60"),
+        "{err}"
+    );
+    // max_lines = 5.
+    assert!(score(&run, b"a\nb\nc\nd\ne\n", &[]).0);
+    let (good, _, err) = score(&run, b"a\nb\nc\nd\ne\nf\n", &[]);
+    assert!(
+        !good && err.contains("6 lines, more than limits.max_lines = 5"),
+        "{err}"
+    );
+    // Nothing to score, control characters, invalid UTF-8.
+    let (good, _, err) = score(&run, b"\n  \n", &[]);
+    assert!(!good && err.contains("no lines to score"), "{err}");
+    let (good, _, err) = score(&run, b"ok\nbad\x07bell\n", &[]);
+    assert!(
+        !good && err.contains("line 2: contains a control character"),
+        "{err}"
+    );
+    let (good, _, err) = score(&run, b"caf\xe9\n", &[]);
+    assert!(!good && err.contains("UTF-8"), "{err}");
+    for e in [&err] {
+        assert!(!e.contains("panicked"), "{e}");
+    }
+}
+
+#[test]
+fn generate_rank_with_sorts_candidates_by_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let scorer = train(dir.path(), "scorer", 2);
+    let copy = train_copy(dir.path(), "copy", 3);
+    let args = [
+        "generate",
+        "--run",
+        s(&copy),
+        "--keywords",
+        "sandals",
+        "-n",
+        "4",
+        "--rank-with",
+        s(&scorer),
+        "--json",
+    ];
+    let out = ok(&args);
+    assert_eq!(ok(&args), out, "ranked output is deterministic");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let scores: Vec<f64> = v["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["score"].as_f64().unwrap())
+        .collect();
+    assert!(!scores.is_empty());
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    // The scores are the scorer's own for those lines.
+    let texts: Vec<&str> = v["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    let (good, json, err) = score(&scorer, (texts.join("\n") + "\n").as_bytes(), &["--json"]);
+    assert!(good, "{err}");
+    let direct: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!((direct[0]["score"].as_f64().unwrap() - scores[0]).abs() < 1e-4);
+    // A run that is not a scorer is refused before sampling.
+    let o = vitrine(&["generate", "--run", s(&copy), "--rank-with", s(&copy)]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("a \"copy\" run") && err.contains("task \"score\""),
+        "{err}"
+    );
+
+    // Warm start from the copy run: its tokenizer and trunk, a fresh head.
+    let config = write_config(dir.path(), 1, &format!("init = \"{}\"", copy.display()));
+    let warm = dir.path().join("warm");
+    train_to(&config, &warm, &[]);
+    assert_eq!(
+        std::fs::read(warm.join("tokenizer.json")).unwrap(),
+        std::fs::read(copy.join("tokenizer.json")).unwrap()
+    );
+    // Warm-starting from a scorer (not a copy run) is refused.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(&copy.display().to_string(), &scorer.display().to_string()),
+    )
+    .unwrap();
+    let o = vitrine(&[
+        "train",
+        "--config",
+        s(&bad),
+        "--run-dir",
+        s(&dir.path().join("bad")),
+    ]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn resumed_scorer_matches_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 3, "");
+    let full = dir.path().join("full");
+    train_to(&config, &full, &[]);
+    let part = dir.path().join("part");
+    train_to(&config, &part, &["--stop-after-epochs", "1"]);
+    assert!(!part.join("model.mpk").exists());
+    ok(&["train", "--resume", s(&part), "--quiet"]);
+    let input =
+        b"Summer sale on bags today free\nNew season scarves\nLast chance for watches today only\n";
+    let a = score(&full, input, &["--json"]);
+    let b = score(&part, input, &["--json"]);
+    let parse = |j: &str| -> Vec<(String, f64)> {
+        serde_json::from_str::<serde_json::Value>(j)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                (
+                    x["text"].as_str().unwrap().to_string(),
+                    x["score"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (a, b) = (parse(&a.1), parse(&b.1));
+    assert_eq!(a.len(), 3);
+    for ((ta, sa), (tb, sb)) in a.iter().zip(&b) {
+        assert_eq!(ta, tb);
+        assert!((sa - sb).abs() < 1e-4, "{sa} vs {sb}");
+    }
+    let best = |r: &Path| std::fs::read_to_string(r.join("best.json")).unwrap();
+    assert_eq!(best(&full), best(&part));
+}
+
+#[test]
+fn bad_scorer_configs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 1, "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    for (from, to, needle) in [
+        (
+            "[tokenizer]\nkind = \"bpe\"\nvocab_size = 300\n",
+            "",
+            "init",
+        ),
+        ("dev_fraction = 0.1", "dev_fraction = 0.5", "dev_fraction"),
+        ("max_lines = 5", "max_lines = 0", "limits.max_lines"),
+        (
+            "[train]\n",
+            "[pairs]\nmin_weight = 0.0\n\n[train]\n",
+            "min_weight",
+        ),
+    ] {
+        assert!(text.contains(from), "{from:?}");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+        let o = vitrine(&[
+            "train",
+            "--config",
+            s(&path),
+            "--run-dir",
+            s(&dir.path().join("bad")),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(needle), "{to:?}: {err}");
+    }
+}

@@ -64,6 +64,9 @@ csv = "{valid}"
 kind = "bpe"
 vocab_size = 300
 
+[model]
+members = 2
+
 [model.gpt]
 preset = "tiny"
 n_ctx = 40

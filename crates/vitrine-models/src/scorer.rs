@@ -2,20 +2,28 @@
 //!
 //! ```text
 //! tokens [B, T] (int), lengths (≤ T, right padding)
+//! for each of M members:
 //!   gpt.forward_hidden (causal, ln_f)          [B, T, D]
 //!   pool: last real token | mean of real tokens [B, D]
 //!   head (Linear D -> 1)                        [B]
+//! member scores                                 [M, B]
+//! score = mean over members                     [B]
 //! ```
+//!
+//! `members > 1` is a deep ensemble: members start from different random weights and each
+//! is trained on its own pairwise loss (not on the averaged score, which would couple them
+//! and shrink their diversity); averaging their scores lowers the variance that dominates
+//! on a few thousand noisy A/B outcomes.
 //!
 //! Causal attention means padding after a row's last token never reaches its real
 //! positions, so right-padded batches score exactly as single rows do. `last` pooling
 //! reads the final `<|endoftext|>`, which has attended to the whole headline. A score is a
 //! logit: `sigmoid(s_a - s_b)` is the model's probability that `a` out-clicks `b`.
 //!
-//! Hugging Face `GPT2ForSequenceClassification` (`num_labels = 1`) maps onto this module:
-//! `transformer.*` onto `gpt.*` as listed in [`crate::gpt`], `score.weight` [1, D] onto
-//! `head.weight` [D, 1] (transposed; HF has no bias, so `head.bias` = 0), with `last`
-//! pooling (HF pools the last non-padding token).
+//! Hugging Face `GPT2ForSequenceClassification` (`num_labels = 1`) maps onto one member:
+//! `transformer.*` onto `members.{i}.gpt.*` as listed in [`crate::gpt`], `score.weight`
+//! [1, D] onto `members.{i}.head.weight` [D, 1] (transposed; HF has no bias, so the bias
+//! is 0), with `last` pooling (HF pools the last non-padding token).
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -36,7 +44,7 @@ pub enum Pooling {
     Mean,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScorerConfig {
     /// The trunk (same presets and fields as a copy model's `[model]`).
@@ -44,45 +52,81 @@ pub struct ScorerConfig {
     pub gpt: GptConfig,
     #[serde(default)]
     pub pooling: Pooling,
+    /// Ensemble size (1 = a single scorer).
+    #[serde(default = "one")]
+    pub members: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Default for ScorerConfig {
+    fn default() -> Self {
+        Self {
+            gpt: GptConfig::default(),
+            pooling: Pooling::default(),
+            members: 1,
+        }
+    }
 }
 
 impl ScorerConfig {
     pub fn validate(&self) -> Result<(), ModelError> {
+        if self.members == 0 || self.members > 64 {
+            return Err(invalid("members", self.members, "1..=64"));
+        }
         self.gpt.validate()
     }
 
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Scorer<B>, ModelError> {
-        Ok(self.with_trunk(self.gpt.init(device)?, device))
+        self.validate()?;
+        let trunks = (0..self.members)
+            .map(|_| self.gpt.init(device))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.with_trunks(trunks, device))
     }
 
-    /// A scorer around an existing (e.g. copy-trained) trunk, with a fresh head.
-    pub fn with_trunk<B: Backend>(&self, gpt: Gpt<B>, device: &B::Device) -> Scorer<B> {
+    /// A scorer whose members start from the given (e.g. copy-trained) trunks, with fresh
+    /// heads.
+    pub fn with_trunks<B: Backend>(&self, trunks: Vec<Gpt<B>>, device: &B::Device) -> Scorer<B> {
         Scorer {
-            head: LinearConfig::new(self.gpt.d_model, 1).init(device),
-            gpt,
+            members: trunks
+                .into_iter()
+                .map(|gpt| Member {
+                    head: LinearConfig::new(self.gpt.d_model, 1).init(device),
+                    gpt,
+                })
+                .collect(),
             mean_pool: self.pooling == Pooling::Mean,
         }
     }
 }
 
 #[derive(Module, Debug)]
-pub struct Scorer<B: Backend> {
+pub struct Member<B: Backend> {
     pub gpt: Gpt<B>,
     pub head: Linear<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Scorer<B: Backend> {
+    pub members: Vec<Member<B>>,
     pub mean_pool: bool,
 }
 
 impl<B: Backend> Scorer<B> {
     pub fn n_ctx(&self) -> usize {
-        self.gpt.n_ctx
+        self.members[0].gpt.n_ctx
     }
 
-    /// Scores [B] of right-padded rows `tokens` [B, T] whose real lengths are `lengths`.
-    pub fn forward(
+    /// Each member's scores [M, B] of right-padded rows `tokens` [B, T] whose real
+    /// lengths are `lengths`.
+    pub fn forward_members(
         &self,
         tokens: Tensor<B, 2, Int>,
         lengths: &[usize],
-    ) -> Result<Tensor<B, 1>, ModelError> {
+    ) -> Result<Tensor<B, 2>, ModelError> {
         let [b, t] = tokens.dims();
         if lengths.len() != b || lengths.iter().any(|&l| l == 0 || l > t) {
             return Err(invalid(
@@ -92,11 +136,7 @@ impl<B: Backend> Scorer<B> {
             ));
         }
         let device = tokens.device();
-        let h = self
-            .gpt
-            .forward_hidden(tokens, &mut self.gpt.new_cache(), false)?; // [B, T, D]
-        let d = h.dims()[2];
-        // Pooling weights [B, T]: each row sums to 1 over the positions it reads.
+        // Pooling weights [B, T, 1]: each row sums to 1 over the positions it reads.
         let mut w = vec![0f32; b * t];
         for (r, &len) in lengths.iter().enumerate() {
             if self.mean_pool {
@@ -105,9 +145,29 @@ impl<B: Backend> Scorer<B> {
                 w[r * t + len - 1] = 1.0;
             }
         }
-        let w = Tensor::<B, 2>::from_data(TensorData::new(w, [b, t]), &device);
-        let pooled = (h * w.unsqueeze_dim::<3>(2)).sum_dim(1).reshape([b, d]); // [B, D]
-        Ok(self.head.forward(pooled).reshape([b]))
+        let w =
+            Tensor::<B, 2>::from_data(TensorData::new(w, [b, t]), &device).unsqueeze_dim::<3>(2);
+        let mut scores = Vec::with_capacity(self.members.len());
+        for m in &self.members {
+            let h = m
+                .gpt
+                .forward_hidden(tokens.clone(), &mut m.gpt.new_cache(), false)?; // [B, T, D]
+            let d = h.dims()[2];
+            let pooled = (h * w.clone()).sum_dim(1).reshape([b, d]); // [B, D]
+            scores.push(m.head.forward(pooled).reshape([1, b]));
+        }
+        Ok(Tensor::cat(scores, 0))
+    }
+
+    /// Scores [B]: the members' mean.
+    pub fn forward(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        lengths: &[usize],
+    ) -> Result<Tensor<B, 1>, ModelError> {
+        let s = self.forward_members(tokens, lengths)?; // [M, B]
+        let b = s.dims()[1];
+        Ok(s.mean_dim(0).reshape([b]))
     }
 }
 
@@ -137,6 +197,7 @@ mod tests {
             let cfg = ScorerConfig {
                 gpt: GptConfig::preset("tiny").unwrap(),
                 pooling,
+                members: 2,
             };
             let m = cfg.init::<B>(&Default::default()).unwrap();
             let a: &[i64] = &[1, 2, 3, 4, 5];
@@ -156,6 +217,7 @@ mod tests {
         let cfg = ScorerConfig {
             gpt: GptConfig::preset("tiny").unwrap(),
             pooling: Pooling::Last,
+            members: 1,
         };
         let m = cfg.init::<B>(&Default::default()).unwrap();
         let x: &[i64] = &[1, 2, 3];
@@ -176,6 +238,42 @@ mod tests {
             serde_json::from_str(r#"{"gpt": {"preset": "tiny"}, "pooling": "mean"}"#).unwrap();
         assert_eq!(c.pooling, Pooling::Mean);
         assert_eq!(c.gpt.d_model, 16);
+        assert_eq!(c.members, 1);
         assert!(serde_json::from_str::<ScorerConfig>(r#"{"pool": "mean"}"#).is_err());
+        for (m, ok) in [(0, false), (1, true), (64, true), (65, false)] {
+            let c = ScorerConfig {
+                members: m,
+                ..ScorerConfig::default()
+            };
+            assert_eq!(c.validate().is_ok(), ok, "members = {m}");
+        }
+    }
+
+    /// The ensemble score is the mean of its members' scores, and members differ.
+    #[test]
+    fn ensemble_scores_are_the_members_mean() {
+        let cfg = ScorerConfig {
+            gpt: GptConfig::preset("tiny").unwrap(),
+            pooling: Pooling::Last,
+            members: 3,
+        };
+        let m = cfg.init::<B>(&Default::default()).unwrap();
+        let x: &[i64] = &[1, 2, 3];
+        let y: &[i64] = &[4, 5];
+        let per: Vec<f32> = m
+            .forward_members(tokens(&[x, y], 3), &[3, 2])
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap(); // [3, 2] row-major
+        let mean = scores(m.forward(tokens(&[x, y], 3), &[3, 2]).unwrap());
+        for col in 0..2 {
+            let want = (per[col] + per[2 + col] + per[4 + col]) / 3.0;
+            assert!((mean[col] - want).abs() < 1e-6);
+        }
+        assert!(
+            (per[0] - per[2]).abs() > 1e-6,
+            "members start from different weights"
+        );
     }
 }

@@ -426,16 +426,18 @@ impl<B: AutodiffBackend> Task<B, Scorer<B>> for ScoreTask<'_, B> {
             }
         }
         let (tokens, lengths) = pad::<B>(&rows, &self.device);
-        let s = model.forward(tokens, &lengths)?; // [R]
+        let s = model.forward_members(tokens, &lengths)?; // [M, R]
+        let members = s.dims()[0];
         let n = win.len();
         let idx =
             |v: Vec<i64>| Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), &self.device);
-        let margin = s.clone().select(0, idx(win)) - s.select(0, idx(lose)); // [P]
+        let margin = s.clone().select(1, idx(win)) - s.select(1, idx(lose)); // [M, P]
         let total: f32 = weight.iter().sum();
-        let w = Tensor::<B, 1>::from_data(TensorData::new(weight, [n]), &self.device);
+        let w = Tensor::<B, 2>::from_data(TensorData::new(weight, [1, n]), &self.device);
+        // Each member's own weighted loss, averaged over members.
         let loss = (softplus(margin.neg(), 1.0) * w)
             .sum()
-            .div_scalar(total.max(1e-12));
+            .div_scalar((total * members as f32).max(1e-12));
         Ok((loss, n))
     }
 
@@ -537,7 +539,9 @@ pub fn train_scorer<B: AutodiffBackend>(
             )));
         }
         config.model.gpt = lm.config.model.clone();
-        let model = config.model.with_trunk(lm.model, device);
+        // Every member starts from the copy model's trunk; their heads differ.
+        let trunks = vec![lm.model; config.model.members];
+        let model = config.model.with_trunks(trunks, device);
         (lm.tokenizer, model)
     } else {
         let train = read_ab_tests(&config.data.train)?;

@@ -16,6 +16,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
+use crate::table::Table;
 use crate::text::EOS;
 
 pub const BRIEF: &str = "<|brief|>";
@@ -48,46 +49,16 @@ pub struct CopyLine {
 /// Reads the corpus: trims lines, drops empty ones and exact duplicates (first kept).
 /// A missing column is an error naming the file and the columns it has.
 pub fn read_copy_corpus(cfg: &CopyCorpusConfig) -> Result<Vec<CopyLine>> {
-    let io = |source| DataError::Io {
-        path: cfg.csv.clone(),
-        source,
-    };
-    let mut reader = csv::Reader::from_path(&cfg.csv).map_err(|e| match e.into_kind() {
-        csv::ErrorKind::Io(e) => io(e),
-        other => DataError::BadRow {
-            file: cfg.csv.clone(),
-            row: 0,
-            reason: format!("{other:?}"),
-        },
-    })?;
-    let header = reader
-        .headers()
-        .map_err(|e| DataError::BadRow {
-            file: cfg.csv.clone(),
-            row: 0,
-            reason: format!("unreadable header: {e}"),
-        })?
-        .clone();
-    let find = |name: &str, role: &str| {
-        header
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| DataError::MissingColumn {
-                file: cfg.csv.clone(),
-                column: name.to_string(),
-                role: role.to_string(),
-                available: header.iter().map(String::from).collect(),
-            })
-    };
-    let text_at = find(&cfg.text_column, "text_column")?;
+    let mut table = Table::open(&cfg.csv)?;
+    let text_at = table.column(&cfg.text_column, "text_column")?;
     let tone_at = cfg
         .tone_column
         .as_deref()
-        .map(|c| find(c, "tone_column"))
+        .map(|c| table.column(c, "tone_column"))
         .transpose()?;
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for (i, record) in reader.records().enumerate() {
+    for (i, record) in table.reader.records().enumerate() {
         let row = i + 2; // 1-based, after the header
         let record = record.map_err(|e| DataError::BadRow {
             file: cfg.csv.clone(),

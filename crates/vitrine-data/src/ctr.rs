@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::copy::TEXT;
 use crate::error::{DataError, Result};
+use crate::table::Table;
 use crate::text::EOS;
 
 /// Which CSV columns hold what.
@@ -87,40 +88,19 @@ pub struct AbTest {
 /// empty headline, unparsable counts, zero impressions or more clicks than impressions is an
 /// error naming the file and row.
 pub fn read_ab_tests(cfg: &AbTestsConfig) -> Result<Vec<AbTest>> {
+    let mut table = Table::open(&cfg.csv)?;
+    let test_at = table.column(&cfg.test_column, "test_column")?;
+    let text_at = table.column(&cfg.text_column, "text_column")?;
+    let imp_at = table.column(&cfg.impressions_column, "impressions_column")?;
+    let clicks_at = table.column(&cfg.clicks_column, "clicks_column")?;
     let bad = |row: usize, reason: String| DataError::BadRow {
         file: cfg.csv.clone(),
         row,
         reason,
     };
-    let mut reader = csv::Reader::from_path(&cfg.csv).map_err(|e| match e.into_kind() {
-        csv::ErrorKind::Io(source) => DataError::Io {
-            path: cfg.csv.clone(),
-            source,
-        },
-        other => bad(0, format!("{other:?}")),
-    })?;
-    let header = reader
-        .headers()
-        .map_err(|e| bad(0, format!("unreadable header: {e}")))?
-        .clone();
-    let find = |name: &str, role: &str| {
-        header
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| DataError::MissingColumn {
-                file: cfg.csv.clone(),
-                column: name.to_string(),
-                role: role.to_string(),
-                available: header.iter().map(String::from).collect(),
-            })
-    };
-    let test_at = find(&cfg.test_column, "test_column")?;
-    let text_at = find(&cfg.text_column, "text_column")?;
-    let imp_at = find(&cfg.impressions_column, "impressions_column")?;
-    let clicks_at = find(&cfg.clicks_column, "clicks_column")?;
     let mut tests: Vec<AbTest> = Vec::new();
     let mut by_id: HashMap<String, usize> = HashMap::new();
-    for (i, record) in reader.records().enumerate() {
+    for (i, record) in table.reader.records().enumerate() {
         let row = i + 2; // 1-based, after the header
         let record = record.map_err(|e| bad(row, e.to_string()))?;
         let field = |at: usize| record.get(at).unwrap_or("").trim();

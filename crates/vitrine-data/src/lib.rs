@@ -13,6 +13,7 @@ pub mod error;
 pub mod fsio;
 pub mod image_io;
 pub mod split;
+mod table;
 pub mod text;
 pub mod transform;
 

@@ -25,7 +25,7 @@
 //! [1, D] onto `members.{i}.head.weight` [D, 1] (transposed; HF has no bias, so the bias
 //! is 0), with `last` pooling (HF pools the last non-padding token).
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -88,18 +88,31 @@ impl ScorerConfig {
     }
 
     /// A scorer whose members start from the given (e.g. copy-trained) trunks, with fresh
-    /// heads.
+    /// heads. Each trunk's parameters get their own identity, so copies of one trunk train
+    /// apart (the optimiser and the gradients key parameters by id).
     pub fn with_trunks<B: Backend>(&self, trunks: Vec<Gpt<B>>, device: &B::Device) -> Scorer<B> {
         Scorer {
             members: trunks
                 .into_iter()
                 .map(|gpt| Member {
                     head: LinearConfig::new(self.gpt.d_model, 1).init(device),
-                    gpt,
+                    gpt: gpt.map(&mut FreshParams),
                 })
                 .collect(),
             mean_pool: self.pooling == Pooling::Mean,
         }
+    }
+}
+
+/// Gives every float parameter a new id and its own copy of the values.
+struct FreshParams;
+
+impl<B: Backend> ModuleMapper<B> for FreshParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (_, tensor, mapper) = param.consume();
+        let grad = tensor.is_require_grad();
+        let copy = Tensor::from_data(tensor.to_data(), &tensor.device()).set_require_grad(grad);
+        Param::from_mapped_value(ParamId::new(), copy, mapper)
     }
 }
 
@@ -247,6 +260,30 @@ mod tests {
             };
             assert_eq!(c.validate().is_ok(), ok, "members = {m}");
         }
+    }
+
+    /// Members built from one trunk share its values but not its parameters.
+    #[test]
+    fn members_from_one_trunk_are_separate_parameters() {
+        let gpt_cfg = GptConfig::preset("tiny").unwrap();
+        let cfg = ScorerConfig {
+            gpt: gpt_cfg.clone(),
+            pooling: Pooling::Last,
+            members: 2,
+        };
+        // A trunk loaded from weights, as a warm start's is (a freshly built one is lazily
+        // initialised, and each clone would draw its own values).
+        let saved = gpt_cfg.init::<B>(&Default::default()).unwrap().into_record();
+        let trunk = gpt_cfg
+            .init::<B>(&Default::default())
+            .unwrap()
+            .load_record(saved);
+        let m = cfg.with_trunks(vec![trunk.clone(), trunk.clone()], &Default::default());
+        let (a, b) = (&m.members[0].gpt.wte.weight, &m.members[1].gpt.wte.weight);
+        assert_ne!(a.id, b.id);
+        assert_ne!(a.id, trunk.wte.weight.id);
+        let diff: f32 = (a.val() - trunk.wte.weight.val()).abs().max().into_scalar();
+        assert_eq!(diff, 0.0);
     }
 
     /// The ensemble score is the mean of its members' scores, and members differ.

@@ -219,16 +219,8 @@ impl LmRunConfig {
             return bad("tokenizer.kind = \"char\" cannot hold the brief markers of a copy run: use \"bpe\" or \"file\"".into());
         }
         self.model.validate()?;
+        self.loop_config().validate()?;
         let t = &self.train;
-        if t.epochs == 0 || t.epochs > 100_000 {
-            return bad(format!("train.epochs = {} (allowed 1..=100000)", t.epochs));
-        }
-        if t.batch_size == 0 || t.batch_size > 65_536 {
-            return bad(format!(
-                "train.batch_size = {} (allowed 1..=65536)",
-                t.batch_size
-            ));
-        }
         if t.block_size < 1 || t.block_size > self.model.n_ctx {
             return bad(format!(
                 "train.block_size = {} (allowed 1..=model.n_ctx = {})",
@@ -239,17 +231,6 @@ impl LmRunConfig {
             return bad(format!(
                 "train.steps_per_epoch = {} (allowed 1..=10000000)",
                 t.steps_per_epoch
-            ));
-        }
-        for (name, b) in [("beta_1", t.beta_1), ("beta_2", t.beta_2)] {
-            if !(0.0..1.0).contains(&b) {
-                return bad(format!("train.{name} = {b} (allowed 0 <= beta < 1)"));
-            }
-        }
-        if !(t.schedule.lr > 0.0) || t.schedule.min_lr < 0.0 {
-            return bad(format!(
-                "train.schedule.lr = {}, min_lr = {} (lr > 0, min_lr >= 0)",
-                t.schedule.lr, t.schedule.min_lr
             ));
         }
         let g = &self.generate;

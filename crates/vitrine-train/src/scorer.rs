@@ -161,31 +161,12 @@ impl ScoreRunConfig {
         }
         self.pairs.validate().map_err(TrainError::Invalid)?;
         self.model.validate()?;
+        self.loop_config().validate()?;
         let t = &self.train;
-        if t.epochs == 0 || t.epochs > 100_000 {
-            return bad(format!("train.epochs = {} (allowed 1..=100000)", t.epochs));
-        }
-        if t.batch_size == 0 || t.batch_size > 65_536 {
-            return bad(format!(
-                "train.batch_size = {} (allowed 1..=65536)",
-                t.batch_size
-            ));
-        }
         if !(0.0..0.5).contains(&t.dev_fraction) {
             return bad(format!(
                 "train.dev_fraction = {} (allowed 0 <= f < 0.5)",
                 t.dev_fraction
-            ));
-        }
-        for (name, b) in [("beta_1", t.beta_1), ("beta_2", t.beta_2)] {
-            if !(0.0..1.0).contains(&b) {
-                return bad(format!("train.{name} = {b} (allowed 0 <= beta < 1)"));
-            }
-        }
-        if !(t.schedule.lr > 0.0) || t.schedule.min_lr < 0.0 {
-            return bad(format!(
-                "train.schedule.lr = {}, min_lr = {} (lr > 0, min_lr >= 0)",
-                t.schedule.lr, t.schedule.min_lr
             ));
         }
         let l = &self.limits;

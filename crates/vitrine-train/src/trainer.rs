@@ -50,6 +50,38 @@ pub struct LoopConfig {
     pub log_every_steps: usize,
 }
 
+impl LoopConfig {
+    /// Checks what every `[train]` section shares (names as in the config file).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Invalid(m));
+        if self.epochs == 0 || self.epochs > 100_000 {
+            return bad(format!(
+                "train.epochs = {} (allowed 1..=100000)",
+                self.epochs
+            ));
+        }
+        if self.batch_size == 0 || self.batch_size > 65_536 {
+            return bad(format!(
+                "train.batch_size = {} (allowed 1..=65536)",
+                self.batch_size
+            ));
+        }
+        for (name, b) in [("beta_1", self.beta_1), ("beta_2", self.beta_2)] {
+            if !(0.0..1.0).contains(&b) {
+                return bad(format!("train.{name} = {b} (allowed 0 <= beta < 1)"));
+            }
+        }
+        let s = &self.schedule;
+        if !(s.lr > 0.0) || s.min_lr < 0.0 {
+            return bad(format!(
+                "train.schedule.lr = {}, min_lr = {} (lr > 0, min_lr >= 0)",
+                s.lr, s.min_lr
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct FitOptions {
     /// Continue from the run's last checkpoint.

@@ -644,4 +644,32 @@ mod tests {
         assert_eq!(a[0], a[2]);
         assert!(a.iter().all(|x| (0.0..1.0).contains(x)));
     }
+
+    /// The real validation split: counts and the length baseline agree with an independent
+    /// Python computation (csv + itertools over the same file).
+    #[test]
+    fn real_upworthy_validation_pairs() {
+        let csv = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/data/upworthy/valid.csv");
+        if !csv.exists() {
+            eprintln!(
+                "skipping: {} not present (the Upworthy data set lives in ../shared/data/upworthy beside the checkout)",
+                csv.display()
+            );
+            return;
+        }
+        let tests = read_ab_tests(&AbTestsConfig::new(csv)).unwrap();
+        let p = Pairs::build(&tests);
+        assert_eq!(tests.len(), 487);
+        assert_eq!(p.variants.len(), 2263);
+        assert_eq!((p.pairs.len(), p.same_text, p.same_ctr), (2228, 2276, 1));
+        let m = pairwise_metrics(&p, &length_scores(&p), 1.96);
+        assert_eq!(m.significant_pairs, 688);
+        assert_eq!(m.ties, 117);
+        assert!(
+            (m.accuracy - 0.5302962298025135).abs() < 1e-9,
+            "{}",
+            m.accuracy
+        );
+    }
 }

@@ -273,7 +273,10 @@ mod tests {
         };
         // A trunk loaded from weights, as a warm start's is (a freshly built one is lazily
         // initialised, and each clone would draw its own values).
-        let saved = gpt_cfg.init::<B>(&Default::default()).unwrap().into_record();
+        let saved = gpt_cfg
+            .init::<B>(&Default::default())
+            .unwrap()
+            .into_record();
         let trunk = gpt_cfg
             .init::<B>(&Default::default())
             .unwrap()

@@ -175,11 +175,13 @@ impl Default for PairRule {
 impl PairRule {
     pub fn validate(&self) -> std::result::Result<(), String> {
         let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
-        if !finite_nonneg(self.min_z)
-            || !(self.full_weight_z.is_finite() && self.full_weight_z > 0.0)
-            || !(self.min_weight > 0.0 && self.min_weight <= 1.0)
-            || !finite_nonneg(self.significance_z)
-        {
+        let ok = finite_nonneg(self.min_z)
+            && self.full_weight_z.is_finite()
+            && self.full_weight_z > 0.0
+            && self.min_weight > 0.0
+            && self.min_weight <= 1.0
+            && finite_nonneg(self.significance_z);
+        if !ok {
             return Err(format!(
                 "pairs: min_z = {}, full_weight_z = {}, min_weight = {}, significance_z = {} \
                  (need min_z >= 0, full_weight_z > 0, 0 < min_weight <= 1, significance_z >= 0, all finite)",

@@ -71,6 +71,14 @@ pub struct Variant {
 }
 
 impl Variant {
+    pub fn new(text: impl Into<String>, impressions: u64, clicks: u64) -> Self {
+        Self {
+            text: text.into(),
+            impressions,
+            clicks,
+        }
+    }
+
     pub fn ctr(&self) -> f64 {
         self.clicks as f64 / self.impressions as f64
     }
@@ -425,11 +433,7 @@ mod tests {
     }
 
     fn v(text: &str, impressions: u64, clicks: u64) -> Variant {
-        Variant {
-            text: text.into(),
-            impressions,
-            clicks,
-        }
+        Variant::new(text, impressions, clicks)
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! `init = "runs/copy-…"` warm-starts the trunk from a copy run: its tokenizer, its model
 //! size and its weights; the head starts fresh.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
@@ -326,8 +326,9 @@ struct TrainGroups {
 }
 
 impl TrainGroups {
-    fn new(enc: &EncodedPairs, rule: &PairRule) -> Self {
-        let mut by_test: HashMap<usize, Vec<(usize, usize, f32)>> = HashMap::new();
+    fn new(enc: EncodedPairs, rule: &PairRule) -> Self {
+        // Ordered by test index, so batches are a pure function of the data and the seed.
+        let mut by_test: BTreeMap<usize, Vec<(usize, usize, f32)>> = BTreeMap::new();
         let mut pairs = 0;
         for p in &enc.pairs.pairs {
             if let Some(w) = rule.weight(p.z) {
@@ -339,14 +340,9 @@ impl TrainGroups {
                 pairs += 1;
             }
         }
-        let mut keys: Vec<usize> = by_test.keys().copied().collect();
-        keys.sort_unstable();
         Self {
-            rows: enc.rows.clone(),
-            groups: keys
-                .into_iter()
-                .map(|k| by_test.remove(&k).unwrap())
-                .collect(),
+            rows: enc.rows,
+            groups: by_test.into_values().collect(),
             pairs,
         }
     }
@@ -505,6 +501,7 @@ pub fn train_scorer<B: AutodiffBackend>(
         });
     }
     B::seed(device, config.seed);
+    let train_tests = read_ab_tests(&config.data.train)?;
     // Tokenizer and initial model: the run's own when resuming (the checkpoint then replaces
     // the weights), the init run's for a warm start, else fresh.
     let (tokenizer, model) = if resume {
@@ -525,8 +522,7 @@ pub fn train_scorer<B: AutodiffBackend>(
         let model = config.model.with_trunks(trunks, device);
         (lm.tokenizer, model)
     } else {
-        let train = read_ab_tests(&config.data.train)?;
-        let texts: Vec<&str> = train
+        let texts: Vec<&str> = train_tests
             .iter()
             .flat_map(|t| t.variants.iter().map(|v| v.text.as_str()))
             .collect();
@@ -551,17 +547,13 @@ pub fn train_scorer<B: AutodiffBackend>(
         run.save_toml_config(&config)?;
     }
     let n_ctx = config.model.gpt.n_ctx;
-    let (fit_tests, dev_tests) = dev_split(
-        read_ab_tests(&config.data.train)?,
-        config.train.dev_fraction,
-        config.seed,
-    );
+    let (fit_tests, dev_tests) = dev_split(train_tests, config.train.dev_fraction, config.seed);
     let fit_enc = EncodedPairs::new(&fit_tests, &tokenizer, n_ctx)?;
     let dev = (!dev_tests.is_empty())
         .then(|| EncodedPairs::new(&dev_tests, &tokenizer, n_ctx))
         .transpose()?;
-    let train = TrainGroups::new(&fit_enc, &config.pairs);
     let truncated = fit_enc.truncated + dev.as_ref().map_or(0, |d| d.truncated);
+    let train = TrainGroups::new(fit_enc, &config.pairs);
     let parameters = burn::module::Module::num_params(&model);
     let best = if resume && run.file(BEST_FILE).exists() {
         Some(run.load_json::<Best>(BEST_FILE)?)
@@ -732,19 +724,28 @@ impl<B: Backend> ScoreRun<B> {
 
     /// Sorts generated candidates best first by score (stable: equal scores keep the
     /// generator's order) and records each score.
-    pub fn rank_candidates(&self, candidates: &mut [Candidate], device: &B::Device) -> Result<()> {
+    pub fn rank_candidates(
+        &self,
+        candidates: &mut Vec<Candidate>,
+        device: &B::Device,
+    ) -> Result<()> {
         if candidates.is_empty() {
             return Ok(());
         }
         let texts: Vec<String> = candidates.iter().map(|c| c.text.clone()).collect();
-        for (c, s) in candidates.iter_mut().zip(self.score(&texts, device)?) {
-            c.score = Some(s);
-        }
-        candidates.sort_by(|a, b| {
-            b.score
-                .unwrap_or(f64::MIN)
-                .total_cmp(&a.score.unwrap_or(f64::MIN))
-        });
+        let ranked = self.rank(&texts, device)?;
+        let mut unranked: Vec<Option<Candidate>> =
+            std::mem::take(candidates).into_iter().map(Some).collect();
+        *candidates = ranked
+            .into_iter()
+            .map(|r| {
+                let mut c = unranked[r.line - 1]
+                    .take()
+                    .expect("rank lists each line once");
+                c.score = Some(r.score);
+                c
+            })
+            .collect();
         Ok(())
     }
 
@@ -817,11 +818,7 @@ mod tests {
     #[test]
     fn training_groups_share_rows_and_keep_weighted_pairs() {
         use vitrine_data::ctr::Variant;
-        let v = |text: &str, impressions, clicks| Variant {
-            text: text.into(),
-            impressions,
-            clicks,
-        };
+        let v = Variant::new;
         let tests = vec![
             AbTest {
                 id: "a".into(),
@@ -851,7 +848,9 @@ mod tests {
             min_z: 0.5,
             ..PairRule::default()
         };
-        let g = TrainGroups::new(&enc, &rule);
+        let rows = enc.rows.len();
+        let g = TrainGroups::new(enc, &rule);
+        assert_eq!(g.rows.len(), rows);
         // Test a: (two beats one) kept at full weight, (three beats one) dropped, (two beats
         // three) at z = 1.76 -> weight 0.90; test b: four beats two; test c: no pair.
         assert_eq!(g.groups.len(), 2);

@@ -12,7 +12,11 @@ use clap::{Args, Parser, Subcommand};
 use device::DeviceArg;
 use vitrine_data::catalog::{CatalogConfig, CatalogSource};
 use vitrine_index::{Filter, Index};
+use vitrine_train::caption::{
+    captions_csv, list_images, train_caption, CaptionResult, CaptionRun, CaptionRunConfig,
+};
 use vitrine_train::config::{load_toml, SearchRunConfig};
+use vitrine_train::embed::progress_bar;
 use vitrine_train::generate::{generate, validate, GenerateRequest};
 use vitrine_train::lm::{train_lm, LmRun, LmRunConfig};
 use vitrine_train::pipeline::{index_run, search, Encoder, Query};
@@ -59,6 +63,45 @@ enum Command {
     /// Score lines read from stdin (one per line) with a click-through scorer run; prints
     /// them best first.
     Score(ScoreArgs),
+    /// Write a title / alt text for product photos with a caption run.
+    Caption(CaptionArgs),
+}
+
+#[derive(Args)]
+struct CaptionArgs {
+    /// A caption run (task "caption").
+    #[arg(long)]
+    run: PathBuf,
+    /// Image files to caption.
+    #[arg(required_unless_present = "dir", conflicts_with = "dir")]
+    images: Vec<PathBuf>,
+    /// Caption every image file directly inside this folder (sorted by name).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Write `image,caption,error` CSV here (atomically) instead of printing.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Beams per image (1 = greedy; default: the run's decode.beam).
+    #[arg(long)]
+    beam: Option<usize>,
+    /// Length normalisation exponent (default: the run's decode.length_penalty).
+    #[arg(long, allow_negative_numbers = true)]
+    length_penalty: Option<f64>,
+    #[arg(long)]
+    min_tokens: Option<usize>,
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// No n-gram of this size twice in a caption (0 = off).
+    #[arg(long)]
+    no_repeat_ngram: Option<usize>,
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    #[arg(long)]
+    csv: bool,
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    device: DeviceOpt,
 }
 
 #[derive(Args)]
@@ -172,6 +215,22 @@ enum EvalCommand {
         run: PathBuf,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        device: DeviceOpt,
+    },
+    /// BLEU-1..4, ROUGE-L and CIDEr-D of a caption run on its test split for each of
+    /// eval.beams, and of the nearest-neighbour baseline under a search run. Writes
+    /// eval.json.
+    Caption {
+        #[arg(long)]
+        run: PathBuf,
+        /// Search run for the nearest-neighbour baseline (default: the run's eval.search_run).
+        #[arg(long)]
+        search_run: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        quiet: bool,
         #[command(flatten)]
         device: DeviceOpt,
     },
@@ -365,11 +424,91 @@ fn run(cli: Cli) -> Result<()> {
             let report = with_backend!(&dev, B, d, vitrine_eval::eval_score::<B>(&run, &d))?;
             print_eval(&report, report.table(), &run, json)
         }
+        Command::Eval(EvalCommand::Caption {
+            run,
+            search_run,
+            json,
+            quiet,
+            device,
+        }) => {
+            let dev = device.device.open()?;
+            let report = with_backend!(
+                &dev,
+                B,
+                d,
+                vitrine_eval::eval_caption::<B>(&run, search_run.as_deref(), &d, quiet)
+            )?;
+            print_eval(&report, report.table(), &run, json)
+        }
         Command::Index(cmd) => cmd_index(cmd),
         Command::Search(a) => cmd_search(a),
         Command::Generate(a) => cmd_generate(a),
         Command::Score(a) => cmd_score(a),
+        Command::Caption(a) => cmd_caption(a),
     }
+}
+
+fn cmd_caption(a: CaptionArgs) -> Result<()> {
+    let paths = match &a.dir {
+        Some(dir) => list_images(dir)?,
+        None => a.images.clone(),
+    };
+    if paths.is_empty() {
+        anyhow::bail!(
+            "no images to caption{}",
+            a.dir
+                .as_ref()
+                .map(|d| format!(
+                    " in {} (looked for {})",
+                    d.display(),
+                    vitrine_data::catalog::IMAGE_EXTENSIONS.join(", ")
+                ))
+                .unwrap_or_default()
+        );
+    }
+    let dev = a.device.device.open()?;
+    let results = with_backend!(&dev, B, d, {
+        let run = CaptionRun::<B>::load(&a.run, &d)?;
+        let cfg = run.decode_config(|c| {
+            c.beam = a.beam.unwrap_or(c.beam);
+            c.length_penalty = a.length_penalty.unwrap_or(c.length_penalty);
+            c.min_tokens = a.min_tokens.unwrap_or(c.min_tokens);
+            c.max_tokens = a.max_tokens.unwrap_or(c.max_tokens);
+            c.no_repeat_ngram = a.no_repeat_ngram.unwrap_or(c.no_repeat_ngram);
+        })?;
+        let bar = progress_bar(paths.len(), "caption", a.quiet);
+        let out = run.caption_files(&paths, &cfg, Some(&bar))?;
+        bar.finish_and_clear();
+        anyhow::Ok(out)
+    })?;
+    let failed: Vec<&CaptionResult> = results.iter().filter(|r| r.error.is_some()).collect();
+    if let Some(out) = &a.out {
+        vitrine_data::fsio::atomic_save(out, captions_csv(&results).as_bytes())
+            .with_context(|| format!("writing {}", out.display()))?;
+        eprintln!(
+            "wrote {} ({} captioned, {} skipped)",
+            out.display(),
+            results.len() - failed.len(),
+            failed.len()
+        );
+    } else if a.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else if a.csv {
+        print!("{}", captions_csv(&results));
+    } else {
+        for r in &results {
+            if let Some(c) = &r.caption {
+                println!("{}\t{c}", r.image.display());
+            }
+        }
+    }
+    for r in &failed {
+        eprintln!("skipped {}", r.error.as_deref().unwrap_or_default());
+    }
+    if failed.len() == results.len() {
+        anyhow::bail!("none of the {} images could be read", results.len());
+    }
+    Ok(())
 }
 
 /// Prints an evaluation report as JSON or as its table (which says where eval.json went).
@@ -498,9 +637,10 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         "search" => cmd_train_search(a),
         "lm" | "copy" => cmd_train_lm(a),
         "score" => cmd_train_score(a),
+        "caption" => cmd_train_caption(a),
         other => {
             anyhow::bail!(
-                "task = {other:?}: this version trains \"search\", \"lm\", \"copy\" and \"score\""
+                "task = {other:?}: this version trains \"search\", \"lm\", \"copy\", \"score\" and \"caption\""
             )
         }
     }
@@ -583,6 +723,35 @@ fn cmd_train_score(a: TrainArgs) -> Result<()> {
         r.train_tests,
         r.train_pairs,
         r.parameters,
+    );
+    Ok(())
+}
+
+fn cmd_train_caption(a: TrainArgs) -> Result<()> {
+    let (config, run_dir, opts) = train_plan(&a, CaptionRunConfig::resolve_paths)?;
+    let run = RunDir::new(&run_dir);
+    let dev = a.device.device.open()?;
+    let r = with_backend!(
+        &dev,
+        B,
+        d,
+        train_caption::<Autodiff<B>>(config, &run, &opts, a.skip_bad, &d)
+    )?;
+    let f = &r.fit;
+    eprintln!(
+        "{} {}: {} epochs, {} steps, test loss {:.4}, {:.0} tokens/s, {:.1} s ({} train / {} test images, {} skipped, {} parameters, vocab {})",
+        if f.stopped_early { "stopped (resumable)" } else { "trained" },
+        run_dir.display(),
+        f.epochs_completed,
+        f.steps,
+        r.test_loss,
+        f.examples_per_sec,
+        f.wall_secs,
+        r.train_images,
+        r.test_images,
+        r.data.skipped,
+        r.parameters,
+        r.vocab_size,
     );
     Ok(())
 }

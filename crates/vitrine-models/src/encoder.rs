@@ -47,6 +47,21 @@ impl ImageEncoderConfig {
         }
     }
 
+    /// (count, width) of the tokens [`ImageEncoder::forward_tokens`] returns: the cells of
+    /// the CNN's last feature map, or the ViT's patches plus its class token.
+    pub fn token_shape(&self) -> (usize, usize) {
+        match self {
+            Self::Cnn(c) => {
+                let factor = 1usize << c.widths.len().saturating_sub(1);
+                (
+                    (c.input_size[0] / factor) * (c.input_size[1] / factor),
+                    c.widths.last().copied().unwrap_or(0),
+                )
+            }
+            Self::Vit(c) => (c.num_patches() + 1, c.d_model),
+        }
+    }
+
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<ImageEncoder<B>, ModelError> {
         Ok(match self {
             Self::Cnn(c) => ImageEncoder::Cnn(c.init(device)?),
@@ -105,6 +120,23 @@ mod tests {
         let c: ImageEncoderConfig = toml::from_str("arch = \"cnn\"\nin_channels = 1\ninput_size = [28, 28]\nwidths=[8,16,32]\ndepths=[0,0,0]").unwrap();
         assert!(matches!(c, ImageEncoderConfig::Cnn(_)));
         assert!(toml::from_str::<ImageEncoderConfig>("arch = \"resnet-9000\"").is_err());
+    }
+
+    #[test]
+    fn token_shape_matches_forward_tokens() {
+        use burn::backend::Flex;
+        let device = Default::default();
+        for text in [
+            "arch = \"cnn\"\ninput_size = [16, 8]\nwidths = [4, 6, 8]\ndepths = [0, 0, 0]",
+            "arch = \"vit\"\ninput_size = [8, 12]\npatch_size = 4\nd_model = 16\nn_heads = 2\nn_layers = 1",
+        ] {
+            let c: ImageEncoderConfig = toml::from_str(text).unwrap();
+            let [ch, h, w] = c.input_shape();
+            let m = c.init::<Flex>(&device).unwrap();
+            let t = m.forward_tokens(Tensor::zeros([2, ch, h, w], &device));
+            let (n, d) = c.token_shape();
+            assert_eq!(t.dims(), [2, n, d], "{text}");
+        }
     }
 
     #[test]

@@ -11,6 +11,14 @@ pub enum ModelError {
     },
     #[error("{len} positions exceed the model's context of {max} tokens (model.n_ctx)")]
     Context { len: usize, max: usize },
+    #[error("{}", match memory_batch {
+        None => format!("this decoder cross-attends to image features: a batch of {batch} needs them (build the cache with new_cache_with_memory)"),
+        Some(m) => format!("a batch of {batch} rows was given image features for {m} rows"),
+    })]
+    Memory {
+        batch: usize,
+        memory_batch: Option<usize>,
+    },
     #[error("input shape {got:?} does not match the model's expected input {expected:?}")]
     InputShape {
         got: Vec<usize>,

@@ -30,6 +30,16 @@
 //! | `transformer.ln_f.{weight,bias}`               | `ln_f.{gamma,beta}`                   |
 //! | `lm_head.weight` (tied to `wte`)               | (none: the head reuses `wte.weight`)  |
 //!
+//! With `cross_attention = true` (the decoder of the captioner) every block gains the
+//! cross-attention sub-layer of GPT-2 with `add_cross_attention`:
+//!
+//! | Hugging Face                                          | here                              |
+//! |-------------------------------------------------------|-----------------------------------|
+//! | `transformer.h.{i}.ln_cross_attn.{weight,bias}`       | `blocks.{i}.cross.ln.{gamma,beta}` |
+//! | `transformer.h.{i}.crossattention.q_attn.{weight,bias}` | `blocks.{i}.cross.attn.query`   |
+//! | `transformer.h.{i}.crossattention.c_attn.{weight,bias}` [D, 2D] | `blocks.{i}.cross.attn.{key,value}` |
+//! | `transformer.h.{i}.crossattention.c_proj.{weight,bias}` | `blocks.{i}.cross.attn.out`     |
+//!
 //! GPT-2's MLP uses the tanh approximation of GELU (`gelu_new`), as here; LayerNorm ε = 1e-5.
 
 use burn::module::Module;
@@ -57,6 +67,8 @@ pub struct GptConfig {
     pub mlp_ratio: usize,
     pub dropout: f64,
     pub layer_norm_eps: f64,
+    /// Cross-attention over an encoder's tokens in every block (encoder-decoder models).
+    pub cross_attention: bool,
 }
 
 /// What a config file may say: a preset and any field overriding it.
@@ -72,6 +84,7 @@ struct GptConfigFile {
     mlp_ratio: Option<usize>,
     dropout: Option<f64>,
     layer_norm_eps: Option<f64>,
+    cross_attention: Option<bool>,
 }
 
 impl TryFrom<GptConfigFile> for GptConfig {
@@ -90,6 +103,7 @@ impl TryFrom<GptConfigFile> for GptConfig {
             mlp_ratio: f.mlp_ratio.unwrap_or(base.mlp_ratio),
             dropout: f.dropout.unwrap_or(base.dropout),
             layer_norm_eps: f.layer_norm_eps.unwrap_or(base.layer_norm_eps),
+            cross_attention: f.cross_attention.unwrap_or(base.cross_attention),
         })
     }
 }
@@ -106,6 +120,7 @@ impl Default for GptConfig {
             mlp_ratio: 4,
             dropout: 0.0,
             layer_norm_eps: 1e-5,
+            cross_attention: false,
         }
     }
 }
@@ -152,6 +167,7 @@ impl GptConfig {
             dropout: self.dropout,
             layer_norm_eps: self.layer_norm_eps,
             activation: Activation::GeluTanh,
+            cross_attention: self.cross_attention,
         }
     }
 
@@ -202,11 +218,13 @@ pub struct Gpt<B: Backend> {
     pub n_ctx: usize,
 }
 
-/// Keys and values of every layer for the positions decoded so far.
+/// Keys and values of every layer for the positions decoded so far, and (encoder-decoder)
+/// each layer's keys/values of the encoder's tokens.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<LayerKv<B>>>,
     len: usize,
+    memory: Vec<LayerKv<B>>,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -214,6 +232,21 @@ impl<B: Backend> KvCache<B> {
         Self {
             layers: vec![None; n_layers],
             len: 0,
+            memory: Vec::new(),
+        }
+    }
+
+    /// The cache of the rows `rows` [R] (indices into the batch, repeats allowed): beam
+    /// search keeps the histories of the surviving beams this way.
+    pub fn select(&self, rows: Tensor<B, 1, Int>) -> Self {
+        let pick = |kv: &LayerKv<B>| LayerKv {
+            k: kv.k.clone().select(0, rows.clone()),
+            v: kv.v.clone().select(0, rows.clone()),
+        };
+        Self {
+            layers: self.layers.iter().map(|l| l.as_ref().map(pick)).collect(),
+            len: self.len,
+            memory: self.memory.iter().map(pick).collect(),
         }
     }
 
@@ -238,6 +271,53 @@ impl<B: Backend> Gpt<B> {
 
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.blocks.len())
+    }
+
+    /// Whether the blocks cross-attend to an encoder (then every forward needs a memory).
+    pub fn has_cross_attention(&self) -> bool {
+        self.blocks.iter().any(|b| b.cross.is_some())
+    }
+
+    /// An empty cache holding each layer's keys/values of the encoder tokens `memory`
+    /// [B, S, D], computed once and reused at every step.
+    pub fn new_cache_with_memory(&self, memory: Tensor<B, 3>) -> Result<KvCache<B>, ModelError> {
+        if !self.has_cross_attention() {
+            return Err(invalid(
+                "cross_attention",
+                false,
+                "true for a decoder conditioned on image features",
+            ));
+        }
+        let d = self.wte.weight.dims()[1];
+        let [b, s, dm] = memory.dims();
+        if dm != d || s == 0 {
+            return Err(ModelError::InputShape {
+                got: vec![b, s, dm],
+                expected: vec![b, s.max(1), d],
+            });
+        }
+        let mut cache = self.new_cache();
+        cache.memory = self
+            .blocks
+            .iter()
+            .map(|blk| {
+                let c = blk.cross.as_ref().expect("every block has cross-attention");
+                c.attn.memory_kv(memory.clone())
+            })
+            .collect();
+        Ok(cache)
+    }
+
+    /// Full causal forward conditioned on encoder tokens: tokens [B, T], memory [B, S, D]
+    /// -> logits [B, T, V] (teacher forcing).
+    pub fn forward_with_memory(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        memory: Tensor<B, 3>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        let mut cache = self.new_cache_with_memory(memory)?;
+        let h = self.forward_hidden(tokens, &mut cache, false)?;
+        Ok(self.logits(h))
     }
 
     /// Full causal forward: [B, T] -> logits [B, T, V]. T ≤ n_ctx.
@@ -273,6 +353,15 @@ impl<B: Backend> Gpt<B> {
                 max: self.n_ctx,
             });
         }
+        if self.has_cross_attention() {
+            let mb = cache.memory.first().map(|m| m.k.dims()[0]);
+            if mb != Some(b) {
+                return Err(ModelError::Memory {
+                    batch: b,
+                    memory_batch: mb,
+                });
+            }
+        }
         let device = tokens.device();
         // [T] -> [B, T]
         let positions = Tensor::<B, 1, Int>::arange(past as i64..(past + t) as i64, &device)
@@ -281,10 +370,10 @@ impl<B: Backend> Gpt<B> {
         let mut x = self
             .dropout
             .forward(self.wte.forward(tokens) + self.wpe.forward(positions));
-        for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+        for (i, (block, slot)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
             // Without `keep` the cache is only read, so it is cloned (cheap: shared buffers).
             let past_kv = if keep { slot.take() } else { slot.clone() };
-            let (y, kv) = block.forward_kv(x, past_kv, true);
+            let (y, kv) = block.forward_kv(x, past_kv, true, cache.memory.get(i));
             x = y;
             if keep {
                 *slot = Some(kv);

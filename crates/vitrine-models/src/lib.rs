@@ -6,6 +6,7 @@
 //! exists. `transformer` holds the pre-LayerNorm blocks shared by the ViT and the GPT
 //! decoder (`gpt`).
 
+pub mod captioner;
 pub mod cnn;
 pub mod encoder;
 pub mod error;

@@ -2,9 +2,13 @@
 //!
 //! ```text
 //! x [B, T, D]
-//!   x = x + attn(ln_1(x))      multi-head self-attention, separate q/k/v projections
-//!   x = x + mlp(ln_2(x))       Linear(D -> ratio*D), GELU, Linear(ratio*D -> D)
+//!   x = x + attn(ln_1(x))              multi-head self-attention, separate q/k/v projections
+//!   x = x + cross(ln_cross(x), memory) optional: attention over an encoder's tokens [B, S, D]
+//!   x = x + mlp(ln_2(x))               Linear(D -> ratio*D), GELU, Linear(ratio*D -> D)
 //! ```
+//! The cross-attention sub-layer sits where GPT-2 with `add_cross_attention` puts it
+//! (`crossattention` + `ln_cross_attn`, between self-attention and the MLP), so a
+//! VisionEncoderDecoder checkpoint maps onto it.
 //! Separate q/k/v projections map one-to-one onto ViT/CLIP checkpoints; GPT-2's fused
 //! `c_attn` splits into three along its output axis. [`Block::forward_kv`] takes and returns
 //! the keys/values of earlier positions, for incremental decoding with a KV cache.
@@ -27,6 +31,8 @@ pub struct BlockConfig {
     pub dropout: f64,
     pub layer_norm_eps: f64,
     pub activation: Activation,
+    /// Adds a cross-attention sub-layer (decoder of an encoder-decoder).
+    pub cross_attention: bool,
 }
 
 /// The MLP's non-linearity.
@@ -68,15 +74,20 @@ impl BlockConfig {
                 .init(device)
         };
         let lin = |i, o| LinearConfig::new(i, o).init(device);
+        let attention = || Attention {
+            query: lin(d, d),
+            key: lin(d, d),
+            value: lin(d, d),
+            out: lin(d, d),
+            n_heads: self.n_heads,
+        };
         Block {
             ln_1: ln(),
-            attn: SelfAttention {
-                query: lin(d, d),
-                key: lin(d, d),
-                value: lin(d, d),
-                out: lin(d, d),
-                n_heads: self.n_heads,
-            },
+            attn: attention(),
+            cross: self.cross_attention.then(|| CrossLayer {
+                ln: ln(),
+                attn: attention(),
+            }),
             ln_2: ln(),
             mlp: Mlp {
                 fc_in: lin(d, d * self.mlp_ratio),
@@ -88,8 +99,10 @@ impl BlockConfig {
     }
 }
 
+/// Multi-head attention; self-attention through [`Attention::forward_kv`], cross-attention
+/// over precomputed encoder keys/values through [`Attention::forward_cross`].
 #[derive(Module, Debug)]
-pub struct SelfAttention<B: Backend> {
+pub struct Attention<B: Backend> {
     pub query: Linear<B>,
     pub key: Linear<B>,
     pub value: Linear<B>,
@@ -104,7 +117,51 @@ pub struct LayerKv<B: Backend> {
     pub v: Tensor<B, 4>,
 }
 
-impl<B: Backend> SelfAttention<B> {
+impl<B: Backend> Attention<B> {
+    /// [B, T, D] -> [B, H, T, dk]
+    fn split_heads(&self, y: Tensor<B, 3>) -> Tensor<B, 4> {
+        let [b, t, d] = y.dims();
+        let h = self.n_heads;
+        y.reshape([b, t, h, d / h]).swap_dims(1, 2)
+    }
+
+    /// Softmax attention of queries [B, H, T, dk] over keys/values [B, H, S, dk], with an
+    /// optional mask [T, S] (true = hidden): -> [B, T, D] after the output projection.
+    fn attend(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        mask: Option<Tensor<B, 2, burn::tensor::Bool>>,
+    ) -> Tensor<B, 3> {
+        let [b, h, t, dk] = q.dims();
+        let s = k.dims()[2];
+        // [B, H, T, S]
+        let mut scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dk as f64).sqrt());
+        if let Some(mask) = mask {
+            scores = scores.mask_fill(mask.reshape([1, 1, t, s]), f32::NEG_INFINITY);
+        }
+        let attn = softmax(scores, 3);
+        // [B, H, T, dk] -> [B, T, D]
+        let ctx = attn.matmul(v).swap_dims(1, 2).reshape([b, t, h * dk]);
+        self.out.forward(ctx)
+    }
+
+    /// Keys and values of an encoder's tokens, computed once per input and reused at every
+    /// decoding step: [B, S, D] -> [B, H, S, dk] each.
+    pub fn memory_kv(&self, memory: Tensor<B, 3>) -> LayerKv<B> {
+        LayerKv {
+            k: self.split_heads(self.key.forward(memory.clone())),
+            v: self.split_heads(self.value.forward(memory)),
+        }
+    }
+
+    /// Cross-attention of x [B, T, D] over `memory` (from [`Attention::memory_kv`]).
+    pub fn forward_cross(&self, x: Tensor<B, 3>, memory: &LayerKv<B>) -> Tensor<B, 3> {
+        let q = self.split_heads(self.query.forward(x));
+        self.attend(q, memory.k.clone(), memory.v.clone(), None)
+    }
+
     /// [B, T, D] -> [B, T, D]. `causal` masks attention to later positions.
     pub fn forward(&self, x: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
         self.forward_kv(x, None, causal).0
@@ -118,37 +175,29 @@ impl<B: Backend> SelfAttention<B> {
         past: Option<LayerKv<B>>,
         causal: bool,
     ) -> (Tensor<B, 3>, LayerKv<B>) {
-        let [b, t, d] = x.dims();
-        let h = self.n_heads;
-        let dk = d / h;
-        // [B, T, D] -> [B, H, T, dk]
-        let split = |y: Tensor<B, 3>| y.reshape([b, t, h, dk]).swap_dims(1, 2);
-        let q = split(self.query.forward(x.clone()));
-        let mut k = split(self.key.forward(x.clone()));
-        let mut v = split(self.value.forward(x));
+        let t = x.dims()[1];
+        let q = self.split_heads(self.query.forward(x.clone()));
+        let mut k = self.split_heads(self.key.forward(x.clone()));
+        let mut v = self.split_heads(self.value.forward(x));
         if let Some(p) = past {
             k = Tensor::cat(vec![p.k, k], 2);
             v = Tensor::cat(vec![p.v, v], 2);
         }
         let s = k.dims()[2];
-        // [B, H, T, S]
-        let mut scores = q
-            .matmul(k.clone().swap_dims(2, 3))
-            .div_scalar((dk as f64).sqrt());
-        if causal && t > 1 {
-            // New position i sits at S - T + i: it sees keys 0..=S-T+i.
-            let mask = Tensor::<B, 2, burn::tensor::Bool>::tril_mask(
-                [t, s],
-                (s - t) as i64,
-                &scores.device(),
-            );
-            scores = scores.mask_fill(mask.reshape([1, 1, t, s]), f32::NEG_INFINITY);
-        }
-        let attn = softmax(scores, 3);
-        // [B, H, T, dk] -> [B, T, D]
-        let ctx = attn.matmul(v.clone()).swap_dims(1, 2).reshape([b, t, d]);
-        (self.out.forward(ctx), LayerKv { k, v })
+        // New position i sits at S - T + i: it sees keys 0..=S-T+i.
+        let mask = (causal && t > 1).then(|| {
+            Tensor::<B, 2, burn::tensor::Bool>::tril_mask([t, s], (s - t) as i64, &q.device())
+        });
+        let y = self.attend(q, k.clone(), v.clone(), mask);
+        (y, LayerKv { k, v })
     }
+}
+
+/// The cross-attention sub-layer of a decoder block.
+#[derive(Module, Debug)]
+pub struct CrossLayer<B: Backend> {
+    pub ln: LayerNorm<B>,
+    pub attn: Attention<B>,
 }
 
 #[derive(Module, Debug)]
@@ -173,7 +222,10 @@ impl<B: Backend> Mlp<B> {
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
     pub ln_1: LayerNorm<B>,
-    pub attn: SelfAttention<B>,
+    pub attn: Attention<B>,
+    /// Present in decoder blocks of an encoder-decoder. Records written before this field
+    /// existed load with `None`.
+    pub cross: Option<CrossLayer<B>>,
     pub ln_2: LayerNorm<B>,
     pub mlp: Mlp<B>,
     pub dropout: Dropout,
@@ -182,21 +234,29 @@ pub struct Block<B: Backend> {
 impl<B: Backend> Block<B> {
     /// [B, T, D] -> [B, T, D]
     pub fn forward(&self, x: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
-        self.forward_kv(x, None, causal).0
+        self.forward_kv(x, None, causal, None).0
     }
 
     /// As [`Block::forward`], continuing the positions in `past` (see
-    /// [`SelfAttention::forward_kv`]).
+    /// [`Attention::forward_kv`]); `memory` feeds the cross-attention sub-layer (ignored by
+    /// blocks without one; the owning model checks that it is given when needed).
     pub fn forward_kv(
         &self,
         x: Tensor<B, 3>,
         past: Option<LayerKv<B>>,
         causal: bool,
+        memory: Option<&LayerKv<B>>,
     ) -> (Tensor<B, 3>, LayerKv<B>) {
         let (a, kv) = self
             .attn
             .forward_kv(self.ln_1.forward(x.clone()), past, causal);
-        let x = x + self.dropout.forward(a);
+        let mut x = x + self.dropout.forward(a);
+        if let (Some(c), Some(m)) = (&self.cross, memory) {
+            x = x.clone()
+                + self
+                    .dropout
+                    .forward(c.attn.forward_cross(c.ln.forward(x), m));
+        }
         let y = x.clone() + self.dropout.forward(self.mlp.forward(self.ln_2.forward(x)));
         (y, kv)
     }
@@ -218,6 +278,7 @@ mod tests {
             dropout: 0.0,
             layer_norm_eps: 1e-5,
             activation: Activation::Gelu,
+            cross_attention: false,
         }
     }
 

@@ -98,6 +98,7 @@ impl VitConfig {
             dropout: self.dropout,
             layer_norm_eps: self.layer_norm_eps,
             activation: Activation::Gelu,
+            cross_attention: false,
         }
     }
 

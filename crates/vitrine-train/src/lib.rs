@@ -1,8 +1,10 @@
 //! Training loops per task, run directories, checkpoints, resume, schedules and progress;
 //! plus the catalogue pipeline (embed, index, query) that the CLI and server share.
 
+pub mod caption;
 pub mod checkpoint;
 pub mod config;
+pub mod decode;
 pub mod embed;
 pub mod error;
 pub mod generate;

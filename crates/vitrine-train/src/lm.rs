@@ -307,7 +307,7 @@ pub struct HostBatch {
 }
 
 impl HostBatch {
-    fn from_rows(rows: Vec<&[u32]>) -> Self {
+    pub fn from_rows(rows: Vec<&[u32]>) -> Self {
         let t = rows
             .iter()
             .map(|r| r.len().saturating_sub(1))
@@ -716,17 +716,7 @@ impl<B: Backend> LmRun<B> {
         let dir = RunDir::new(path);
         let config: LmRunConfig = dir.load_toml_config()?;
         config.validate()?;
-        let tokenizer = Tokenizer::from_file(&dir.file(TOKENIZER_FILE))?;
-        if tokenizer.vocab_size() != config.model.vocab_size {
-            return Err(TrainError::Run {
-                path: dir.path.clone(),
-                message: format!(
-                    "tokenizer.json has {} tokens but the model has {}",
-                    tokenizer.vocab_size(),
-                    config.model.vocab_size
-                ),
-            });
-        }
+        let tokenizer = dir.load_tokenizer(config.model.vocab_size)?;
         let model = dir.load_weights(config.model.init::<B>(device)?, device)?;
         let train_lines = if config.is_copy() {
             let p = dir.file(TRAIN_LINES_FILE);

@@ -9,6 +9,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::Backend;
 use serde::{de::DeserializeOwned, Serialize};
 use vitrine_data::fsio::atomic_save;
+use vitrine_data::text::Tokenizer;
 use vitrine_models::{ImageEncoder, ImageEncoderConfig};
 
 use crate::config::{to_toml_string, SearchRunConfig};
@@ -82,6 +83,33 @@ impl RunDir {
             .and_then(|t| t.as_str())
             .unwrap_or("search")
             .to_string())
+    }
+
+    /// Refuses a run of another task: `what` names the kind of run wanted in the message.
+    pub fn expect_task(&self, task: &str, what: &str) -> Result<()> {
+        let found = self.task()?;
+        if found != task {
+            return Err(TrainError::Run {
+                path: self.path.clone(),
+                message: format!("is a {found:?} run; {what} (task {task:?}) is needed"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The run's `tokenizer.json`, checked against the model's vocabulary size.
+    pub fn load_tokenizer(&self, vocab_size: usize) -> Result<Tokenizer> {
+        let tokenizer = Tokenizer::from_file(&self.file(crate::lm::TOKENIZER_FILE))?;
+        if tokenizer.vocab_size() != vocab_size {
+            return Err(TrainError::Run {
+                path: self.path.clone(),
+                message: format!(
+                    "tokenizer.json has {} tokens but the model has {vocab_size}",
+                    tokenizer.vocab_size(),
+                ),
+            });
+        }
+        Ok(tokenizer)
     }
 
     pub fn save_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {

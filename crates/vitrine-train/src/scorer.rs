@@ -622,26 +622,10 @@ pub struct ScoredLine {
 impl<B: Backend> ScoreRun<B> {
     pub fn load(path: &Path, device: &B::Device) -> Result<Self> {
         let dir = RunDir::new(path);
-        let task = dir.task()?;
-        if task != "score" {
-            return Err(TrainError::Run {
-                path: dir.path.clone(),
-                message: format!("is a {task:?} run; a scorer run (task \"score\") is needed"),
-            });
-        }
+        dir.expect_task("score", "a scorer run")?;
         let config: ScoreRunConfig = dir.load_toml_config()?;
         config.validate()?;
-        let tokenizer = Tokenizer::from_file(&dir.file(TOKENIZER_FILE))?;
-        if tokenizer.vocab_size() != config.model.gpt.vocab_size {
-            return Err(TrainError::Run {
-                path: dir.path.clone(),
-                message: format!(
-                    "tokenizer.json has {} tokens but the model has {}",
-                    tokenizer.vocab_size(),
-                    config.model.gpt.vocab_size
-                ),
-            });
-        }
+        let tokenizer = dir.load_tokenizer(config.model.gpt.vocab_size)?;
         let model = dir.load_weights(config.model.init::<B>(device)?, device)?;
         Ok(Self {
             config,

@@ -10,11 +10,10 @@ use serde::{Deserialize, Serialize};
 use vitrine_data::catalog::LoadReport;
 use vitrine_data::catalog::{decode_pixels, Catalog};
 use vitrine_data::split::split_indices;
-use vitrine_data::transform::{augment_pixels, normalize_into};
 use vitrine_models::ImageEncoder;
 
 use crate::config::{LossKind, Sampler, SearchRunConfig};
-use crate::embed::progress_bar;
+use crate::embed::{augmented_batch, progress_bar};
 use crate::error::{Result, TrainError};
 use crate::losses::{proxy_anchor, supcon};
 use crate::run::{save_module, RunDir};
@@ -101,7 +100,6 @@ struct SearchTask<B: Backend> {
     device: B::Device,
     pixels: Vec<u8>,
     labels: Vec<u32>,
-    item_len: usize,
     config: SearchRunConfig,
     classes: usize,
     epoch_batches: Option<(usize, Vec<Vec<usize>>)>,
@@ -163,29 +161,12 @@ impl<B: AutodiffBackend> Task<B, SearchModel<B>> for SearchTask<B> {
         let idx = batches
             .get(batch)
             .ok_or_else(|| TrainError::Invalid(format!("batch {batch} out of range")))?;
-        let p = &self.config.preprocess;
-        let aug = &self.config.augment;
-        let epoch_seed = mix(self.config.seed, 0xE90C + epoch as u64);
-        let mut data = Vec::with_capacity(idx.len() * self.item_len);
-        for &i in idx {
-            let px = &self.pixels[i * self.item_len..(i + 1) * self.item_len];
-            if aug.is_identity() {
-                normalize_into(px, p, &mut data);
-            } else {
-                let augmented = augment_pixels(
-                    px,
-                    p.channels,
-                    p.height,
-                    p.width,
-                    aug,
-                    mix(epoch_seed, i as u64),
-                );
-                normalize_into(&augmented, p, &mut data);
-            }
-        }
-        let [c, h, w] = self.config.model.input_shape();
-        let x = Tensor::<B, 4>::from_data(
-            burn::tensor::TensorData::new(data, [idx.len(), c, h, w]),
+        let x = augmented_batch::<B>(
+            &self.pixels,
+            idx,
+            &self.config.preprocess,
+            &self.config.augment,
+            mix(self.config.seed, 0xE90C + epoch as u64),
             &self.device,
         );
         let labels: Vec<u32> = idx.iter().map(|&i| self.labels[i]).collect();
@@ -339,12 +320,10 @@ pub fn train_search<B: AutodiffBackend>(
             .init([label_map.classes.len(), config.model.embed_dim()], device)
     });
     let model = SearchModel { encoder, proxies };
-    let [c, h, w] = config.model.input_shape();
     let mut task = SearchTask::<B> {
         device: device.clone(),
         pixels,
         labels,
-        item_len: c * h * w,
         classes: label_map.classes.len(),
         config: config.clone(),
         epoch_batches: None,

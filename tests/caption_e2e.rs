@@ -1,0 +1,294 @@
+//! End-to-end runs of `vitrine train` (task "caption"), `vitrine caption` and
+//! `vitrine eval caption` on the tiny synthetic catalogue.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use burn::tensor::Tensor;
+use common::{ok, s, train_to, vitrine, write_catalogue, write_config};
+use vitrine_train::caption::{CaptionRun, CaptionSplitRecord};
+use vitrine_train::pipeline::Encoder;
+
+/// A tiny caption recipe over the catalogue in `dir` (title column = caption); its encoder
+/// is the tiny search recipe's, so a search run can initialise it.
+fn write_caption_config(dir: &Path, epochs: usize, init: &str) -> PathBuf {
+    let cfg = format!(
+        r#"task = "caption"
+seed = 4
+
+[data]
+format = "csv"
+csv = "{csv}"
+images = "{images}"
+image_pattern = "{{id}}.png"
+title_column = "title"
+
+[split]
+test_fraction = 0.25
+seed = 2
+
+[preprocess]
+height = 16
+width = 16
+channels = 3
+
+[augment]
+hflip = 0.5
+
+[tokenizer]
+kind = "bpe"
+vocab_size = 300
+
+[model]
+preset = "tiny"
+[model.encoder]
+arch = "cnn"
+in_channels = 3
+input_size = [16, 16]
+widths = [8, 16]
+depths = [1, 1]
+embed_dim = 16
+
+{init}
+
+[train]
+epochs = {epochs}
+batch_size = 6
+log_every_steps = 0
+
+[train.schedule]
+lr = 5e-3
+warmup_steps = 4
+
+[decode]
+beam = 2
+max_tokens = 12
+
+[limits]
+max_beam = 4
+batch_size = 4
+"#,
+        csv = dir.join("styles.csv").display(),
+        images = dir.join("images").display(),
+    );
+    let path = dir.join("caption.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+/// The catalogue plus one item whose caption is empty (left out of the task).
+fn catalogue(dir: &Path) {
+    write_catalogue(dir);
+    let csv = dir.join("styles.csv");
+    let mut text = std::fs::read_to_string(&csv).unwrap();
+    text.push_str("999,dark,red-vertical,\n");
+    std::fs::write(&csv, text).unwrap();
+    common::synth_image(0, 99)
+        .save(dir.join("images/999.png"))
+        .unwrap();
+}
+
+#[test]
+fn caption_run_trains_captions_files_and_evaluates() {
+    let dir = tempfile::tempdir().unwrap();
+    catalogue(dir.path());
+    let config = write_caption_config(dir.path(), 4, "");
+    let run = dir.path().join("cap");
+    train_to(&config, &run, &[]);
+    for f in [
+        "config.toml",
+        "model.mpk",
+        "tokenizer.json",
+        "split.json",
+        "metrics.jsonl",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    // 24 captioned items (the empty caption is left out): 6 test, 18 train, disjoint.
+    let split: CaptionSplitRecord =
+        serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
+    assert_eq!((split.train_ids.len(), split.test_ids.len()), (18, 6));
+    assert!(split
+        .test_ids
+        .iter()
+        .all(|id| !split.train_ids.contains(id)));
+    assert!(
+        !split.train_ids.contains(&"999".to_string())
+            && !split.test_ids.contains(&"999".to_string())
+    );
+
+    // Files: two good images and a truncated one, which is reported and skipped.
+    let images = dir.path().join("images");
+    let bad = dir.path().join("broken.png");
+    let bytes = std::fs::read(images.join("100.png")).unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() / 3]).unwrap();
+    let (a, b) = (images.join("100.png"), images.join("200.png"));
+    let args = ["caption", "--run", s(&run), s(&a), s(&bad), s(&b), "--json"];
+    let out = vitrine(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows[0]["caption"].as_str().is_some_and(|c| !c.is_empty()),
+        "{v}"
+    );
+    assert!(
+        rows[2]["caption"].as_str().is_some_and(|c| !c.is_empty()),
+        "{v}"
+    );
+    assert!(rows[1]["caption"].is_null());
+    assert!(
+        rows[1]["error"].as_str().unwrap().contains("broken.png"),
+        "{v}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.png"));
+    // Deterministic: the same command gives the same captions.
+    assert_eq!(vitrine(&args).stdout, out.stdout);
+
+    // Folder mode writes one CSV row per image file.
+    let csv_out = dir.path().join("captions.csv");
+    ok(&[
+        "caption",
+        "--run",
+        s(&run),
+        "--dir",
+        s(&images),
+        "--out",
+        s(&csv_out),
+        "--beam",
+        "1",
+    ]);
+    let csv = std::fs::read_to_string(&csv_out).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "image,caption,error");
+    assert_eq!(lines.len(), 1 + 25, "{csv}");
+
+    // Evaluation: greedy, beam 3 and the nearest-neighbour baseline under a search run.
+    write_config(dir.path(), 2);
+    let search = dir.path().join("search");
+    train_to(&dir.path().join("tiny.toml"), &search, &[]);
+    let report = ok(&[
+        "eval",
+        "caption",
+        "--run",
+        s(&run),
+        "--search-run",
+        s(&search),
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(r["test_images"], 6);
+    let methods: Vec<&str> = r["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(methods, ["greedy", "beam 3", "nearest neighbour"]);
+    for m in r["methods"].as_array().unwrap() {
+        let sc = &m["scores"];
+        for key in ["rouge_l", "cider_d"] {
+            let x = sc[key].as_f64().unwrap();
+            assert!(x.is_finite() && x >= 0.0, "{key} = {x}");
+        }
+        assert_eq!(sc["images"], 6);
+    }
+    // The baseline returns training captions: every one is a real title.
+    let titles = std::fs::read_to_string(dir.path().join("styles.csv")).unwrap();
+    for e in r["examples"].as_array().unwrap() {
+        let nn = e["captions"][2].as_str().unwrap();
+        assert!(titles.contains(nn), "{nn:?} is not a catalogue title");
+    }
+    assert!(run.join("eval.json").exists());
+}
+
+#[test]
+fn frozen_encoder_keeps_the_search_runs_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    write_catalogue(dir.path());
+    write_config(dir.path(), 1);
+    let search = dir.path().join("search");
+    train_to(&dir.path().join("tiny.toml"), &search, &[]);
+    let init = format!(
+        "[init]\nencoder = \"{}\"\nfreeze_encoder = true",
+        search.display()
+    );
+    let config = write_caption_config(dir.path(), 2, &init);
+    let run = dir.path().join("cap");
+    train_to(&config, &run, &[]);
+
+    let device = Default::default();
+    let cap = CaptionRun::<Flex>::load(&run, &device).unwrap();
+    let enc = Encoder::<Flex>::load(&search, &device).unwrap();
+    let x = Tensor::<Flex, 4>::ones([2, 3, 16, 16], &device).mul_scalar(0.3);
+    let a = cap.model.encoder.forward_tokens(x.clone());
+    let b = enc.model.forward_tokens(x);
+    let diff: f32 = (a - b).abs().max().into_scalar();
+    assert!(diff < 1e-6, "the frozen encoder moved by {diff}");
+    // The decoder did train: its loss fell.
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let losses: Vec<f64> = metrics
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert!(losses[1] < losses[0], "{losses:?}");
+}
+
+#[test]
+fn bad_requests_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    write_catalogue(dir.path());
+    let config = write_caption_config(dir.path(), 1, "");
+    let run = dir.path().join("cap");
+    train_to(&config, &run, &[]);
+    let img = dir.path().join("images/100.png");
+    // At the limits (max_beam 4, context 32 - 1 = 31 tokens): fine. Just past: errors.
+    ok(&[
+        "caption",
+        "--run",
+        s(&run),
+        s(&img),
+        "--beam",
+        "4",
+        "--max-tokens",
+        "31",
+    ]);
+    for (flag, value, needle) in [
+        ("--beam", "5", "beam = 5"),
+        ("--max-tokens", "32", "max_tokens = 32"),
+        ("--length-penalty", "NaN", "length_penalty"),
+    ] {
+        let out = vitrine(&["caption", "--run", s(&run), s(&img), flag, value]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle) && err.contains("allowed"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // Only unreadable inputs: a failure that names them, not a panic.
+    let junk = dir.path().join("junk.jpg");
+    std::fs::write(&junk, b"not an image").unwrap();
+    let out = vitrine(&["caption", "--run", s(&run), s(&junk)]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("junk.jpg") && !err.contains("panicked"),
+        "{err}"
+    );
+    // A run of another task is refused by name.
+    let search_like = dir.path().join("not-a-run");
+    std::fs::create_dir_all(&search_like).unwrap();
+    let out = vitrine(&["caption", "--run", s(&search_like), s(&img)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config.toml"));
+}

@@ -227,6 +227,12 @@ enum EvalCommand {
         /// Search run for the nearest-neighbour baseline (default: the run's eval.search_run).
         #[arg(long)]
         search_run: Option<PathBuf>,
+        /// Beam sizes to evaluate, comma-separated (default: the run's eval.beams).
+        #[arg(long, value_delimiter = ',')]
+        beams: Option<Vec<usize>>,
+        /// Length normalisation exponent (default: the run's decode.length_penalty).
+        #[arg(long, allow_negative_numbers = true)]
+        length_penalty: Option<f64>,
         #[arg(long)]
         json: bool,
         #[arg(long)]
@@ -427,17 +433,21 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(EvalCommand::Caption {
             run,
             search_run,
+            beams,
+            length_penalty,
             json,
             quiet,
             device,
         }) => {
+            let opts = vitrine_eval::CaptionEvalOptions {
+                search_run,
+                beams,
+                length_penalty,
+                quiet,
+            };
             let dev = device.device.open()?;
-            let report = with_backend!(
-                &dev,
-                B,
-                d,
-                vitrine_eval::eval_caption::<B>(&run, search_run.as_deref(), &d, quiet)
-            )?;
+            let report =
+                with_backend!(&dev, B, d, vitrine_eval::eval_caption::<B>(&run, &opts, &d))?;
             print_eval(&report, report.table(), &run, json)
         }
         Command::Index(cmd) => cmd_index(cmd),

@@ -105,12 +105,24 @@ pub fn nearest(queries: &[f32], gallery: &[f32], dim: usize) -> Vec<usize> {
         .collect()
 }
 
+/// What `vitrine eval caption` may change from the run's own settings.
+#[derive(Debug, Clone, Default)]
+pub struct CaptionEvalOptions {
+    /// Search run of the baseline (default: the run's `eval.search_run`).
+    pub search_run: Option<PathBuf>,
+    /// Beam sizes to evaluate (default: the run's `eval.beams`).
+    pub beams: Option<Vec<usize>>,
+    /// Length normalisation exponent (default: the run's `decode.length_penalty`).
+    pub length_penalty: Option<f64>,
+    pub quiet: bool,
+}
+
 pub fn eval_caption<B: Backend>(
     run_path: &Path,
-    search_run: Option<&Path>,
+    opts: &CaptionEvalOptions,
     device: &B::Device,
-    quiet: bool,
 ) -> Result<CaptionEvalReport> {
+    let quiet = opts.quiet;
     let run = CaptionRun::<B>::load(run_path, device)?;
     let config = &run.config;
     let split: CaptionSplitRecord = run.dir.load_json(SPLIT_FILE)?;
@@ -146,8 +158,11 @@ pub fn eval_caption<B: Backend>(
         captions.push(hyps);
         Ok(())
     };
-    for &beam in &config.eval.beams {
-        let cfg = run.decode_config(|c| c.beam = beam)?;
+    for &beam in opts.beams.as_ref().unwrap_or(&config.eval.beams) {
+        let cfg = run.decode_config(|c| {
+            c.beam = beam;
+            c.length_penalty = opts.length_penalty.unwrap_or(c.length_penalty);
+        })?;
         let started = Instant::now();
         let hyps = run.caption_pixels(&pixels, &cfg)?;
         let name = if beam == 1 {
@@ -158,12 +173,20 @@ pub fn eval_caption<B: Backend>(
         score(name, hyps, started.elapsed().as_secs_f64())?;
     }
 
-    let search_run = search_run
-        .map(Path::to_path_buf)
+    let search_run = opts
+        .search_run
+        .clone()
         .or_else(|| config.eval.search_run.clone());
     if let Some(sr) = &search_run {
         let started = Instant::now();
-        let encoder = Encoder::<B>::load(sr, device)?;
+        let encoder = Encoder::<B>::load(sr, device).map_err(|e| {
+            TrainError::Invalid(format!(
+                "nearest-neighbour baseline: search run {}: {e} (train one, e.g. \
+                 `vitrine train --config configs/search-fashion-products.toml`, and pass \
+                 --search-run or set eval.search_run)",
+                sr.display()
+            ))
+        })?;
         let sc = &encoder.config;
         let dim = sc.model.embed_dim();
         let mut embed = |items: &[usize], what: &str| {

@@ -7,7 +7,7 @@ pub mod retrieval;
 pub mod score;
 pub mod search;
 
-pub use caption::{eval_caption, CaptionEvalReport};
+pub use caption::{eval_caption, CaptionEvalOptions, CaptionEvalReport};
 pub use copy::{eval_copy, CopyEvalReport};
 pub use retrieval::{evaluate_retrieval, RetrievalMetrics};
 pub use score::{eval_score, ScoreEvalReport};

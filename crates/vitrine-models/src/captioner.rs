@@ -3,7 +3,9 @@
 //! ```text
 //! image [B, C, H, W]
 //!   encoder.forward_tokens                  [B, S, De]   CNN feature-map cells / ViT tokens
-//!   proj: Linear(De -> D) + mem_pos [1,S,D] [B, S, D]    memory
+//!   proj: Linear(De -> D) + mem_pos [1,S,D] [B, S, D]
+//!   (global_token) + global: Linear(E -> D) of the pooled search embedding
+//!                                           [B, S+1, D]  memory
 //! tokens [B, T] (int)
 //!   decoder: GPT blocks, each with a cross-attention sub-layer over the memory
 //!                                           [B, T, V]    logits
@@ -17,7 +19,9 @@
 //! Hugging Face `VisionEncoderDecoderModel` names: `encoder.*` (ViT, see `vit.rs`),
 //! `enc_to_dec_proj` -> `proj`, `decoder.*` (GPT-2 with cross-attention, see `gpt.rs`).
 //! `mem_pos` has no counterpart there (zeros reproduce it): it gives CNN feature-map cells,
-//! which carry no position of their own, a learned position.
+//! which carry no position of their own, a learned position. `global` (none there either)
+//! adds the encoder's pooled embedding, the vector visual search ranks by, as one more
+//! memory token: the whole-image summary a search-initialised encoder was trained to make.
 
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
@@ -38,6 +42,8 @@ use crate::gpt::{Gpt, GptConfig, KvCache};
 pub struct CaptionerConfig {
     pub encoder: ImageEncoderConfig,
     pub decoder: GptConfig,
+    /// Adds the encoder's pooled embedding as one more memory token.
+    pub global_token: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -47,6 +53,7 @@ struct CaptionerConfigFile {
     encoder: Option<ImageEncoderConfig>,
     /// Kept raw so its keys override the preset's decoder one by one.
     decoder: Option<serde_json::Map<String, serde_json::Value>>,
+    global_token: Option<bool>,
 }
 
 impl TryFrom<CaptionerConfigFile> for CaptionerConfig {
@@ -75,6 +82,7 @@ impl TryFrom<CaptionerConfigFile> for CaptionerConfig {
                 cross_attention: true,
                 ..decoder
             },
+            global_token: f.global_token.unwrap_or(base.global_token),
         })
     }
 }
@@ -113,6 +121,7 @@ impl CaptionerConfig {
             "tiny" => Self {
                 encoder: cnn([16, 12], vec![8, 16]),
                 decoder: cross(GptConfig::preset("tiny")?),
+                global_token: true,
             },
             "cpu" => Self {
                 encoder: cnn([64, 48], vec![16, 32, 64, 128]),
@@ -120,6 +129,9 @@ impl CaptionerConfig {
                     n_ctx: 32,
                     ..GptConfig::preset("nano-cpu")?
                 }),
+                // Measured on fashion-products with a search-initialised encoder: CIDEr-D
+                // 0.896 with the token, 0.962 without (beam 3).
+                global_token: false,
             },
             other => {
                 return Err(invalid(
@@ -156,6 +168,9 @@ impl CaptionerConfig {
                 std: 0.02,
             }
             .init([1, s, d], device),
+            global: self
+                .global_token
+                .then(|| LinearConfig::new(self.encoder.embed_dim(), d).init(device)),
             decoder: self.decoder.init(device)?,
         })
     }
@@ -166,20 +181,35 @@ pub struct Captioner<B: Backend> {
     pub encoder: ImageEncoder<B>,
     pub proj: Linear<B>,
     pub mem_pos: Param<Tensor<B, 3>>,
+    /// The pooled-embedding token (`global_token`).
+    pub global: Option<Linear<B>>,
     pub decoder: Gpt<B>,
 }
 
 impl<B: Backend> Captioner<B> {
-    /// Image features the decoder attends to: [B, C, H, W] -> [B, S, D]. With
-    /// `freeze_encoder` no gradient flows into the encoder (it keeps its weights).
-    pub fn memory(&self, images: Tensor<B, 4>, freeze_encoder: bool) -> Tensor<B, 3> {
-        let tokens = self.encoder.forward_tokens(images);
-        let tokens = if freeze_encoder {
-            tokens.detach()
+    /// Image features the decoder attends to: [B, C, H, W] -> [B, S(+1), D].
+    pub fn memory(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+        if self.global.is_some() {
+            let (tokens, embedding) = self.encoder.forward_tokens_and_embedding(images);
+            self.memory_from_features(tokens, Some(embedding))
         } else {
-            tokens
-        };
-        self.proj.forward(tokens) + self.mem_pos.val()
+            self.memory_from_features(self.encoder.forward_tokens(images), None)
+        }
+    }
+
+    /// The memory from encoder outputs computed elsewhere (e.g. by a frozen encoder outside
+    /// the autodiff graph): tokens [B, S, De] and, with `global_token`, the pooled
+    /// embedding [B, E] -> [B, S(+1), D].
+    pub fn memory_from_features(
+        &self,
+        tokens: Tensor<B, 3>,
+        embedding: Option<Tensor<B, 2>>,
+    ) -> Tensor<B, 3> {
+        let cells = self.proj.forward(tokens) + self.mem_pos.val();
+        match (&self.global, embedding) {
+            (Some(g), Some(e)) => Tensor::cat(vec![cells, g.forward(e).unsqueeze_dim(1)], 1),
+            _ => cells,
+        }
     }
 
     /// Teacher-forced logits: images [B, C, H, W], tokens [B, T] -> [B, T, V].
@@ -189,13 +219,12 @@ impl<B: Backend> Captioner<B> {
         tokens: Tensor<B, 2, Int>,
     ) -> Result<Tensor<B, 3>, ModelError> {
         self.decoder
-            .forward_with_memory(tokens, self.memory(images, false))
+            .forward_with_memory(tokens, self.memory(images))
     }
 
     /// A decoding cache for a batch of images (their memory keys/values precomputed).
     pub fn new_cache(&self, images: Tensor<B, 4>) -> Result<KvCache<B>, ModelError> {
-        self.decoder
-            .new_cache_with_memory(self.memory(images, false))
+        self.decoder.new_cache_with_memory(self.memory(images))
     }
 }
 
@@ -230,6 +259,8 @@ mod tests {
             .unwrap();
         let x = images(2, 1);
         let toks = tokens(&[vec![1, 2, 3], vec![1, 2, 3]]);
+        // 8x6 feature-map cells and the pooled-embedding token.
+        assert_eq!(m.memory(x.clone()).dims(), [2, 8 * 6 + 1, 16]);
         let logits = m.forward(x, toks).unwrap();
         assert_eq!(logits.dims(), [2, 3, 32]);
         // Same tokens, different images: different predictions.
@@ -298,6 +329,7 @@ mod tests {
     fn presets_and_overrides() {
         let c: CaptionerConfig = toml::from_str("preset = \"cpu\"").unwrap();
         assert_eq!(c, CaptionerConfig::preset("cpu").unwrap());
+        assert!(!c.global_token);
         assert_eq!(c.encoder.token_shape(), (48, 128));
         assert!(c.decoder.cross_attention);
         let c: CaptionerConfig =

@@ -288,14 +288,22 @@ impl<B: Backend> Cnn<B> {
 
     /// Feature-map cells as tokens: [B, C, H, W] -> [B, h*w, w_last].
     pub fn forward_tokens(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
-        let x = self.feature_map(images);
+        Self::map_tokens(self.feature_map(images))
+    }
+
+    /// Feature map [B, C, h, w] -> tokens [B, h*w, C].
+    pub fn map_tokens(x: Tensor<B, 4>) -> Tensor<B, 3> {
         let [b, c, h, w] = x.dims();
         x.reshape([b, c, h * w]).swap_dims(1, 2)
     }
 
     /// L2-normalised embeddings: [B, C, H, W] -> [B, embed_dim].
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
-        let x = self.feature_map(images);
+        self.embed_map(self.feature_map(images))
+    }
+
+    /// The embedding of a feature map: [B, C, h, w] -> [B, embed_dim].
+    pub fn embed_map(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let [b, c, h, w] = x.dims();
         let pooled = if self.flatten {
             x.reshape([b, c * h * w])

@@ -92,6 +92,23 @@ impl<B: Backend> ImageEncoder<B> {
             Self::Vit(m) => m.forward_tokens(images),
         }
     }
+
+    /// Both of the above from one pass: (tokens [B, T, D], embeddings [B, embed_dim]).
+    pub fn forward_tokens_and_embedding(
+        &self,
+        images: Tensor<B, 4>,
+    ) -> (Tensor<B, 3>, Tensor<B, 2>) {
+        match self {
+            Self::Cnn(m) => {
+                let map = m.feature_map(images);
+                (Cnn::map_tokens(map.clone()), m.embed_map(map))
+            }
+            Self::Vit(m) => {
+                let tokens = m.forward_tokens(images);
+                (tokens.clone(), m.embed_tokens(tokens))
+            }
+        }
+    }
 }
 
 /// Checks a batch against the encoder's expected input before running it, so a wrong
@@ -136,6 +153,12 @@ mod tests {
             let t = m.forward_tokens(Tensor::zeros([2, ch, h, w], &device));
             let (n, d) = c.token_shape();
             assert_eq!(t.dims(), [2, n, d], "{text}");
+            let (t2, e) = m.forward_tokens_and_embedding(Tensor::ones([2, ch, h, w], &device));
+            let e1 = m.forward(Tensor::ones([2, ch, h, w], &device));
+            let t1 = m.forward_tokens(Tensor::ones([2, ch, h, w], &device));
+            let de: f32 = (e - e1).abs().max().into_scalar();
+            let dt: f32 = (t2 - t1).abs().max().into_scalar();
+            assert!(de < 1e-6 && dt < 1e-6, "{text}: one pass differs ({de}, {dt})");
         }
     }
 

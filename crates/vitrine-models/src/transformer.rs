@@ -50,7 +50,7 @@ impl BlockConfig {
         if self.d_model == 0 || self.d_model > 65536 {
             return Err(invalid("d_model", self.d_model, "1..=65536"));
         }
-        if self.n_heads == 0 || self.d_model % self.n_heads != 0 {
+        if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
             return Err(invalid(
                 "n_heads",
                 self.n_heads,

@@ -195,7 +195,11 @@ impl<B: Backend> Vit<B> {
 
     /// L2-normalised embeddings: [B, C, H, W] -> [B, embed_dim].
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
-        let x = self.forward_tokens(images);
+        self.embed_tokens(self.forward_tokens(images))
+    }
+
+    /// The embedding of final token states [B, N+1, D] -> [B, embed_dim].
+    pub fn embed_tokens(&self, x: Tensor<B, 3>) -> Tensor<B, 2> {
         let [b, t, d] = x.dims();
         let pooled = if self.mean_pool {
             x.slice([0..b, 1..t, 0..d]).mean_dim(1).reshape([b, d])

@@ -367,7 +367,20 @@ impl<B: AutodiffBackend> Task<B, Captioner<B>> for CaptionTask<'_, B> {
             &self.device,
         );
         let hb = HostBatch::from_rows(idx.iter().map(|&i| self.seqs[i].as_slice()).collect());
-        let memory = model.memory(images, self.config.init.freeze_encoder);
+        let memory = if self.config.init.freeze_encoder {
+            // A frozen encoder runs on the inner backend: no autodiff graph is recorded for
+            // it at all (a detached graph of tracked parameters would never be freed).
+            let (tokens, embedding) = model
+                .encoder
+                .valid()
+                .forward_tokens_and_embedding(images.inner());
+            model.memory_from_features(
+                Tensor::from_inner(tokens),
+                Some(Tensor::from_inner(embedding)),
+            )
+        } else {
+            model.memory(images)
+        };
         let logits = model
             .decoder
             .forward_with_memory(tokens_tensor::<B>(&hb, &self.device), memory)?;

@@ -508,7 +508,7 @@ mod tests {
             let together = decode(&m, x.clone(), SP, &c).unwrap();
             let alone: Vec<Vec<u32>> = (0..4)
                 .map(|i| {
-                    let one = x.clone().slice([i..i + 1]);
+                    let one = x.clone().narrow(0, i, 1);
                     decode(&m, one, SP, &c).unwrap().remove(0)
                 })
                 .collect();
@@ -554,7 +554,7 @@ mod tests {
                 &Default::default(),
             );
             let inputs = toks.clone().slice([0..1, 0..seq.len() - 1]);
-            let logits = m.forward(x.clone().slice([i..i + 1]), inputs).unwrap();
+            let logits = m.forward(x.clone().narrow(0, i, 1), inputs).unwrap();
             let lp: Vec<f32> = log_softmax(logits, 2).into_data().into_vec().unwrap();
             let v = m.decoder.vocab_size();
             (1..seq.len())

@@ -321,4 +321,16 @@ fn a_stopped_run_resumes_to_the_same_model() {
         diff <= 1e-6,
         "resumed training differs from an uninterrupted run by {diff}"
     );
+
+    // A catalogue that changed under a stopped run is refused, not silently re-split.
+    let again = dir.path().join("again");
+    train_to(&config, &again, &["--stop-after-epochs", "1"]);
+    let csv = dir.path().join("styles.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let fewer: String = text.lines().take(20).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&csv, fewer).unwrap();
+    let out = vitrine(&["train", "--resume", s(&again), "--quiet"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no longer matches"), "{err}");
 }

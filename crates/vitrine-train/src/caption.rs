@@ -530,6 +530,18 @@ pub fn train_caption<B: AutodiffBackend>(
                 test_ids: ids(&test),
             },
         )?;
+    } else if run.load_json::<CaptionSplitRecord>(SPLIT_FILE)?.test_ids
+        != test
+            .iter()
+            .map(|&i| catalog.items[i].id.clone())
+            .collect::<Vec<_>>()
+    {
+        return Err(TrainError::Run {
+            path: run.path.clone(),
+            message: format!(
+                "the catalogue's test split no longer matches {SPLIT_FILE} (items were added, removed or re-captioned since the run started): start a new run"
+            ),
+        });
     } else if config.model.decoder.vocab_size != tokenizer.vocab_size() {
         return Err(TrainError::Run {
             path: run.path.clone(),

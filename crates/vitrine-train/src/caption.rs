@@ -34,7 +34,6 @@ use crate::lm::{
     build_tokenizer, masked_cross_entropy, HostBatch, TokenizerSource, TOKENIZER_FILE,
 };
 use crate::run::{save_module, RunDir};
-use crate::schedule::Schedule;
 use crate::search::mix;
 use crate::trainer::{fit, FitOptions, FitSummary, LoopConfig, Task};
 
@@ -63,37 +62,6 @@ pub struct CaptionInit {
     pub encoder: Option<PathBuf>,
     /// Train only the projection and the decoder.
     pub freeze_encoder: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CaptionTrainConfig {
-    pub epochs: usize,
-    /// Images per batch.
-    pub batch_size: usize,
-    pub schedule: Schedule,
-    pub weight_decay: f64,
-    pub beta_1: f64,
-    pub beta_2: f64,
-    pub grad_clip: f64,
-    pub checkpoint_every_steps: usize,
-    pub log_every_steps: usize,
-}
-
-impl Default for CaptionTrainConfig {
-    fn default() -> Self {
-        Self {
-            epochs: 30,
-            batch_size: 32,
-            schedule: Schedule::default(),
-            weight_decay: 0.01,
-            beta_1: 0.9,
-            beta_2: 0.99,
-            grad_clip: 1.0,
-            checkpoint_every_steps: 0,
-            log_every_steps: 50,
-        }
-    }
 }
 
 /// What `vitrine eval caption` runs on the test split.
@@ -142,8 +110,9 @@ pub struct CaptionRunConfig {
     pub model: CaptionerConfig,
     #[serde(default)]
     pub init: CaptionInit,
+    /// `batch_size` counts images.
     #[serde(default)]
-    pub train: CaptionTrainConfig,
+    pub train: LoopConfig,
     #[serde(default)]
     pub decode: DecodeConfig,
     #[serde(default)]
@@ -171,7 +140,7 @@ impl CaptionRunConfig {
         self.model.validate()?;
         self.preprocess.validate()?;
         self.augment.validate()?;
-        self.loop_config().validate()?;
+        self.train.validate()?;
         self.limits.validate()?;
         self.decode
             .validate(&self.limits, self.model.decoder.n_ctx)
@@ -214,21 +183,6 @@ impl CaptionRunConfig {
         }
         if let Some(p) = &mut self.eval.search_run {
             *p = absolutize(base, p);
-        }
-    }
-
-    fn loop_config(&self) -> LoopConfig {
-        let t = &self.train;
-        LoopConfig {
-            epochs: t.epochs,
-            batch_size: t.batch_size,
-            schedule: t.schedule,
-            weight_decay: t.weight_decay,
-            beta_1: t.beta_1,
-            beta_2: t.beta_2,
-            grad_clip: t.grad_clip,
-            checkpoint_every_steps: t.checkpoint_every_steps,
-            log_every_steps: t.log_every_steps,
         }
     }
 
@@ -615,7 +569,7 @@ pub fn train_caption<B: AutodiffBackend>(
         test_pixels,
         test_seqs,
     };
-    let (model, fit_summary) = fit(model, &mut task, &config.loop_config(), run, opts, device)?;
+    let (model, fit_summary) = fit(model, &mut task, &config.train, run, opts, device)?;
     let (test_loss, _) = caption_loss(
         &model.valid(),
         &task.test_pixels,

@@ -35,8 +35,10 @@ pub trait Task<B: AutodiffBackend, M> {
     }
 }
 
-/// What the loop needs from a task's config: optimiser, schedule and bookkeeping.
-#[derive(Debug, Clone, PartialEq)]
+/// What the loop needs from a task's config: optimiser, schedule and bookkeeping. Tasks
+/// whose `[train]` section holds nothing else use it as that section directly.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LoopConfig {
     pub epochs: usize,
     pub batch_size: usize,
@@ -48,6 +50,22 @@ pub struct LoopConfig {
     pub grad_clip: f64,
     pub checkpoint_every_steps: usize,
     pub log_every_steps: usize,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 30,
+            batch_size: 32,
+            schedule: Schedule::default(),
+            weight_decay: 0.01,
+            beta_1: 0.9,
+            beta_2: 0.99,
+            grad_clip: 1.0,
+            checkpoint_every_steps: 0,
+            log_every_steps: 50,
+        }
+    }
 }
 
 impl LoopConfig {

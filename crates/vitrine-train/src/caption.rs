@@ -251,16 +251,22 @@ struct CaptionTask<'a, B: Backend> {
     seqs: Vec<Vec<u32>>,
     test_pixels: Vec<u8>,
     test_seqs: Vec<Vec<u32>>,
+    epoch_order: Option<(usize, Vec<usize>)>,
 }
 
 impl<B: Backend> CaptionTask<'_, B> {
-    fn order(&self, epoch: usize) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.seqs.len()).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(mix(
-            self.config.seed,
-            0xCA9 + epoch as u64,
-        )));
-        order
+    /// The seeded shuffle of `epoch`, made once per epoch (a pure function of it, so a
+    /// resumed run sees the same order).
+    fn order(&mut self, epoch: usize) -> &[usize] {
+        if self.epoch_order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let mut order: Vec<usize> = (0..self.seqs.len()).collect();
+            order.shuffle(&mut StdRng::seed_from_u64(mix(
+                self.config.seed,
+                0xCA9 + epoch as u64,
+            )));
+            self.epoch_order = Some((epoch, order));
+        }
+        &self.epoch_order.as_ref().expect("just set").1
     }
 }
 
@@ -310,8 +316,8 @@ impl<B: AutodiffBackend> Task<B, Captioner<B>> for CaptionTask<'_, B> {
         batch: usize,
     ) -> Result<(Tensor<B, 1>, usize)> {
         let bs = self.config.train.batch_size;
-        let order = self.order(epoch);
-        let idx = &order[batch * bs..(batch + 1) * bs];
+        // Copied out (32 indices) so the task's other fields can be borrowed below.
+        let idx: &[usize] = &self.order(epoch)[batch * bs..(batch + 1) * bs].to_vec();
         let images = augmented_batch::<B>(
             &self.pixels,
             idx,
@@ -568,6 +574,7 @@ pub fn train_caption<B: AutodiffBackend>(
         seqs,
         test_pixels,
         test_seqs,
+        epoch_order: None,
     };
     let (model, fit_summary) = fit(model, &mut task, &config.train, run, opts, device)?;
     let (test_loss, _) = caption_loss(

@@ -255,9 +255,9 @@ struct CaptionTask<'a, B: Backend> {
 }
 
 impl<B: Backend> CaptionTask<'_, B> {
-    /// The seeded shuffle of `epoch`, made once per epoch (a pure function of it, so a
-    /// resumed run sees the same order).
-    fn order(&mut self, epoch: usize) -> &[usize] {
+    /// Makes `epoch_order` the seeded shuffle of `epoch`, once per epoch (a pure function
+    /// of it, so a resumed run sees the same order).
+    fn shuffle_for(&mut self, epoch: usize) {
         if self.epoch_order.as_ref().is_none_or(|(e, _)| *e != epoch) {
             let mut order: Vec<usize> = (0..self.seqs.len()).collect();
             order.shuffle(&mut StdRng::seed_from_u64(mix(
@@ -266,7 +266,6 @@ impl<B: Backend> CaptionTask<'_, B> {
             )));
             self.epoch_order = Some((epoch, order));
         }
-        &self.epoch_order.as_ref().expect("just set").1
     }
 }
 
@@ -316,8 +315,9 @@ impl<B: AutodiffBackend> Task<B, Captioner<B>> for CaptionTask<'_, B> {
         batch: usize,
     ) -> Result<(Tensor<B, 1>, usize)> {
         let bs = self.config.train.batch_size;
-        // Copied out (32 indices) so the task's other fields can be borrowed below.
-        let idx: &[usize] = &self.order(epoch)[batch * bs..(batch + 1) * bs].to_vec();
+        self.shuffle_for(epoch);
+        let order = &self.epoch_order.as_ref().expect("shuffled above").1;
+        let idx = &order[batch * bs..(batch + 1) * bs];
         let images = augmented_batch::<B>(
             &self.pixels,
             idx,

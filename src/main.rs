@@ -65,6 +65,33 @@ enum Command {
     Score(ScoreArgs),
     /// Write a title / alt text for product photos with a caption run.
     Caption(CaptionArgs),
+    /// Measure throughput and latency of the hot paths on a device and print one table
+    /// (`scripts/bench.sh` runs it and keeps the results).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// `full` (the published suite) or `quick` (toy sizes: checks the suite in seconds).
+    #[arg(long, default_value = "full", value_parser = ["full", "quick"], conflicts_with = "config")]
+    profile: String,
+    /// Workloads from a TOML file (the fields of `config` in bench-results.json).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Only these groups, comma-separated: encoder, train, generate, search.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<vitrine_bench::Group>,
+    /// Float type of encoder and generation inference: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    precision: vitrine_bench::Precision,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the Markdown table here too (it is always printed).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceOpt,
 }
 
 #[derive(Args)]
@@ -204,6 +231,9 @@ enum EvalCommand {
         json: bool,
         #[arg(long)]
         quiet: bool,
+        /// Run the encoder in f32, f16 or bf16 (writes eval-f16.json / eval-bf16.json).
+        #[arg(long, default_value = "f32")]
+        precision: vitrine_models::Precision,
         #[command(flatten)]
         device: DeviceOpt,
     },
@@ -409,6 +439,7 @@ fn run(cli: Cli) -> Result<()> {
             skip_bad,
             json,
             quiet,
+            precision,
             device,
         }) => {
             let dev = device.device.open()?;
@@ -416,19 +447,20 @@ fn run(cli: Cli) -> Result<()> {
                 &dev,
                 B,
                 d,
-                vitrine_eval::eval_search::<B>(&run, &d, skip_bad, quiet)
+                vitrine_eval::eval_search::<B>(&run, &d, skip_bad, quiet, precision)
             )?;
-            print_eval(&report, report.table(), &run, json)
+            let saved = run.join(vitrine_eval::search::search_eval_file(precision));
+            print_eval(&report, report.table(), &saved, json)
         }
         Command::Eval(EvalCommand::Copy { run, json, device }) => {
             let dev = device.device.open()?;
             let report = with_backend!(&dev, B, d, vitrine_eval::eval_copy::<B>(&run, &d))?;
-            print_eval(&report, report.table(), &run, json)
+            print_eval(&report, report.table(), &run.join("eval.json"), json)
         }
         Command::Eval(EvalCommand::Score { run, json, device }) => {
             let dev = device.device.open()?;
             let report = with_backend!(&dev, B, d, vitrine_eval::eval_score::<B>(&run, &d))?;
-            print_eval(&report, report.table(), &run, json)
+            print_eval(&report, report.table(), &run.join("eval.json"), json)
         }
         Command::Eval(EvalCommand::Caption {
             run,
@@ -448,14 +480,53 @@ fn run(cli: Cli) -> Result<()> {
             let dev = device.device.open()?;
             let report =
                 with_backend!(&dev, B, d, vitrine_eval::eval_caption::<B>(&run, &opts, &d))?;
-            print_eval(&report, report.table(), &run, json)
+            print_eval(&report, report.table(), &run.join("eval.json"), json)
         }
         Command::Index(cmd) => cmd_index(cmd),
         Command::Search(a) => cmd_search(a),
         Command::Generate(a) => cmd_generate(a),
         Command::Score(a) => cmd_score(a),
         Command::Caption(a) => cmd_caption(a),
+        Command::Bench(a) => cmd_bench(a),
     }
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    let cfg = match &a.config {
+        Some(path) => load_toml::<vitrine_bench::BenchConfig>(path, &[])?,
+        None if a.profile == "quick" => vitrine_bench::BenchConfig::quick(),
+        None => vitrine_bench::BenchConfig::full(),
+    };
+    let opts = vitrine_bench::RunOptions {
+        groups: a.only.clone(),
+        precision: a.precision,
+        device_label: a.device.device.to_string(),
+    };
+    let dev = a.device.device.open()?;
+    let mut progress = |m: &vitrine_bench::Measurement| {
+        eprintln!(
+            "{:>9.1} {} | {} | batch {} ({:.1} ms/call)",
+            m.throughput, m.unit, m.workload, m.batch, m.median_ms
+        )
+    };
+    let report = with_backend!(
+        &dev,
+        B,
+        d,
+        vitrine_bench::run_suite::<Autodiff<B>>(&cfg, &opts, &d, &mut progress)
+    )?;
+    let table = vitrine_bench::markdown(&report);
+    if let Some(out) = &a.out {
+        let json = serde_json::to_vec_pretty(&report)?;
+        vitrine_data::fsio::atomic_save(out, &json)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    if let Some(md) = &a.markdown {
+        vitrine_data::fsio::atomic_save(md, table.as_bytes())
+            .with_context(|| format!("writing {}", md.display()))?;
+    }
+    print!("{table}");
+    Ok(())
 }
 
 fn cmd_caption(a: CaptionArgs) -> Result<()> {
@@ -522,17 +593,18 @@ fn cmd_caption(a: CaptionArgs) -> Result<()> {
 }
 
 /// Prints an evaluation report as JSON or as its table (which says where eval.json went).
+/// Prints a report (or its JSON) and says where the run saved it.
 fn print_eval<R: serde::Serialize>(
     report: &R,
     table: String,
-    run: &Path,
+    saved: &Path,
     json: bool,
 ) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         print!("{table}");
-        eprintln!("wrote {}", run.join("eval.json").display());
+        eprintln!("wrote {}", saved.display());
     }
     Ok(())
 }

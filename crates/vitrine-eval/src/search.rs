@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
+use vitrine_models::{cast_float_params, Precision};
 
 use burn::tensor::backend::Backend;
 use serde::Serialize;
@@ -24,14 +25,16 @@ pub struct SearchEvalReport {
     pub metrics: RetrievalMetrics,
     pub skipped_items: usize,
     pub embed_secs: f64,
+    /// Float type the encoder ran in.
+    pub precision: Precision,
 }
 
 impl SearchEvalReport {
     /// A plain-text table for the terminal.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{} ({} queries, {} gallery)\n",
-            self.protocol, self.metrics.queries, self.metrics.gallery
+            "{} ({} queries, {} gallery, encoder in {})\n",
+            self.protocol, self.metrics.queries, self.metrics.gallery, self.precision
         );
         s.push_str("| metric | value |\n|---|---|\n");
         for (k, r) in &self.metrics.recall {
@@ -70,13 +73,26 @@ fn label_ids(
         .collect()
 }
 
+/// Where `eval_search` saves its report in the run: `eval.json`, or `eval-f16.json` /
+/// `eval-bf16.json` for a half-precision encoder, so the f32 figures stay.
+pub fn search_eval_file(precision: Precision) -> String {
+    match precision {
+        Precision::F32 => "eval.json".into(),
+        p => format!("eval-{p}.json"),
+    }
+}
+
 pub fn eval_search<B: Backend>(
     run: &Path,
     device: &B::Device,
     skip_bad: bool,
     quiet: bool,
+    precision: Precision,
 ) -> Result<SearchEvalReport> {
-    let encoder = Encoder::<B>::load(run, device)?;
+    let mut encoder = Encoder::<B>::load(run, device)?;
+    if precision != Precision::F32 {
+        encoder.model = cast_float_params(encoder.model, precision.dtype());
+    }
     let config = &encoder.config;
     let started = Instant::now();
     let prepared = open_and_split(config, skip_bad)?;
@@ -156,7 +172,8 @@ pub fn eval_search<B: Backend>(
         metrics,
         skipped_items: report.skipped,
         embed_secs,
+        precision,
     };
-    encoder.run.save_json("eval.json", &out)?;
+    encoder.run.save_json(&search_eval_file(precision), &out)?;
     Ok(out)
 }

@@ -48,6 +48,8 @@ pub enum IndexError {
     BadFilter(String),
     #[error("k = {k} is out of range: 1..={max}")]
     BadK { k: usize, max: usize },
+    #[error("backend: {0}")]
+    Backend(String),
     #[error("the index is empty")]
     Empty,
 }

@@ -77,28 +77,48 @@ impl<B: Backend> DeviceIndex<B> {
             TensorData::new(queries.to_vec(), [n_queries, index.dim]),
             &self.device,
         );
-        // [q, dim] x [dim, n] -> [q, n] -> top-k along candidates.
+        // [q, dim] x [dim, n] -> [q, n] on the device; the selection runs on the host in one
+        // pass per query. Backends' top-k sorts each row (Flex: 2.3 s for 64 queries over 1M
+        // rows); a bounded insertion list is O(n) and reads the scores once.
         let scores = q.matmul(candidates.transpose());
-        let (values, indices) = scores.topk_with_indices(k, 1);
-        let values: Vec<f32> = values.into_data().iter::<f32>().collect();
-        let indices: Vec<i64> = indices.into_data().iter::<i64>().collect();
+        let scores: Vec<f32> = scores
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .map_err(|e| IndexError::Backend(format!("reading scores: {e:?}")))?;
         let mut out = Vec::with_capacity(n_queries);
-        for qi in 0..n_queries {
-            let mut hits = Vec::with_capacity(k);
-            for j in 0..k {
-                let local = indices[qi * k + j] as usize;
-                let row = rows.as_ref().map_or(local, |r| r[local]);
-                let id = index.item(row).map(|it| it.id.clone()).unwrap_or_default();
-                hits.push(Hit {
-                    row,
-                    id,
-                    score: values[qi * k + j],
-                });
-            }
+        for row_scores in scores.chunks(n) {
+            let hits = top_k(row_scores, k)
+                .into_iter()
+                .map(|(local, score)| {
+                    let row = rows.as_ref().map_or(local, |r| r[local]);
+                    let id = index.item(row).map(|it| it.id.clone()).unwrap_or_default();
+                    Hit { row, id, score }
+                })
+                .collect();
             out.push(hits);
         }
         Ok(out)
     }
+}
+
+/// The `k` largest values of `scores` as (position, value), best first; ties keep the lower
+/// position first. NaN never ranks.
+pub fn top_k(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return best;
+    }
+    for (i, &v) in scores.iter().enumerate() {
+        // Strictly greater than the current k-th: an equal later value loses the tie.
+        if v.is_nan() || (best.len() == k && v <= best[k - 1].1) {
+            continue;
+        }
+        let at = best.partition_point(|&(_, b)| b >= v);
+        best.insert(at, (i, v));
+        best.truncate(k);
+    }
+    best
 }
 
 #[cfg(test)]
@@ -141,6 +161,32 @@ mod tests {
         assert_eq!(ids, [("c", 2), ("a", 0)]);
         let none = Filter::parse(&["colour=green"]).unwrap();
         assert!(d.search(&ix, &[0.0, 1.0], 5, 100, &none).unwrap()[0].is_empty());
+    }
+
+    #[test]
+    fn top_k_matches_a_full_stable_sort() {
+        // Pseudo-random scores with many ties.
+        let mut x = 7u64;
+        let scores: Vec<f32> = (0..5000)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 33) % 200) as f32 / 10.0 - 10.0
+            })
+            .collect();
+        let mut sorted: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
+        sorted.sort_by(|a, b| b.1.total_cmp(&a.1)); // stable: lower position first on ties
+        for k in [1, 2, 10, 137, 5000, 6000] {
+            let want: Vec<_> = sorted.iter().copied().take(k).collect();
+            assert_eq!(top_k(&scores, k), want, "k = {k}");
+        }
+        assert!(top_k(&scores, 0).is_empty());
+        assert_eq!(top_k(&[1.0, f32::NAN, 3.0], 3), vec![(2, 3.0), (0, 1.0)]);
+        assert_eq!(
+            top_k(&[-1.0, f32::NEG_INFINITY], 5),
+            vec![(0, -1.0), (1, f32::NEG_INFINITY)]
+        );
     }
 
     #[test]

@@ -6,9 +6,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::cnn::{Cnn, CnnConfig};
-use crate::error::ModelError;
-use crate::vit::{Vit, VitConfig};
+use crate::cnn::{Cnn, CnnConfig, Downsample, HeadPool, Norm};
+use crate::error::{invalid, ModelError};
+use crate::vit::{Pool, Vit, VitConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "arch", rename_all = "kebab-case")]
@@ -24,6 +24,57 @@ impl Default for ImageEncoderConfig {
 }
 
 impl ImageEncoderConfig {
+    pub const PRESETS: [&'static str; 4] = ["cnn-fmnist", "cnn-products", "vit-tiny", "vit-s16"];
+
+    /// Named encoders: the two shipped search recipes' CNNs, a ViT small enough for CPU
+    /// training, and ViT-S/16 at 224x224 (the smallest ImageNet-size ViT).
+    pub fn preset(name: &str) -> Result<Self, ModelError> {
+        let cnn = |in_channels, input_size, widths: Vec<usize>, head_pool| {
+            Self::Cnn(CnnConfig {
+                in_channels,
+                input_size,
+                depths: vec![0; widths.len()],
+                widths,
+                downsample: Downsample::MaxPool,
+                norm: Norm::None,
+                head_pool,
+                embed_dim: 128,
+            })
+        };
+        Ok(match name {
+            "cnn-fmnist" => cnn(1, [28, 28], vec![16, 32, 64], HeadPool::Flatten),
+            "cnn-products" => cnn(3, [64, 48], vec![16, 32, 64, 128], HeadPool::Avg),
+            "vit-tiny" => Self::Vit(VitConfig {
+                in_channels: 3,
+                input_size: [32, 32],
+                patch_size: 4,
+                d_model: 96,
+                n_layers: 4,
+                n_heads: 3,
+                embed_dim: 128,
+                ..VitConfig::default()
+            }),
+            "vit-s16" => Self::Vit(VitConfig {
+                in_channels: 3,
+                input_size: [224, 224],
+                patch_size: 16,
+                d_model: 384,
+                n_layers: 12,
+                n_heads: 6,
+                pool: Pool::Cls,
+                embed_dim: 256,
+                ..VitConfig::default()
+            }),
+            other => {
+                return Err(invalid(
+                    "preset",
+                    other,
+                    format!("one of {}", Self::PRESETS.join(", ")),
+                ))
+            }
+        })
+    }
+
     pub fn validate(&self) -> Result<(), ModelError> {
         match self {
             Self::Cnn(c) => c.validate(),
@@ -78,6 +129,14 @@ pub enum ImageEncoder<B: Backend> {
 
 impl<B: Backend> ImageEncoder<B> {
     /// L2-normalised embeddings: [B, C, H, W] -> [B, embed_dim].
+    /// The float type of the parameters (f32 unless cast with `cast_float_params`).
+    pub fn float_dtype(&self) -> burn::tensor::DType {
+        match self {
+            Self::Cnn(m) => m.head.weight.val().dtype(),
+            Self::Vit(m) => m.head.weight.val().dtype(),
+        }
+    }
+
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         match self {
             Self::Cnn(m) => m.forward(images),
@@ -127,6 +186,31 @@ pub fn check_input(config: &ImageEncoderConfig, dims: [usize; 4]) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presets_validate_and_the_cnns_are_the_shipped_recipes() {
+        for name in ImageEncoderConfig::PRESETS {
+            ImageEncoderConfig::preset(name)
+                .unwrap()
+                .validate()
+                .unwrap();
+        }
+        assert!(ImageEncoderConfig::preset("resnet-9000").is_err());
+        let configs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        for (preset, file) in [
+            ("cnn-fmnist", "search-fashion-mnist.toml"),
+            ("cnn-products", "search-fashion-products.toml"),
+        ] {
+            let text = std::fs::read_to_string(configs.join(file)).unwrap();
+            let table: toml::Table = toml::from_str(&text).unwrap();
+            let recipe: ImageEncoderConfig = table["model"].clone().try_into().unwrap();
+            assert_eq!(
+                ImageEncoderConfig::preset(preset).unwrap(),
+                recipe,
+                "{file}"
+            );
+        }
+    }
 
     #[test]
     fn arch_tag_selects_the_architecture() {

@@ -64,9 +64,14 @@ pub fn embed_pixels<B: Backend>(
     progress: Option<&ProgressBar>,
 ) -> Vec<f32> {
     let item = (p.channels * p.height * p.width) as usize;
+    let dtype = encoder.float_dtype();
     let mut out = Vec::new();
     for chunk in pixels.chunks(item * batch_size.max(1)) {
-        let x = batch_tensor::<B>(chunk, p, device);
+        let mut x = batch_tensor::<B>(chunk, p, device);
+        // A half-precision encoder takes half-precision images.
+        if x.dtype() != dtype {
+            x = x.cast(dtype);
+        }
         out.extend(encoder.forward(x).into_data().iter::<f32>());
         if let Some(bar) = progress {
             bar.inc((chunk.len() / item) as u64);

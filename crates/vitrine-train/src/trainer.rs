@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::record::Recorder;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
@@ -121,6 +122,20 @@ pub struct FitSummary {
     pub stopped_early: bool,
 }
 
+/// The optimiser every run uses: AdamW with the config's betas, weight decay and clipping.
+pub fn optimizer<B: AutodiffBackend, M: AutodiffModule<B>>(
+    cfg: &LoopConfig,
+) -> OptimizerAdaptor<AdamW, M, B> {
+    AdamWConfig::new()
+        .with_beta_1(cfg.beta_1 as f32)
+        .with_beta_2(cfg.beta_2 as f32)
+        .with_weight_decay(cfg.weight_decay as f32)
+        .with_grad_clipping(
+            (cfg.grad_clip > 0.0).then(|| GradientClippingConfig::Norm(cfg.grad_clip as f32)),
+        )
+        .init::<B, M>()
+}
+
 pub fn fit<B, M, T>(
     mut model: M,
     task: &mut T,
@@ -145,14 +160,7 @@ where
     let unit = task.unit();
     let unit_short = if unit == "tokens" { "tok" } else { "ex" };
     let total_steps = per_epoch * cfg.epochs;
-    let mut optim = AdamWConfig::new()
-        .with_beta_1(cfg.beta_1 as f32)
-        .with_beta_2(cfg.beta_2 as f32)
-        .with_weight_decay(cfg.weight_decay as f32)
-        .with_grad_clipping(
-            (cfg.grad_clip > 0.0).then(|| GradientClippingConfig::Norm(cfg.grad_clip as f32)),
-        )
-        .init::<B, M>();
+    let mut optim = optimizer::<B, M>(cfg);
     let mut state = TrainState {
         step: 0,
         epoch: 0,
@@ -206,7 +214,7 @@ where
     let mut stopped_early = false;
     let mut last_epoch_loss = f64::NAN;
     let save = |model: &M, optim: &_, state: &TrainState| -> Result<()> {
-        let optim: &burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, M, B> = optim;
+        let optim: &OptimizerAdaptor<AdamW, M, B> = optim;
         Checkpoint {
             state: state.clone(),
             module: module_to_bytes(model.clone()),

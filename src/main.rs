@@ -90,6 +90,11 @@ struct BenchArgs {
     /// Write the Markdown table here too (it is always printed).
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// Instead of timing: check that --device computes what the CPU computes (embedding
+    /// cosine >= 0.999, logits within 1e-3, same weights and inputs); fails if not.
+    /// With --config: a TOML file of ParityConfig fields (encoders, decoders, limits).
+    #[arg(long, conflicts_with = "only")]
+    parity: bool,
     #[command(flatten)]
     device: DeviceOpt,
 }
@@ -492,6 +497,9 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<()> {
+    if a.parity {
+        return cmd_parity(a);
+    }
     let cfg = match &a.config {
         Some(path) => load_toml::<vitrine_bench::BenchConfig>(path, &[])?,
         None if a.profile == "quick" => vitrine_bench::BenchConfig::quick(),
@@ -516,16 +524,54 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         vitrine_bench::run_suite::<Autodiff<B>>(&cfg, &opts, &d, &mut progress)
     )?;
     let table = vitrine_bench::markdown(&report);
+    save_bench_outputs(&a, &report, &table)?;
+    print!("{table}");
+    Ok(())
+}
+
+/// `--out` (JSON) and `--markdown` of `vitrine bench`, written atomically.
+fn save_bench_outputs<R: serde::Serialize>(a: &BenchArgs, report: &R, table: &str) -> Result<()> {
     if let Some(out) = &a.out {
-        let json = serde_json::to_vec_pretty(&report)?;
-        vitrine_data::fsio::atomic_save(out, &json)
+        vitrine_data::fsio::atomic_save(out, &serde_json::to_vec_pretty(report)?)
             .with_context(|| format!("writing {}", out.display()))?;
     }
     if let Some(md) = &a.markdown {
         vitrine_data::fsio::atomic_save(md, table.as_bytes())
             .with_context(|| format!("writing {}", md.display()))?;
     }
+    Ok(())
+}
+
+fn cmd_parity(a: BenchArgs) -> Result<()> {
+    let cfg = match (&a.config, a.profile.as_str()) {
+        (Some(path), _) => load_toml::<vitrine_bench::ParityConfig>(path, &[])?,
+        (None, "quick") => vitrine_bench::ParityConfig::quick(),
+        (None, _) => vitrine_bench::ParityConfig::full(),
+    };
+    let label = a.device.device.to_string();
+    let dev = a.device.device.open()?;
+    let cpu = burn::backend::flex::FlexDevice;
+    let report = with_backend!(
+        &dev,
+        B,
+        d,
+        vitrine_bench::parity::<device::CpuBackend, B>(&cfg, &cpu, &d, &label, a.precision)
+    )?;
+    let table = report.markdown();
+    save_bench_outputs(&a, &report, &table)?;
     print!("{table}");
+    let failed: Vec<&str> = report
+        .checks
+        .iter()
+        .filter(|c| !c.pass)
+        .map(|c| c.model.as_str())
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{label} differs from cpu beyond the limits for: {}",
+            failed.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -143,3 +143,38 @@ fn half_precision_inference_runs() {
     assert_eq!(results(&json).len(), 5);
     assert!(results(&json).iter().all(|r| r["precision"] == "f16"));
 }
+
+#[test]
+fn parity_against_the_cpu_on_wgpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("parity.json");
+    let o = vitrine(&[
+        "bench",
+        "--parity",
+        "--profile",
+        "quick",
+        "--device",
+        "wgpu:cpu",
+        "--out",
+        s(&out),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    if err.contains("device wgpu:cpu unavailable") || err.contains("device wgpu unavailable") {
+        eprintln!("SKIP wgpu parity: {err}  (install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers`)");
+        return;
+    }
+    assert!(o.status.success(), "{err}");
+    let json: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let checks = json["checks"].as_array().unwrap();
+    // quick: two encoders and one decoder, each within the f32 limits.
+    assert_eq!(checks.len(), 3, "{json:#}");
+    for c in checks {
+        assert_eq!(c["pass"], true, "{c}");
+        let v = c["value"].as_f64().unwrap();
+        if c["metric"].as_str().unwrap().contains("cosine") {
+            assert!(v >= 0.999, "{c}");
+        } else {
+            assert!(v <= 1e-3, "{c}");
+        }
+    }
+}

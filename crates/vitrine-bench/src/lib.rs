@@ -7,6 +7,7 @@
 //! Inputs are synthetic (random pixels, tokens and embeddings of the real shapes): the
 //! suite measures the models and the index, not data loading.
 
+pub mod parity;
 pub mod timing;
 mod workloads;
 
@@ -17,6 +18,7 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 use vitrine_models::{ImageEncoderConfig, ModelError};
 
+pub use parity::{parity, ParityConfig, ParityReport};
 pub use timing::TimingConfig;
 /// Float type of the inference workloads (encoders and generation); training and the
 /// search index always run in f32.

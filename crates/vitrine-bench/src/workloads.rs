@@ -26,7 +26,7 @@ use crate::{
 type Push<'a> = dyn FnMut(Measurement) + 'a;
 
 /// Deterministic xorshift values in [-1, 1): inputs need the right shape, not realism.
-fn noise(n: usize, seed: u64) -> Vec<f32> {
+pub(crate) fn noise(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {
@@ -38,7 +38,7 @@ fn noise(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn token_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+pub(crate) fn token_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     noise(n, seed)
         .into_iter()
         .map(|x| (((x + 1.0) * 0.5 * vocab as f32) as usize).min(vocab - 1) as u32)

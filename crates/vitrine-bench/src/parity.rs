@@ -1,0 +1,392 @@
+//! Cross-backend parity (`vitrine bench --parity --device D`): the same weights and inputs
+//! on the CPU reference and on device D must give the same outputs — embedding cosine per
+//! image and the largest absolute logit difference — within the configured limits.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use vitrine_models::{cast_float_params, ImageEncoderConfig};
+use vitrine_train::run::{load_module_bytes, module_to_bytes};
+
+use crate::workloads::{gpt_config, noise, token_ids};
+use crate::{BenchError, Precision, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ParityConfig {
+    /// Image-encoder presets to compare.
+    pub encoders: Vec<String>,
+    /// GPT presets to compare.
+    pub decoders: Vec<String>,
+    pub images: usize,
+    pub tokens: usize,
+    /// Smallest cosine allowed between an image's two embeddings.
+    pub min_cosine: f64,
+    /// Largest absolute difference allowed between two logits.
+    pub max_logit_diff: f64,
+}
+
+impl Default for ParityConfig {
+    /// No models: a config file compares exactly the models it lists.
+    fn default() -> Self {
+        Self {
+            encoders: Vec::new(),
+            decoders: Vec::new(),
+            images: 4,
+            tokens: 32,
+            min_cosine: 0.999,
+            max_logit_diff: 1e-3,
+        }
+    }
+}
+
+impl ParityConfig {
+    /// Every encoder preset, the copy decoder and GPT-2 small.
+    pub fn full() -> Self {
+        Self {
+            encoders: ImageEncoderConfig::PRESETS.map(String::from).to_vec(),
+            decoders: vec!["nano-cpu".into(), "gpt2-124m".into()],
+            ..Self::default()
+        }
+    }
+
+    /// The most images / tokens per comparison (a parity check, not a benchmark).
+    pub const MAX_INPUTS: usize = 256;
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(BenchError::Invalid(m));
+        for (name, n) in [("images", self.images), ("tokens", self.tokens)] {
+            if n == 0 || n > Self::MAX_INPUTS {
+                return bad(format!(
+                    "parity {name} = {n} (allowed 1..={})",
+                    Self::MAX_INPUTS
+                ));
+            }
+        }
+        if !(-1.0..=1.0).contains(&self.min_cosine) {
+            return bad(format!(
+                "parity min_cosine = {} (allowed -1..=1)",
+                self.min_cosine
+            ));
+        }
+        if !(self.max_logit_diff >= 0.0 && self.max_logit_diff.is_finite()) {
+            return bad(format!(
+                "parity max_logit_diff = {} (a finite value >= 0)",
+                self.max_logit_diff
+            ));
+        }
+        for p in &self.encoders {
+            ImageEncoderConfig::preset(p)?;
+        }
+        for p in &self.decoders {
+            gpt_config(p, None)?;
+        }
+        Ok(())
+    }
+
+    /// Small models only: seconds even on a software GPU.
+    pub fn quick() -> Self {
+        Self {
+            encoders: vec!["cnn-fmnist".into(), "vit-tiny".into()],
+            decoders: vec!["tiny".into()],
+            images: 2,
+            tokens: 8,
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParityCheck {
+    pub model: String,
+    pub metric: String,
+    pub value: f64,
+    pub limit: f64,
+    pub pass: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParityReport {
+    pub reference: String,
+    pub device: String,
+    /// Float type on the device under test (the reference runs in f32).
+    pub precision: Precision,
+    pub checks: Vec<ParityCheck>,
+}
+
+impl ParityReport {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.pass)
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "Parity of `{}` ({}) against `{}` (f32).\n\n| model | check | value | limit | |\n|---|---|---:|---:|---|\n",
+            self.device, self.precision, self.reference
+        );
+        for c in &self.checks {
+            // Cosines sit just under 1: show enough digits to see the gap.
+            let value = if c.metric.contains("cosine") {
+                format!("{:.7}", c.value)
+            } else {
+                format!("{:.2e}", c.value)
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {value} | {} | {} |",
+                c.model,
+                c.metric,
+                c.limit,
+                if c.pass { "ok" } else { "FAIL" }
+            );
+        }
+        out
+    }
+}
+
+/// Smallest cosine between matching rows of `a` and `b` ([rows, dim], row-major).
+pub fn min_row_cosine(a: &[f32], b: &[f32], dim: usize) -> f64 {
+    a.chunks(dim)
+        .zip(b.chunks(dim))
+        .map(|(x, y)| {
+            let dot: f64 = x.iter().zip(y).map(|(p, q)| *p as f64 * *q as f64).sum();
+            let n = |v: &[f32]| v.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
+            dot / (n(x) * n(y)).max(1e-30)
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Largest |a - b|; NaN anywhere counts as infinitely far.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(p, q)| {
+            let d = (*p as f64 - *q as f64).abs();
+            if d.is_nan() {
+                f64::INFINITY
+            } else {
+                d
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+fn host<const D: usize, B: Backend>(t: Tensor<B, D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec()
+        .map_err(|e| BenchError::Backend(format!("reading output: {e:?}")))
+}
+
+/// One set of random weights loaded on both backends. Both sides load the same saved bytes:
+/// cloning a freshly initialised module is not enough, since a clone of a not yet
+/// materialised (lazy) parameter draws its own values.
+fn same_weights<R: Backend, B: Backend, MR, MB>(
+    init_ref: MR,
+    init_dev: MB,
+    fresh_ref: MR,
+    reference: &R::Device,
+    device: &B::Device,
+) -> Result<(MR, MB)>
+where
+    MR: burn::module::Module<R>,
+    MB: burn::module::Module<B>,
+{
+    let bytes = module_to_bytes(init_ref);
+    let path = Path::new("(parity weights)");
+    Ok((
+        load_module_bytes(fresh_ref, bytes.clone(), path, reference)?,
+        load_module_bytes(init_dev, bytes, path, device)?,
+    ))
+}
+
+fn check(model: String, metric: &str, value: Option<f64>, limit: f64, pass: bool) -> ParityCheck {
+    ParityCheck {
+        model,
+        metric: match value {
+            Some(_) => metric.into(),
+            None => format!("{metric}: the backend panicked (message above)"),
+        },
+        value: value.unwrap_or(f64::NAN),
+        limit,
+        pass,
+    }
+}
+
+/// Runs one comparison; a panic inside the backend (e.g. a tensor over a software GPU's
+/// buffer-size limit) is a failed check (`None`), not the end of the report.
+fn guarded(f: impl FnOnce() -> Result<f64>) -> Result<Option<f64>> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
+fn encoder_check<R: Backend, B: Backend>(
+    cfg: &ParityConfig,
+    preset: &str,
+    reference: &R::Device,
+    device: &B::Device,
+    precision: Precision,
+) -> Result<f64> {
+    let config = ImageEncoderConfig::preset(preset)?;
+    let (on_ref, mut on_dev) = same_weights(
+        config.init::<R>(reference)?,
+        config.init::<B>(device)?,
+        config.init::<R>(reference)?,
+        reference,
+        device,
+    )?;
+    let [c, h, w] = config.input_shape();
+    let shape = [cfg.images, c, h, w];
+    let pixels = noise(cfg.images * c * h * w, 31);
+    let want = host(on_ref.forward(Tensor::from_data(
+        TensorData::new(pixels.clone(), shape),
+        reference,
+    )))?;
+    let mut x = Tensor::<B, 4>::from_data(TensorData::new(pixels, shape), device);
+    if precision != Precision::F32 {
+        on_dev = cast_float_params(on_dev, precision.dtype());
+        x = x.cast(precision.dtype());
+    }
+    let got = host(on_dev.forward(x))?;
+    Ok(min_row_cosine(&want, &got, config.embed_dim()))
+}
+
+fn decoder_check<R: Backend, B: Backend>(
+    cfg: &ParityConfig,
+    preset: &str,
+    reference: &R::Device,
+    device: &B::Device,
+    precision: Precision,
+) -> Result<f64> {
+    let config = gpt_config(preset, None)?;
+    let t = cfg.tokens.min(config.n_ctx);
+    let ids: Vec<i64> = token_ids(2 * t, config.vocab_size, 37)
+        .into_iter()
+        .map(i64::from)
+        .collect();
+    let (on_ref, mut on_dev) = same_weights(
+        config.init::<R>(reference)?,
+        config.init::<B>(device)?,
+        config.init::<R>(reference)?,
+        reference,
+        device,
+    )?;
+    if precision != Precision::F32 {
+        on_dev = cast_float_params(on_dev, precision.dtype());
+    }
+    let tokens = || TensorData::new(ids.clone(), [2, t]);
+    let want = host(on_ref.forward(Tensor::<R, 2, Int>::from_data(tokens(), reference))?)?;
+    let got = host(on_dev.forward(Tensor::<B, 2, Int>::from_data(tokens(), device))?)?;
+    Ok(max_abs_diff(&want, &got))
+}
+
+/// Compares every configured model on `device` (backend `B`) with the reference `R`.
+pub fn parity<R: Backend, B: Backend>(
+    cfg: &ParityConfig,
+    reference: &R::Device,
+    device: &B::Device,
+    device_label: &str,
+    precision: Precision,
+) -> Result<ParityReport> {
+    cfg.validate()?;
+    let mut checks = Vec::new();
+    for preset in &cfg.encoders {
+        let value = guarded(|| encoder_check::<R, B>(cfg, preset, reference, device, precision))?;
+        checks.push(check(
+            format!("encoder {preset}"),
+            "min embedding cosine",
+            value,
+            cfg.min_cosine,
+            value.is_some_and(|v| v >= cfg.min_cosine),
+        ));
+    }
+    for preset in &cfg.decoders {
+        let value = guarded(|| decoder_check::<R, B>(cfg, preset, reference, device, precision))?;
+        checks.push(check(
+            format!("gpt {preset}"),
+            "max abs logit difference",
+            value,
+            cfg.max_logit_diff,
+            value.is_some_and(|v| v <= cfg.max_logit_diff),
+        ));
+    }
+    Ok(ParityReport {
+        reference: "cpu".into(),
+        device: device_label.into(),
+        precision,
+        checks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn comparisons_on_hand_made_vectors() {
+        // Row 0 identical (cosine 1), row 1 at 90 degrees (cosine 0).
+        let a = [1.0, 0.0, 0.0, 1.0];
+        let b = [2.0, 0.0, 1.0, 0.0];
+        assert!((min_row_cosine(&a, &b, 2) - 0.0).abs() < 1e-12);
+        assert!((min_row_cosine(&a, &a, 2) - 1.0).abs() < 1e-12);
+        assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.5, 1.0]), 1.0);
+        assert_eq!(max_abs_diff(&[1.0], &[f32::NAN]), f64::INFINITY);
+    }
+
+    #[test]
+    fn config_limits_at_and_past() {
+        let mut cfg = ParityConfig::quick();
+        cfg.images = ParityConfig::MAX_INPUTS;
+        cfg.tokens = ParityConfig::MAX_INPUTS;
+        cfg.validate().unwrap();
+        cfg.images += 1;
+        assert!(cfg.validate().unwrap_err().to_string().contains("images"));
+        cfg.images = 0;
+        assert!(cfg.validate().is_err());
+        let mut cfg = ParityConfig::quick();
+        cfg.max_logit_diff = f64::NAN;
+        assert!(cfg.validate().is_err());
+        let mut cfg = ParityConfig::quick();
+        cfg.decoders = vec!["gpt-5".into()];
+        assert!(cfg.validate().is_err());
+        ParityConfig::full().validate().unwrap();
+        assert!(
+            ParityConfig::default().encoders.is_empty(),
+            "a file lists its models"
+        );
+    }
+
+    #[test]
+    fn same_backend_is_exact_and_limits_decide_pass() {
+        let dev = Default::default();
+        let cfg = ParityConfig::quick();
+        let r = parity::<Flex, Flex>(&cfg, &dev, &dev, "cpu", Precision::F32).unwrap();
+        assert_eq!(r.checks.len(), 3);
+        for c in &r.checks {
+            // The weights travelled through the saved-record bytes: nothing may change.
+            let exact = if c.metric.contains("cosine") {
+                1.0
+            } else {
+                0.0
+            };
+            assert!((c.value - exact).abs() < 1e-6, "{c:?}");
+        }
+        assert!(r.passed());
+        // Half precision on the "device": close, but past the f32 logit limit.
+        let r = parity::<Flex, Flex>(&cfg, &dev, &dev, "cpu", Precision::F16).unwrap();
+        let logits = r
+            .checks
+            .iter()
+            .find(|c| c.model.starts_with("gpt"))
+            .unwrap();
+        assert!(logits.value > 0.0 && logits.value < 0.05, "{logits:?}");
+        let enc = r.checks.iter().find(|c| c.model.contains("vit")).unwrap();
+        assert!(enc.value > 0.99, "{enc:?}");
+    }
+}

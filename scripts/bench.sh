@@ -24,7 +24,8 @@ if [ -z "${BIN:-}" ]; then
     BIN=${CARGO_TARGET_DIR:-target}/release/vitrine
 fi
 
-tmp=$(mktemp -d)
+# Inside OUT_DIR so the final renames stay on one file system (atomic).
+tmp=$(mktemp -d "$out_dir/.bench-results.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 jsons=()
 for dev in "${devices[@]}"; do

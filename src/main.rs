@@ -92,7 +92,8 @@ struct BenchArgs {
     markdown: Option<PathBuf>,
     /// Instead of timing: check that --device computes what the CPU computes (embedding
     /// cosine >= 0.999, logits within 1e-3, same weights and inputs); fails if not.
-    /// With --config: a TOML file of ParityConfig fields (encoders, decoders, limits).
+    /// With --config: a TOML file of ParityConfig fields (encoders, decoders, limits); the
+    /// default limits are for f32; --precision f16/bf16 may need looser ones there.
     #[arg(long, conflicts_with = "only")]
     parity: bool,
     #[command(flatten)]
@@ -638,8 +639,7 @@ fn cmd_caption(a: CaptionArgs) -> Result<()> {
     Ok(())
 }
 
-/// Prints an evaluation report as JSON or as its table (which says where eval.json went).
-/// Prints a report (or its JSON) and says where the run saved it.
+/// Prints an evaluation report as JSON or as its table, and says where the run saved it.
 fn print_eval<R: serde::Serialize>(
     report: &R,
     table: String,

@@ -131,6 +131,8 @@ pub struct BenchLimits {
     /// Largest index (rows x dim x 4 bytes) a search case may build; it is held about three
     /// times over (host embeddings, index, device copy).
     pub max_index_bytes: usize,
+    /// Largest score matrix (queries per call x rows x 4 bytes) one search call may build.
+    pub max_score_bytes: usize,
 }
 
 impl Default for BenchLimits {
@@ -138,6 +140,7 @@ impl Default for BenchLimits {
         Self {
             max_batch: 4096,
             max_index_bytes: 4 << 30,
+            max_score_bytes: 1 << 30,
         }
     }
 }
@@ -324,6 +327,9 @@ impl BenchConfig {
         }
         for c in &self.generate {
             let n_ctx = workloads::gpt_config(&c.preset, c.vocab)?.n_ctx;
+            if c.batches.is_empty() {
+                return bad(format!("generate {}: no batch sizes", c.preset));
+            }
             for &b in &c.batches {
                 check_batch(&format!("generate {}", c.preset), b)?;
             }
@@ -335,8 +341,21 @@ impl BenchConfig {
             }
         }
         for c in &self.search {
+            if c.query_batches.is_empty() {
+                return bad(format!(
+                    "search {} x {}: no query batch sizes",
+                    c.rows, c.dim
+                ));
+            }
             for &b in &c.query_batches {
                 check_batch("search queries", b)?;
+                let scores = b.saturating_mul(c.rows).saturating_mul(4);
+                if scores > self.limits.max_score_bytes {
+                    return bad(format!(
+                        "search {} x {}, {b} queries per call: {scores} bytes of scores (at most limits.max_score_bytes = {})",
+                        c.rows, c.dim, self.limits.max_score_bytes
+                    ));
+                }
             }
             let bytes = c.rows.saturating_mul(c.dim).saturating_mul(4);
             if c.rows == 0 || c.dim == 0 || bytes > self.limits.max_index_bytes {
@@ -598,6 +617,29 @@ mod tests {
         cfg.search[0].rows += 1;
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("max_index_bytes"), "{err}");
+    }
+
+    #[test]
+    fn score_matrix_limit_holds_at_the_limit_and_fails_past_it() {
+        let mut cfg = BenchConfig::quick();
+        cfg.search[0].query_batches = vec![8];
+        cfg.limits.max_score_bytes = 8 * cfg.search[0].rows * 4;
+        cfg.validate().unwrap();
+        cfg.search[0].query_batches = vec![9];
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("max_score_bytes"), "{err}");
+        // The published suite fits the default.
+        BenchConfig::full().validate().unwrap();
+    }
+
+    #[test]
+    fn empty_batch_lists_are_refused() {
+        let mut cfg = BenchConfig::quick();
+        cfg.generate[0].batches.clear();
+        assert!(cfg.validate().is_err());
+        let mut cfg = BenchConfig::quick();
+        cfg.search[0].query_batches.clear();
+        assert!(cfg.validate().is_err());
     }
 
     #[test]

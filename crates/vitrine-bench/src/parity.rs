@@ -103,7 +103,8 @@ impl ParityConfig {
 pub struct ParityCheck {
     pub model: String,
     pub metric: String,
-    pub value: f64,
+    /// None when the backend panicked.
+    pub value: Option<f64>,
     pub limit: f64,
     pub pass: bool,
 }
@@ -129,10 +130,10 @@ impl ParityReport {
         );
         for c in &self.checks {
             // Cosines sit just under 1: show enough digits to see the gap.
-            let value = if c.metric.contains("cosine") {
-                format!("{:.7}", c.value)
-            } else {
-                format!("{:.2e}", c.value)
+            let value = match c.value {
+                None => "-".to_string(),
+                Some(v) if c.metric.contains("cosine") => format!("{v:.7}"),
+                Some(v) => format!("{v:.2e}"),
             };
             let _ = writeln!(
                 out,
@@ -147,20 +148,32 @@ impl ParityReport {
     }
 }
 
-/// Smallest cosine between matching rows of `a` and `b` ([rows, dim], row-major).
+/// Smallest cosine between matching rows of `a` and `b` ([rows, dim], row-major). A NaN
+/// anywhere or a length mismatch is -inf: a broken output must never pass.
 pub fn min_row_cosine(a: &[f32], b: &[f32], dim: usize) -> f64 {
+    if a.len() != b.len() || a.is_empty() {
+        return f64::NEG_INFINITY;
+    }
     a.chunks(dim)
         .zip(b.chunks(dim))
         .map(|(x, y)| {
             let dot: f64 = x.iter().zip(y).map(|(p, q)| *p as f64 * *q as f64).sum();
             let n = |v: &[f32]| v.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
-            dot / (n(x) * n(y)).max(1e-30)
+            let c = dot / (n(x) * n(y)).max(1e-30);
+            if c.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                c
+            }
         })
         .fold(f64::INFINITY, f64::min)
 }
 
-/// Largest |a - b|; NaN anywhere counts as infinitely far.
+/// Largest |a - b|; NaN anywhere or a length mismatch counts as infinitely far.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
     a.iter()
         .zip(b)
         .map(|(p, q)| {
@@ -210,7 +223,7 @@ fn check(model: String, metric: &str, value: Option<f64>, limit: f64, pass: bool
             Some(_) => metric.into(),
             None => format!("{metric}: the backend panicked (message above)"),
         },
-        value: value.unwrap_or(f64::NAN),
+        value,
         limit,
         pass,
     }
@@ -337,6 +350,17 @@ mod tests {
         assert!((min_row_cosine(&a, &a, 2) - 1.0).abs() < 1e-12);
         assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.5, 1.0]), 1.0);
         assert_eq!(max_abs_diff(&[1.0], &[f32::NAN]), f64::INFINITY);
+        assert_eq!(max_abs_diff(&[1.0], &[1.0, 2.0]), f64::INFINITY);
+        // One NaN row fails the whole comparison, even when the other row is perfect.
+        assert_eq!(
+            min_row_cosine(&a, &[1.0, 0.0, f32::NAN, 1.0], 2),
+            f64::NEG_INFINITY
+        );
+        assert_eq!(
+            min_row_cosine(&[f32::NAN; 4], &[f32::NAN; 4], 2),
+            f64::NEG_INFINITY
+        );
+        assert_eq!(min_row_cosine(&a, &a[..2], 2), f64::NEG_INFINITY);
     }
 
     #[test]
@@ -375,18 +399,37 @@ mod tests {
             } else {
                 0.0
             };
-            assert!((c.value - exact).abs() < 1e-6, "{c:?}");
+            assert!((c.value.unwrap() - exact).abs() < 1e-6, "{c:?}");
         }
         assert!(r.passed());
-        // Half precision on the "device": close, but past the f32 logit limit.
+        // Half precision on the "device".
         let r = parity::<Flex, Flex>(&cfg, &dev, &dev, "cpu", Precision::F16).unwrap();
         let logits = r
             .checks
             .iter()
             .find(|c| c.model.starts_with("gpt"))
             .unwrap();
-        assert!(logits.value > 0.0 && logits.value < 0.05, "{logits:?}");
+        let v = logits.value.unwrap();
+        assert!(
+            v > 0.0 && v < 0.05,
+            "f16 is close but not exact: {logits:?}"
+        );
+        // The limit decides: with no tolerance the rounding fails the check.
+        let strict = ParityConfig {
+            max_logit_diff: 0.0,
+            ..cfg.clone()
+        };
+        let r2 = parity::<Flex, Flex>(&strict, &dev, &dev, "cpu", Precision::F16).unwrap();
+        let l2 = r2
+            .checks
+            .iter()
+            .find(|c| c.model.starts_with("gpt"))
+            .unwrap();
+        assert!(
+            l2.value.unwrap() > 0.0 && !l2.pass && !r2.passed(),
+            "{l2:?}"
+        );
         let enc = r.checks.iter().find(|c| c.model.contains("vit")).unwrap();
-        assert!(enc.value > 0.99, "{enc:?}");
+        assert!(enc.value.unwrap() > 0.99, "{enc:?}");
     }
 }

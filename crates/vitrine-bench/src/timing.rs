@@ -159,6 +159,16 @@ mod tests {
             ..TimingConfig::default()
         };
         assert!(bad.validate().is_err());
+        let at = TimingConfig {
+            min_secs: 3600.0,
+            ..TimingConfig::default()
+        };
+        at.validate().unwrap();
+        let past = TimingConfig {
+            min_secs: 3600.5,
+            ..TimingConfig::default()
+        };
+        assert!(past.validate().is_err());
         TimingConfig::default().validate().unwrap();
     }
 }

@@ -72,6 +72,17 @@ pub(crate) fn captioner_config(preset: &str, vocab: Option<usize>) -> Result<Cap
     Ok(c)
 }
 
+/// The model really is in the requested precision (the row is labelled with it).
+fn expect_dtype(got: burn::tensor::DType, precision: Precision) -> Result<()> {
+    if got == precision.dtype() {
+        Ok(())
+    } else {
+        Err(BenchError::Backend(format!(
+            "model parameters are {got:?}, {precision} was asked for"
+        )))
+    }
+}
+
 fn sync<B: Backend>(device: &B::Device) -> Result<()> {
     B::sync(device).map_err(|e| BenchError::Backend(format!("{e:?}")))
 }
@@ -126,6 +137,7 @@ pub(crate) fn encoder<B: Backend>(
     if precision != Precision::F32 {
         model = cast_float_params(model, precision.dtype());
     }
+    expect_dtype(model.float_dtype(), precision)?;
     let [ch, h, w] = config.input_shape();
     for &batch in &c.batches {
         let host = noise(batch * ch * h * w, 7);
@@ -314,6 +326,7 @@ pub(crate) fn generate<B: Backend>(
     if precision != Precision::F32 {
         model = cast_float_params(model, precision.dtype());
     }
+    expect_dtype(model.wte.weight.val().dtype(), precision)?;
     for &rows in &c.batches {
         let prompt: Vec<i64> = token_ids(rows * c.prompt_tokens, config.vocab_size, 23)
             .into_iter()

@@ -14,7 +14,7 @@ mod filter;
 mod search;
 
 pub use filter::Filter;
-pub use search::{DeviceIndex, Hit};
+pub use search::{DeviceIndex, Hit, Selection};
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;

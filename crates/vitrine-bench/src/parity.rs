@@ -8,10 +8,10 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
-use vitrine_models::{cast_float_params, ImageEncoderConfig};
+use vitrine_models::ImageEncoderConfig;
 use vitrine_train::run::{load_module_bytes, module_to_bytes};
 
-use crate::workloads::{gpt_config, noise, token_ids};
+use crate::workloads::{gpt_config, image_batch, noise, token_ids};
 use crate::{BenchError, Precision, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -246,7 +246,7 @@ fn encoder_check<R: Backend, B: Backend>(
     precision: Precision,
 ) -> Result<f64> {
     let config = ImageEncoderConfig::preset(preset)?;
-    let (on_ref, mut on_dev) = same_weights(
+    let (on_ref, on_dev) = same_weights(
         config.init::<R>(reference)?,
         config.init::<B>(device)?,
         config.init::<R>(reference)?,
@@ -256,16 +256,12 @@ fn encoder_check<R: Backend, B: Backend>(
     let [c, h, w] = config.input_shape();
     let shape = [cfg.images, c, h, w];
     let pixels = noise(cfg.images * c * h * w, 31);
-    let want = host(on_ref.forward(Tensor::from_data(
-        TensorData::new(pixels.clone(), shape),
-        reference,
-    )))?;
-    let mut x = Tensor::<B, 4>::from_data(TensorData::new(pixels, shape), device);
-    if precision != Precision::F32 {
-        on_dev = cast_float_params(on_dev, precision.dtype());
-        x = x.cast(precision.dtype());
-    }
-    let got = host(on_dev.forward(x))?;
+    let want = host(on_ref.forward(image_batch::<R>(&pixels, shape, Precision::F32, reference)))?;
+    let got = host(
+        precision
+            .apply(on_dev)
+            .forward(image_batch::<B>(&pixels, shape, precision, device)),
+    )?;
     Ok(min_row_cosine(&want, &got, config.embed_dim()))
 }
 
@@ -282,16 +278,14 @@ fn decoder_check<R: Backend, B: Backend>(
         .into_iter()
         .map(i64::from)
         .collect();
-    let (on_ref, mut on_dev) = same_weights(
+    let (on_ref, on_dev) = same_weights(
         config.init::<R>(reference)?,
         config.init::<B>(device)?,
         config.init::<R>(reference)?,
         reference,
         device,
     )?;
-    if precision != Precision::F32 {
-        on_dev = cast_float_params(on_dev, precision.dtype());
-    }
+    let on_dev = precision.apply(on_dev);
     let tokens = || TensorData::new(ids.clone(), [2, t]);
     let want = host(on_ref.forward(Tensor::<R, 2, Int>::from_data(tokens(), reference))?)?;
     let got = host(on_dev.forward(Tensor::<B, 2, Int>::from_data(tokens(), device))?)?;

@@ -12,7 +12,7 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use vitrine_index::{DeviceIndex, Filter, Index, IndexItem, ModelInfo};
 use vitrine_models::captioner::CaptionerConfig;
 use vitrine_models::gpt::{Gpt, GptConfig};
-use vitrine_models::{cast_float_params, ImageEncoderConfig};
+use vitrine_models::ImageEncoderConfig;
 use vitrine_train::lm::{masked_cross_entropy, HostBatch};
 use vitrine_train::losses::supcon;
 use vitrine_train::trainer::{optimizer, LoopConfig};
@@ -112,7 +112,7 @@ fn row(
     }
 }
 
-fn image_batch<B: Backend>(
+pub(crate) fn image_batch<B: Backend>(
     host: &[f32],
     shape: [usize; 4],
     precision: Precision,
@@ -133,10 +133,7 @@ pub(crate) fn encoder<B: Backend>(
     push: &mut Push,
 ) -> Result<()> {
     let config = ImageEncoderConfig::preset(&c.preset)?;
-    let mut model = config.init::<B>(device)?;
-    if precision != Precision::F32 {
-        model = cast_float_params(model, precision.dtype());
-    }
+    let model = precision.apply(config.init::<B>(device)?);
     expect_dtype(model.float_dtype(), precision)?;
     let [ch, h, w] = config.input_shape();
     for &batch in &c.batches {
@@ -322,10 +319,7 @@ pub(crate) fn generate<B: Backend>(
     push: &mut Push,
 ) -> Result<()> {
     let config = gpt_config(&c.preset, c.vocab)?;
-    let mut model = config.init::<B>(device)?;
-    if precision != Precision::F32 {
-        model = cast_float_params(model, precision.dtype());
-    }
+    let model = precision.apply(config.init::<B>(device)?);
     expect_dtype(model.wte.weight.val().dtype(), precision)?;
     for &rows in &c.batches {
         let prompt: Vec<i64> = token_ids(rows * c.prompt_tokens, config.vocab_size, 23)

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
-use vitrine_models::{cast_float_params, Precision};
+use vitrine_models::Precision;
 
 use burn::tensor::backend::Backend;
 use serde::Serialize;
@@ -90,9 +90,7 @@ pub fn eval_search<B: Backend>(
     precision: Precision,
 ) -> Result<SearchEvalReport> {
     let mut encoder = Encoder::<B>::load(run, device)?;
-    if precision != Precision::F32 {
-        encoder.model = cast_float_params(encoder.model, precision.dtype());
-    }
+    encoder.model = precision.apply(encoder.model);
     let config = &encoder.config;
     let started = Instant::now();
     let prepared = open_and_split(config, skip_bad)?;

@@ -128,7 +128,6 @@ pub enum ImageEncoder<B: Backend> {
 }
 
 impl<B: Backend> ImageEncoder<B> {
-    /// L2-normalised embeddings: [B, C, H, W] -> [B, embed_dim].
     /// The float type of the parameters (f32 unless cast with `cast_float_params`).
     pub fn float_dtype(&self) -> burn::tensor::DType {
         match self {
@@ -137,6 +136,7 @@ impl<B: Backend> ImageEncoder<B> {
         }
     }
 
+    /// L2-normalised embeddings: [B, C, H, W] -> [B, embed_dim].
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         match self {
             Self::Cnn(m) => m.forward(images),

@@ -40,6 +40,14 @@ impl Precision {
             Self::Bf16 => DType::BF16,
         }
     }
+
+    /// `module` with its float parameters in this precision (unchanged for f32).
+    pub fn apply<B: Backend, M: Module<B>>(self, module: M) -> M {
+        match self {
+            Self::F32 => module,
+            p => cast_float_params(module, p.dtype()),
+        }
+    }
 }
 
 impl std::str::FromStr for Precision {

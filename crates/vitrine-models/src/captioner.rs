@@ -32,7 +32,9 @@ use serde::{Deserialize, Serialize};
 use crate::cnn::{CnnConfig, Downsample, Norm};
 use crate::encoder::{ImageEncoder, ImageEncoderConfig};
 use crate::error::{invalid, ModelError};
-use crate::gpt::{Gpt, GptConfig, KvCache};
+use crate::gpt::{is_gpt2_buffer, Gpt, GptConfig, KvCache};
+use crate::hf::{fill, set_identity, HfConfig, HfError, Layout, Weights};
+use crate::vit::VitConfig;
 
 /// Encoder + decoder hyper-parameters. In TOML, `preset = "cpu"` fills both halves; an
 /// `[model.encoder]` table replaces the encoder, `[model.decoder]` keys override the
@@ -226,6 +228,73 @@ impl<B: Backend> Captioner<B> {
     pub fn new_cache(&self, images: Tensor<B, 4>) -> Result<KvCache<B>, ModelError> {
         self.decoder.new_cache_with_memory(self.memory(images))
     }
+}
+
+impl CaptionerConfig {
+    /// A `VisionEncoderDecoderModel` `config.json` with a ViT encoder and a GPT-2 decoder
+    /// (`nlpconnect/vit-gpt2-image-captioning` layout). No memory positions or global
+    /// token: those are Vitrine's additions, absent from the checkpoint.
+    pub fn from_hf(c: &HfConfig) -> Result<Self, HfError> {
+        if c.model_type()? != "vision-encoder-decoder" {
+            return Err(c.err(format!(
+                "model_type {:?} is not vision-encoder-decoder",
+                c.model_type()?
+            )));
+        }
+        let enc = c.sub("encoder")?;
+        if enc.model_type()? != "vit" {
+            return Err(enc.err(format!(
+                "encoder model_type {:?}: only a ViT encoder is supported",
+                enc.model_type()?
+            )));
+        }
+        let decoder = GptConfig::from_hf(&c.sub("decoder")?)?;
+        if !decoder.cross_attention {
+            return Err(c.err("decoder.add_cross_attention is false: the decoder would ignore the image"));
+        }
+        Ok(Self {
+            encoder: ImageEncoderConfig::Vit(VitConfig::from_hf_vit(&enc)?),
+            decoder,
+            global_token: false,
+        })
+    }
+}
+
+impl<B: Backend> Captioner<B> {
+    /// Copies a ViT-GPT2 checkpoint: `encoder.*` (see `vit.rs`), `decoder.transformer.*`
+    /// (see `gpt.rs`), `enc_to_dec_proj` -> `proj` (the identity when the widths agree and
+    /// the checkpoint has none); `mem_pos` is zero.
+    pub fn load_hf(&mut self, w: &mut Weights) {
+        if let ImageEncoder::Vit(vit) = &mut self.encoder {
+            vit.load_hf_vit(w, "encoder.");
+        }
+        if w.contains("enc_to_dec_proj.weight") {
+            w.linear(&mut self.proj, "enc_to_dec_proj", Layout::OutIn);
+        } else {
+            let [de, d] = self.proj.weight.dims();
+            if de != d {
+                // Recorded as missing: the widths differ, so a projection is required.
+                w.raw("enc_to_dec_proj.weight");
+            }
+            set_identity(&mut self.proj);
+        }
+        fill(&mut self.mem_pos, 0.0);
+        self.decoder.load_hf(w, "decoder.transformer.");
+        w.ignore(|n| n == "decoder.lm_head.weight" || is_gpt2_buffer(n));
+    }
+}
+
+/// A ViT-GPT2 `VisionEncoderDecoderModel` checkpoint folder as a [`Captioner`].
+pub fn load_hf_vit_gpt2<B: Backend>(
+    dir: &std::path::Path,
+    device: &B::Device,
+) -> Result<(CaptionerConfig, Captioner<B>), ModelError> {
+    let config = CaptionerConfig::from_hf(&HfConfig::read(dir)?)?;
+    let mut model = config.init::<B>(device)?;
+    let mut w = Weights::open(&dir.join(crate::hf::WEIGHTS_FILE))?;
+    model.load_hf(&mut w);
+    w.finish()?;
+    Ok((config, model))
 }
 
 #[cfg(test)]

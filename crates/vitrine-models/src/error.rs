@@ -19,6 +19,8 @@ pub enum ModelError {
         batch: usize,
         memory_batch: Option<usize>,
     },
+    #[error(transparent)]
+    Hf(#[from] crate::hf::HfError),
     #[error("input shape {got:?} does not match the model's expected input {expected:?}")]
     InputShape {
         got: Vec<usize>,

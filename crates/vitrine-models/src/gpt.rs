@@ -51,6 +51,7 @@ use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, ModelError};
+use crate::hf::{Export, HfConfig, HfError, Layout, Weights};
 use crate::transformer::{Activation, Block, BlockConfig, LayerKv};
 
 /// Decoder hyper-parameters. In TOML, `preset = "nano-cpu"` fills every field the file does
@@ -67,6 +68,9 @@ pub struct GptConfig {
     pub mlp_ratio: usize,
     pub dropout: f64,
     pub layer_norm_eps: f64,
+    /// The MLP's non-linearity: GPT-2's tanh GELU unless a checkpoint says otherwise (CLIP's
+    /// text tower, a GPT with quick GELU).
+    pub activation: Activation,
     /// Cross-attention over an encoder's tokens in every block (encoder-decoder models).
     pub cross_attention: bool,
 }
@@ -84,6 +88,7 @@ struct GptConfigFile {
     mlp_ratio: Option<usize>,
     dropout: Option<f64>,
     layer_norm_eps: Option<f64>,
+    activation: Option<Activation>,
     cross_attention: Option<bool>,
 }
 
@@ -103,6 +108,7 @@ impl TryFrom<GptConfigFile> for GptConfig {
             mlp_ratio: f.mlp_ratio.unwrap_or(base.mlp_ratio),
             dropout: f.dropout.unwrap_or(base.dropout),
             layer_norm_eps: f.layer_norm_eps.unwrap_or(base.layer_norm_eps),
+            activation: f.activation.unwrap_or(base.activation),
             cross_attention: f.cross_attention.unwrap_or(base.cross_attention),
         })
     }
@@ -120,6 +126,7 @@ impl Default for GptConfig {
             mlp_ratio: 4,
             dropout: 0.0,
             layer_norm_eps: 1e-5,
+            activation: Activation::GeluTanh,
             cross_attention: false,
         }
     }
@@ -166,7 +173,7 @@ impl GptConfig {
             mlp_ratio: self.mlp_ratio,
             dropout: self.dropout,
             layer_norm_eps: self.layer_norm_eps,
-            activation: Activation::GeluTanh,
+            activation: self.activation,
             cross_attention: self.cross_attention,
         }
     }
@@ -394,6 +401,190 @@ impl<B: Backend> Gpt<B> {
             .matmul(w.transpose())
             .reshape([b, t, v])
     }
+}
+
+/// GPT-2's `activation_function` names.
+pub(crate) fn hf_activation(c: &HfConfig, key: &str, default: &str) -> Result<Activation, HfError> {
+    Ok(
+        match c
+            .expect_str(key, default, &["gelu_new", "gelu_pytorch_tanh", "gelu", "quick_gelu"])?
+            .as_str()
+        {
+            "gelu" => Activation::Gelu,
+            "quick_gelu" => Activation::QuickGelu,
+            _ => Activation::GeluTanh,
+        },
+    )
+}
+
+impl GptConfig {
+    /// The architecture of a GPT-2 `config.json` (`gpt2`, `distilgpt2`, or the decoder of a
+    /// VisionEncoderDecoder with `add_cross_attention`).
+    pub fn from_hf(c: &HfConfig) -> Result<Self, HfError> {
+        if c.model_type()? != "gpt2" {
+            return Err(c.err(format!(
+                "model_type {:?} is not GPT-2",
+                c.model_type()?
+            )));
+        }
+        let d = c.usize("n_embd")?;
+        let inner = c.usize_opt("n_inner")?.unwrap_or(4 * d);
+        if d == 0 || inner % d != 0 {
+            return Err(c.err(format!(
+                "n_inner = {inner} is not a multiple of n_embd = {d}"
+            )));
+        }
+        if !c.bool_or("scale_attn_weights", true)?
+            || c.bool_or("scale_attn_by_inverse_layer_idx", false)?
+        {
+            return Err(c.err(
+                "only GPT-2's standard 1/sqrt(head_dim) attention scaling is supported",
+            ));
+        }
+        let config = Self {
+            vocab_size: c.usize("vocab_size")?,
+            n_ctx: c.usize("n_positions")?,
+            d_model: d,
+            n_layers: c.usize("n_layer")?,
+            n_heads: c.usize("n_head")?,
+            mlp_ratio: inner / d,
+            dropout: c.f64_or("resid_pdrop", 0.1)?,
+            layer_norm_eps: c.f64_or("layer_norm_epsilon", 1e-5)?,
+            activation: hf_activation(c, "activation_function", "gelu_new")?,
+            cross_attention: c.bool_or("add_cross_attention", false)?,
+        };
+        config.validate().map_err(|e| c.err(e.to_string()))?;
+        Ok(config)
+    }
+
+    /// The `config.json` of [`GptConfig::from_hf`]'s inverse.
+    pub fn to_hf(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "vocab_size": self.vocab_size,
+            "n_positions": self.n_ctx,
+            "n_embd": self.d_model,
+            "n_layer": self.n_layers,
+            "n_head": self.n_heads,
+            "n_inner": self.d_model * self.mlp_ratio,
+            "resid_pdrop": self.dropout,
+            "embd_pdrop": self.dropout,
+            "attn_pdrop": self.dropout,
+            "layer_norm_epsilon": self.layer_norm_eps,
+            "activation_function": match self.activation {
+                Activation::Gelu => "gelu",
+                Activation::GeluTanh => "gelu_new",
+                Activation::QuickGelu => "quick_gelu",
+            },
+            "add_cross_attention": self.cross_attention,
+            "tie_word_embeddings": true,
+        })
+    }
+}
+
+/// GPT-2's causal-mask buffers (`attn.bias`, `attn.masked_bias`), saved by old checkpoints.
+pub(crate) fn is_gpt2_buffer(name: &str) -> bool {
+    let mut parts = name.rsplit('.');
+    matches!(
+        (parts.next(), parts.next()),
+        (Some("bias" | "masked_bias"), Some("attn" | "crossattention"))
+    )
+}
+
+impl<B: Backend> Gpt<B> {
+    /// Copies GPT-2 tensors named `{prefix}wte.weight`, `{prefix}h.{i}...` (the table at the
+    /// top of this file) into this model, which must have the checkpoint's architecture.
+    pub fn load_hf(&mut self, w: &mut Weights, prefix: &str) {
+        w.embedding(&mut self.wte, &format!("{prefix}wte.weight"));
+        w.embedding(&mut self.wpe, &format!("{prefix}wpe.weight"));
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            let h = format!("{prefix}h.{i}");
+            w.layer_norm(&mut block.ln_1, &format!("{h}.ln_1"));
+            let attn = &mut block.attn;
+            let c_attn = format!("{h}.attn.c_attn");
+            w.fused_linear(&mut attn.query, &c_attn, 0, 3);
+            w.fused_linear(&mut attn.key, &c_attn, 1, 3);
+            w.fused_linear(&mut attn.value, &c_attn, 2, 3);
+            w.linear(&mut attn.out, &format!("{h}.attn.c_proj"), Layout::InOut);
+            if let Some(cross) = block.cross.as_mut() {
+                w.layer_norm(&mut cross.ln, &format!("{h}.ln_cross_attn"));
+                let x = format!("{h}.crossattention");
+                w.linear(&mut cross.attn.query, &format!("{x}.q_attn"), Layout::InOut);
+                w.fused_linear(&mut cross.attn.key, &format!("{x}.c_attn"), 0, 2);
+                w.fused_linear(&mut cross.attn.value, &format!("{x}.c_attn"), 1, 2);
+                w.linear(&mut cross.attn.out, &format!("{x}.c_proj"), Layout::InOut);
+            }
+            w.layer_norm(&mut block.ln_2, &format!("{h}.ln_2"));
+            w.linear(&mut block.mlp.fc_in, &format!("{h}.mlp.c_fc"), Layout::InOut);
+            w.linear(&mut block.mlp.fc_out, &format!("{h}.mlp.c_proj"), Layout::InOut);
+        }
+        w.layer_norm(&mut self.ln_f, &format!("{prefix}ln_f"));
+    }
+
+    /// This model's tensors under GPT-2's names (inverse of [`Gpt::load_hf`]).
+    pub fn export_hf(&self, e: &mut Export, prefix: &str) {
+        e.param(&format!("{prefix}wte.weight"), &self.wte.weight);
+        e.param(&format!("{prefix}wpe.weight"), &self.wpe.weight);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let h = format!("{prefix}h.{i}");
+            e.layer_norm(&format!("{h}.ln_1"), &block.ln_1);
+            let a = &block.attn;
+            e.fused_linear(&format!("{h}.attn.c_attn"), &[&a.query, &a.key, &a.value]);
+            e.linear(&format!("{h}.attn.c_proj"), &a.out, Layout::InOut);
+            if let Some(cross) = &block.cross {
+                e.layer_norm(&format!("{h}.ln_cross_attn"), &cross.ln);
+                let x = format!("{h}.crossattention");
+                e.linear(&format!("{x}.q_attn"), &cross.attn.query, Layout::InOut);
+                e.fused_linear(&format!("{x}.c_attn"), &[&cross.attn.key, &cross.attn.value]);
+                e.linear(&format!("{x}.c_proj"), &cross.attn.out, Layout::InOut);
+            }
+            e.layer_norm(&format!("{h}.ln_2"), &block.ln_2);
+            e.linear(&format!("{h}.mlp.c_fc"), &block.mlp.fc_in, Layout::InOut);
+            e.linear(&format!("{h}.mlp.c_proj"), &block.mlp.fc_out, Layout::InOut);
+        }
+        e.layer_norm(&format!("{prefix}ln_f"), &self.ln_f);
+    }
+
+    /// Grows the vocabulary to `vocab_size` rows (tokens a fine-tuning run adds, e.g. its
+    /// brief markers); new rows are drawn as GPT-2 initialises embeddings, N(0, 0.02).
+    pub fn resize_vocab(mut self, vocab_size: usize) -> Result<Self, ModelError> {
+        let [v, d] = self.wte.weight.dims();
+        if vocab_size < v {
+            return Err(invalid(
+                "vocab_size",
+                vocab_size,
+                format!("at least the pretrained vocabulary ({v})"),
+            ));
+        }
+        if vocab_size > v {
+            let device = self.wte.weight.device();
+            let extra = Tensor::<B, 2>::random(
+                [vocab_size - v, d],
+                burn::tensor::Distribution::Normal(0.0, 0.02),
+                &device,
+            );
+            let grown = Tensor::cat(vec![self.wte.weight.val(), extra], 0);
+            self.wte.weight = burn::module::Param::initialized(self.wte.weight.id, grown);
+        }
+        Ok(self)
+    }
+}
+
+/// A GPT-2 checkpoint folder (see [`crate::hf::resolve`]) as a [`Gpt`].
+pub fn load_hf_gpt2<B: Backend>(
+    dir: &std::path::Path,
+    device: &B::Device,
+) -> Result<(GptConfig, Gpt<B>), ModelError> {
+    let config = GptConfig::from_hf(&HfConfig::read(dir)?)?;
+    let mut model = config.init::<B>(device)?;
+    let mut w = Weights::open(&dir.join(crate::hf::WEIGHTS_FILE))?;
+    let prefix = w.prefix_of("wte.weight", &["transformer.", ""]);
+    model.load_hf(&mut w, prefix);
+    // The output head is tied to wte.
+    w.ignore(|n| n == "lm_head.weight" || is_gpt2_buffer(n));
+    w.finish()?;
+    Ok((config, model))
 }
 
 #[cfg(test)]

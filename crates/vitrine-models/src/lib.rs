@@ -7,10 +7,12 @@
 //! decoder (`gpt`).
 
 pub mod captioner;
+pub mod clip;
 pub mod cnn;
 pub mod encoder;
 pub mod error;
 pub mod gpt;
+pub mod hf;
 pub mod scorer;
 pub mod transformer;
 pub mod vit;

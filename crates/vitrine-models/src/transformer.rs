@@ -15,7 +15,7 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, gelu_approximate, softmax};
+use burn::tensor::activation::{gelu, gelu_approximate, sigmoid, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,8 @@ pub enum Activation {
     Gelu,
     /// tanh approximation (`gelu_new`): GPT-2.
     GeluTanh,
+    /// `x * sigmoid(1.702 x)`: CLIP.
+    QuickGelu,
 }
 
 impl BlockConfig {
@@ -93,6 +95,7 @@ impl BlockConfig {
                 fc_in: lin(d, d * self.mlp_ratio),
                 fc_out: lin(d * self.mlp_ratio, d),
                 gelu_tanh: self.activation == Activation::GeluTanh,
+                quick_gelu: self.activation == Activation::QuickGelu,
             },
             dropout: DropoutConfig::new(self.dropout).init(),
         }
@@ -205,12 +208,15 @@ pub struct Mlp<B: Backend> {
     pub fc_in: Linear<B>,
     pub fc_out: Linear<B>,
     pub gelu_tanh: bool,
+    pub quick_gelu: bool,
 }
 
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = self.fc_in.forward(x);
-        let h = if self.gelu_tanh {
+        let h = if self.quick_gelu {
+            h.clone() * sigmoid(h.mul_scalar(1.702))
+        } else if self.gelu_tanh {
             gelu_approximate(h)
         } else {
             gelu(h)

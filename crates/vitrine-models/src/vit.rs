@@ -43,6 +43,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, ModelError};
 use crate::l2_normalize;
+use crate::gpt::hf_activation;
+use crate::hf::{fill, set_identity, HfConfig, HfError, Layout, Weights};
 use crate::transformer::{Activation, Block, BlockConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +71,10 @@ pub struct VitConfig {
     pub layer_norm_eps: f64,
     pub pool: Pool,
     pub embed_dim: usize,
+    /// The MLP's non-linearity (exact GELU; CLIP's vision tower: quick GELU).
+    pub activation: Activation,
+    /// A LayerNorm on the embedded tokens before the first block (CLIP's `pre_layrnorm`).
+    pub pre_norm: bool,
 }
 
 impl Default for VitConfig {
@@ -85,6 +91,8 @@ impl Default for VitConfig {
             layer_norm_eps: 1e-6,
             pool: Pool::Mean,
             embed_dim: 128,
+            activation: Activation::Gelu,
+            pre_norm: false,
         }
     }
 }
@@ -97,7 +105,7 @@ impl VitConfig {
             mlp_ratio: self.mlp_ratio,
             dropout: self.dropout,
             layer_norm_eps: self.layer_norm_eps,
-            activation: Activation::Gelu,
+            activation: self.activation,
             cross_attention: false,
         }
     }
@@ -149,6 +157,11 @@ impl VitConfig {
             patch_embed: LinearConfig::new(patch_dim, d).init(device),
             cls_token: trunc.init([1, 1, d], device),
             pos_embed: trunc.init([1, self.num_patches() + 1, d], device),
+            ln_pre: self.pre_norm.then(|| {
+                LayerNormConfig::new(d)
+                    .with_epsilon(self.layer_norm_eps)
+                    .init(device)
+            }),
             blocks: (0..self.n_layers).map(|_| block.init(device)).collect(),
             ln_final: LayerNormConfig::new(d)
                 .with_epsilon(self.layer_norm_eps)
@@ -165,6 +178,8 @@ pub struct Vit<B: Backend> {
     pub patch_embed: Linear<B>,
     pub cls_token: Param<Tensor<B, 3>>,
     pub pos_embed: Param<Tensor<B, 3>>,
+    /// `pre_norm`. Records written before this field existed load with `None`.
+    pub ln_pre: Option<LayerNorm<B>>,
     pub blocks: Vec<Block<B>>,
     pub ln_final: LayerNorm<B>,
     pub head: Linear<B>,
@@ -187,6 +202,9 @@ impl<B: Backend> Vit<B> {
         let d = x.dims()[2];
         let cls = self.cls_token.val().expand([b, 1, d]);
         let mut x = Tensor::cat(vec![cls, x], 1) + self.pos_embed.val();
+        if let Some(ln) = &self.ln_pre {
+            x = ln.forward(x);
+        }
         for block in &self.blocks {
             x = block.forward(x, false);
         }
@@ -208,6 +226,157 @@ impl<B: Backend> Vit<B> {
         };
         l2_normalize(self.head.forward(pooled))
     }
+}
+
+impl VitConfig {
+    /// A `ViTModel` `config.json` (`google/vit-base-patch16-224-in21k` layout). The
+    /// embedding is the final class token (`pool = cls`) through an identity `head`.
+    pub fn from_hf_vit(c: &HfConfig) -> Result<Self, HfError> {
+        let d = c.usize("hidden_size")?;
+        let config = Self {
+            in_channels: c.usize_opt("num_channels")?.unwrap_or(3),
+            input_size: [c.usize("image_size")?; 2],
+            patch_size: c.usize("patch_size")?,
+            d_model: d,
+            n_layers: c.usize("num_hidden_layers")?,
+            n_heads: c.usize("num_attention_heads")?,
+            mlp_ratio: mlp_ratio(c, d)?,
+            dropout: c.f64_or("hidden_dropout_prob", 0.0)?,
+            layer_norm_eps: c.f64_or("layer_norm_eps", 1e-12)?,
+            pool: Pool::Cls,
+            embed_dim: d,
+            activation: hf_activation(c, "hidden_act", "gelu")?,
+            pre_norm: false,
+        };
+        if !c.bool_or("qkv_bias", true)? {
+            return Err(c.err("qkv_bias = false is not supported"));
+        }
+        config.validate().map_err(|e| c.err(e.to_string()))?;
+        Ok(config)
+    }
+
+    /// CLIP's vision tower (`vision_config` of a CLIP `config.json`): the embedding is
+    /// `visual_projection(post_layernorm(class token))`, `projection_dim` wide.
+    pub fn from_hf_clip_vision(c: &HfConfig, projection_dim: usize) -> Result<Self, HfError> {
+        let d = c.usize("hidden_size")?;
+        let config = Self {
+            in_channels: c.usize_opt("num_channels")?.unwrap_or(3),
+            input_size: [c.usize("image_size")?; 2],
+            patch_size: c.usize("patch_size")?,
+            d_model: d,
+            n_layers: c.usize("num_hidden_layers")?,
+            n_heads: c.usize("num_attention_heads")?,
+            mlp_ratio: mlp_ratio(c, d)?,
+            dropout: 0.0,
+            layer_norm_eps: c.f64_or("layer_norm_eps", 1e-5)?,
+            pool: Pool::Cls,
+            embed_dim: projection_dim,
+            activation: hf_activation(c, "hidden_act", "quick_gelu")?,
+            pre_norm: true,
+        };
+        config.validate().map_err(|e| c.err(e.to_string()))?;
+        Ok(config)
+    }
+}
+
+fn mlp_ratio(c: &HfConfig, d: usize) -> Result<usize, HfError> {
+    let inner = c.usize("intermediate_size")?;
+    if d == 0 || inner % d != 0 {
+        return Err(c.err(format!(
+            "intermediate_size = {inner} is not a multiple of hidden_size = {d}"
+        )));
+    }
+    Ok(inner / d)
+}
+
+impl<B: Backend> Vit<B> {
+    /// Copies the encoder layers `{prefix}.layer.{i}` of a ViT (HF `ViTLayer` names).
+    fn load_hf_vit_layers(&mut self, w: &mut Weights, prefix: &str) {
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let l = format!("{prefix}.layer.{i}");
+            w.layer_norm(&mut b.ln_1, &format!("{l}.layernorm_before"));
+            let a = format!("{l}.attention.attention");
+            w.linear(&mut b.attn.query, &format!("{a}.query"), Layout::OutIn);
+            w.linear(&mut b.attn.key, &format!("{a}.key"), Layout::OutIn);
+            w.linear(&mut b.attn.value, &format!("{a}.value"), Layout::OutIn);
+            w.linear(&mut b.attn.out, &format!("{l}.attention.output.dense"), Layout::OutIn);
+            w.layer_norm(&mut b.ln_2, &format!("{l}.layernorm_after"));
+            w.linear(&mut b.mlp.fc_in, &format!("{l}.intermediate.dense"), Layout::OutIn);
+            w.linear(&mut b.mlp.fc_out, &format!("{l}.output.dense"), Layout::OutIn);
+        }
+    }
+
+    /// A `ViTModel` checkpoint's tensors under `prefix` (`""`, `vit.` or `encoder.`; the
+    /// table at the top of this file). `head` becomes the identity; the pooler is unused.
+    pub fn load_hf_vit(&mut self, w: &mut Weights, prefix: &str) {
+        w.param(&mut self.cls_token, &format!("{prefix}embeddings.cls_token"));
+        w.param(&mut self.pos_embed, &format!("{prefix}embeddings.position_embeddings"));
+        w.conv_as_linear(
+            &mut self.patch_embed,
+            &format!("{prefix}embeddings.patch_embeddings.projection.weight"),
+        );
+        if let Some(b) = self.patch_embed.bias.as_mut() {
+            w.param(b, &format!("{prefix}embeddings.patch_embeddings.projection.bias"));
+        }
+        self.load_hf_vit_layers(w, &format!("{prefix}encoder"));
+        w.layer_norm(&mut self.ln_final, &format!("{prefix}layernorm"));
+        set_identity(&mut self.head);
+        let pooler = format!("{prefix}pooler.");
+        w.ignore(|n| n.starts_with(&pooler));
+    }
+
+    /// CLIP's vision tower (`vision_model.*`) and `visual_projection` (see `clip.rs`).
+    pub fn load_hf_clip(&mut self, w: &mut Weights, prefix: &str, projection: &str) {
+        let e = format!("{prefix}embeddings");
+        w.param(&mut self.cls_token, &format!("{e}.class_embedding"));
+        w.param(&mut self.pos_embed, &format!("{e}.position_embedding.weight"));
+        w.conv_as_linear(&mut self.patch_embed, &format!("{e}.patch_embedding.weight"));
+        // CLIP's patch convolution has no bias.
+        if let Some(b) = self.patch_embed.bias.as_mut() {
+            fill(b, 0.0);
+        }
+        if let Some(ln) = self.ln_pre.as_mut() {
+            w.layer_norm(ln, &format!("{prefix}pre_layrnorm"));
+        }
+        load_clip_layers(&mut self.blocks, w, &format!("{prefix}encoder"));
+        w.layer_norm(&mut self.ln_final, &format!("{prefix}post_layernorm"));
+        w.linear(&mut self.head, projection, Layout::OutIn);
+        w.ignore(|n| n == format!("{e}.position_ids"));
+    }
+}
+
+/// CLIP encoder layers `{prefix}.layers.{i}` (shared by both towers).
+pub(crate) fn load_clip_layers<B: Backend>(blocks: &mut [Block<B>], w: &mut Weights, prefix: &str) {
+    for (i, b) in blocks.iter_mut().enumerate() {
+        let l = format!("{prefix}.layers.{i}");
+        w.layer_norm(&mut b.ln_1, &format!("{l}.layer_norm1"));
+        w.linear(&mut b.attn.query, &format!("{l}.self_attn.q_proj"), Layout::OutIn);
+        w.linear(&mut b.attn.key, &format!("{l}.self_attn.k_proj"), Layout::OutIn);
+        w.linear(&mut b.attn.value, &format!("{l}.self_attn.v_proj"), Layout::OutIn);
+        w.linear(&mut b.attn.out, &format!("{l}.self_attn.out_proj"), Layout::OutIn);
+        w.layer_norm(&mut b.ln_2, &format!("{l}.layer_norm2"));
+        w.linear(&mut b.mlp.fc_in, &format!("{l}.mlp.fc1"), Layout::OutIn);
+        w.linear(&mut b.mlp.fc_out, &format!("{l}.mlp.fc2"), Layout::OutIn);
+    }
+}
+
+/// A `ViTModel` checkpoint folder as a [`Vit`] search encoder (class-token embedding).
+pub fn load_hf_vit<B: Backend>(
+    dir: &std::path::Path,
+    device: &B::Device,
+) -> Result<(VitConfig, Vit<B>), ModelError> {
+    let c = HfConfig::read(dir)?;
+    if c.model_type()? != "vit" {
+        return Err(c.err(format!("model_type {:?} is not vit", c.model_type()?)).into());
+    }
+    let config = VitConfig::from_hf_vit(&c)?;
+    let mut model = config.init::<B>(device)?;
+    let mut w = Weights::open(&dir.join(crate::hf::WEIGHTS_FILE))?;
+    let prefix = w.prefix_of("embeddings.cls_token", &["", "vit."]);
+    model.load_hf_vit(&mut w, prefix);
+    w.ignore(|n| n.starts_with("classifier."));
+    w.finish()?;
+    Ok((config, model))
 }
 
 #[cfg(test)]

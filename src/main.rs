@@ -65,9 +65,21 @@ enum Command {
     Score(ScoreArgs),
     /// Write a title / alt text for product photos with a caption run.
     Caption(CaptionArgs),
+    /// Write a trained copy / language-model run as a Hugging Face GPT-2 folder
+    /// (config.json, model.safetensors, tokenizer.json).
+    Export(ExportArgs),
     /// Measure throughput and latency of the hot paths on a device and print one table
     /// (`scripts/bench.sh` runs it and keeps the results).
     Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[arg(long)]
+    run: PathBuf,
+    /// Folder to write (created if missing; its files are replaced atomically).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -494,6 +506,21 @@ fn run(cli: Cli) -> Result<()> {
         Command::Score(a) => cmd_score(a),
         Command::Caption(a) => cmd_caption(a),
         Command::Bench(a) => cmd_bench(a),
+        Command::Export(a) => {
+            // Weights are read on the CPU: exporting needs no accelerator.
+            let report = vitrine_train::lm::export_hf::<device::CpuBackend>(
+                &a.run,
+                &a.out,
+                &Default::default(),
+            )?;
+            println!(
+                "wrote {} ({} tensors): {}",
+                report.out.display(),
+                report.tensors,
+                report.files.join(", ")
+            );
+            Ok(())
+        }
     }
 }
 

@@ -195,7 +195,7 @@ pub const OPENERS: [&str; 5] = [
 pub const CLOSERS: [&str; 4] = ["today", "this week", "for everyone", "while they last"];
 
 /// `dir/train.csv` and `dir/valid.csv` in the Upworthy layout (headline column).
-fn write_copy_corpus(dir: &Path) {
+pub fn write_copy_corpus(dir: &Path) {
     let mut train = String::from("test_id,headline,clicks\n");
     let mut valid = String::from("test_id,headline,clicks\n");
     let mut i = 0;

@@ -250,7 +250,9 @@ impl CaptionerConfig {
         }
         let decoder = GptConfig::from_hf(&c.sub("decoder")?)?;
         if !decoder.cross_attention {
-            return Err(c.err("decoder.add_cross_attention is false: the decoder would ignore the image"));
+            return Err(
+                c.err("decoder.add_cross_attention is false: the decoder would ignore the image")
+            );
         }
         Ok(Self {
             encoder: ImageEncoderConfig::Vit(VitConfig::from_hf_vit(&enc)?),

@@ -110,8 +110,7 @@ impl ClipConfig {
         Ok(Clip {
             vision: self.vision.init(device)?,
             text: self.text.init(device)?,
-            text_projection: LinearConfig::new(self.text.d_model, self.projection_dim)
-                .init(device),
+            text_projection: LinearConfig::new(self.text.d_model, self.projection_dim).init(device),
             logit_scale: Param::from_tensor(Tensor::from_data(
                 TensorData::new(vec![2.6592f32], [1]),
                 device,
@@ -190,7 +189,10 @@ impl<B: Backend> Clip<B> {
             .load_hf_clip(w, "vision_model.", "visual_projection");
         let e = "text_model.embeddings";
         w.embedding(&mut self.text.wte, &format!("{e}.token_embedding.weight"));
-        w.embedding(&mut self.text.wpe, &format!("{e}.position_embedding.weight"));
+        w.embedding(
+            &mut self.text.wpe,
+            &format!("{e}.position_embedding.weight"),
+        );
         load_clip_layers(&mut self.text.blocks, w, "text_model.encoder");
         w.layer_norm(&mut self.text.ln_f, "text_model.final_layer_norm");
         w.linear(&mut self.text_projection, "text_projection", Layout::OutIn);
@@ -253,17 +255,27 @@ mod tests {
     fn text_embedding_ignores_padding_and_is_unit_norm() {
         let m = tiny().init::<B>(&Default::default()).unwrap();
         let alone = m.embed_text(&[vec![0, 5, 6, 1]]).unwrap();
-        let batch = m.embed_text(&[vec![0, 5, 6, 1], vec![0, 7, 8, 9, 10, 1]]).unwrap();
+        let batch = m
+            .embed_text(&[vec![0, 5, 6, 1], vec![0, 7, 8, 9, 10, 1]])
+            .unwrap();
         assert_eq!(batch.dims(), [2, 8]);
         let diff: f32 = (batch.clone().slice([0..1, 0..8]) - alone)
             .abs()
             .max()
             .into_scalar();
         assert!(diff < 1e-5, "{diff}");
-        let norms: Vec<f32> = batch.powi_scalar(2).sum_dim(1).into_data().to_vec().unwrap();
+        let norms: Vec<f32> = batch
+            .powi_scalar(2)
+            .sum_dim(1)
+            .into_data()
+            .to_vec()
+            .unwrap();
         assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-4), "{norms:?}");
         assert!(m.embed_text(&[vec![]]).is_err());
-        assert!(m.embed_text(&[vec![0; 9]]).is_err(), "longer than the context");
+        assert!(
+            m.embed_text(&[vec![0; 9]]).is_err(),
+            "longer than the context"
+        );
     }
 
     #[test]

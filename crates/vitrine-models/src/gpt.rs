@@ -407,7 +407,11 @@ impl<B: Backend> Gpt<B> {
 pub(crate) fn hf_activation(c: &HfConfig, key: &str, default: &str) -> Result<Activation, HfError> {
     Ok(
         match c
-            .expect_str(key, default, &["gelu_new", "gelu_pytorch_tanh", "gelu", "quick_gelu"])?
+            .expect_str(
+                key,
+                default,
+                &["gelu_new", "gelu_pytorch_tanh", "gelu", "quick_gelu"],
+            )?
             .as_str()
         {
             "gelu" => Activation::Gelu,
@@ -422,10 +426,7 @@ impl GptConfig {
     /// VisionEncoderDecoder with `add_cross_attention`).
     pub fn from_hf(c: &HfConfig) -> Result<Self, HfError> {
         if c.model_type()? != "gpt2" {
-            return Err(c.err(format!(
-                "model_type {:?} is not GPT-2",
-                c.model_type()?
-            )));
+            return Err(c.err(format!("model_type {:?} is not GPT-2", c.model_type()?)));
         }
         let d = c.usize("n_embd")?;
         let inner = c.usize_opt("n_inner")?.unwrap_or(4 * d);
@@ -437,9 +438,9 @@ impl GptConfig {
         if !c.bool_or("scale_attn_weights", true)?
             || c.bool_or("scale_attn_by_inverse_layer_idx", false)?
         {
-            return Err(c.err(
-                "only GPT-2's standard 1/sqrt(head_dim) attention scaling is supported",
-            ));
+            return Err(
+                c.err("only GPT-2's standard 1/sqrt(head_dim) attention scaling is supported")
+            );
         }
         let config = Self {
             vocab_size: c.usize("vocab_size")?,
@@ -488,7 +489,10 @@ pub(crate) fn is_gpt2_buffer(name: &str) -> bool {
     let mut parts = name.rsplit('.');
     matches!(
         (parts.next(), parts.next()),
-        (Some("bias" | "masked_bias"), Some("attn" | "crossattention"))
+        (
+            Some("bias" | "masked_bias"),
+            Some("attn" | "crossattention")
+        )
     )
 }
 
@@ -516,8 +520,16 @@ impl<B: Backend> Gpt<B> {
                 w.linear(&mut cross.attn.out, &format!("{x}.c_proj"), Layout::InOut);
             }
             w.layer_norm(&mut block.ln_2, &format!("{h}.ln_2"));
-            w.linear(&mut block.mlp.fc_in, &format!("{h}.mlp.c_fc"), Layout::InOut);
-            w.linear(&mut block.mlp.fc_out, &format!("{h}.mlp.c_proj"), Layout::InOut);
+            w.linear(
+                &mut block.mlp.fc_in,
+                &format!("{h}.mlp.c_fc"),
+                Layout::InOut,
+            );
+            w.linear(
+                &mut block.mlp.fc_out,
+                &format!("{h}.mlp.c_proj"),
+                Layout::InOut,
+            );
         }
         w.layer_norm(&mut self.ln_f, &format!("{prefix}ln_f"));
     }
@@ -536,7 +548,10 @@ impl<B: Backend> Gpt<B> {
                 e.layer_norm(&format!("{h}.ln_cross_attn"), &cross.ln);
                 let x = format!("{h}.crossattention");
                 e.linear(&format!("{x}.q_attn"), &cross.attn.query, Layout::InOut);
-                e.fused_linear(&format!("{x}.c_attn"), &[&cross.attn.key, &cross.attn.value]);
+                e.fused_linear(
+                    &format!("{x}.c_attn"),
+                    &[&cross.attn.key, &cross.attn.value],
+                );
                 e.linear(&format!("{x}.c_proj"), &cross.attn.out, Layout::InOut);
             }
             e.layer_norm(&format!("{h}.ln_2"), &block.ln_2);
@@ -564,7 +579,9 @@ impl<B: Backend> Gpt<B> {
                 burn::tensor::Distribution::Normal(0.0, 0.02),
                 &device,
             );
-            let grown = Tensor::cat(vec![self.wte.weight.val(), extra], 0);
+            let grown = Tensor::cat(vec![self.wte.weight.val(), extra], 0)
+                .detach()
+                .require_grad();
             self.wte.weight = burn::module::Param::initialized(self.wte.weight.id, grown);
         }
         Ok(self)
@@ -705,5 +722,39 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+    /// Export under GPT-2's names, load back: the same logits (with cross-attention too).
+    #[test]
+    fn hf_export_round_trips() {
+        for cross in [false, true] {
+            let config = GptConfig {
+                cross_attention: cross,
+                ..tiny()
+            };
+            let model = config.init::<B>(&Default::default()).unwrap();
+            let mut e = crate::hf::Export::default();
+            model.export_hf(&mut e, "transformer.");
+            let mut w = Weights::from_tensors(std::path::Path::new("export"), e.tensors);
+            let mut back = config.init::<B>(&Default::default()).unwrap();
+            back.load_hf(&mut w, "transformer.");
+            w.finish().unwrap();
+            let toks = tokens(&[vec![3, 1, 4, 1, 5]]);
+            let (a, b) = if cross {
+                let mem = Tensor::<B, 3>::ones([1, 3, 16], &Default::default());
+                (
+                    model.forward_with_memory(toks.clone(), mem.clone()).unwrap(),
+                    back.forward_with_memory(toks, mem).unwrap(),
+                )
+            } else {
+                (model.forward(toks.clone()).unwrap(), back.forward(toks).unwrap())
+            };
+            assert_eq!(max_abs_diff(a, b), 0.0);
+            // And the HF config describes the same architecture.
+            let hf = HfConfig {
+                path: "config.json".into(),
+                value: config.to_hf(),
+            };
+            assert_eq!(GptConfig::from_hf(&hf).unwrap(), GptConfig { dropout: 0.0, ..config });
+        }
     }
 }

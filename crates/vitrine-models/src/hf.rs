@@ -129,7 +129,12 @@ impl std::str::FromStr for ModelSource {
 /// Whether `HF_HUB_OFFLINE` asks for the cache only (as `huggingface_hub` reads it).
 pub fn offline_from_env() -> bool {
     std::env::var("HF_HUB_OFFLINE")
-        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .map(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
         .unwrap_or(false)
 }
 
@@ -148,7 +153,8 @@ pub fn resolve_with(spec: &str, cache: &hf_hub::Cache, offline: bool) -> Result<
         }
         ModelSource::Hub { repo, revision } => (repo, revision),
     };
-    let hub_repo = hf_hub::Repo::with_revision(repo.clone(), hf_hub::RepoType::Model, revision.clone());
+    let hub_repo =
+        hf_hub::Repo::with_revision(repo.clone(), hf_hub::RepoType::Model, revision.clone());
     let cached = |file: &str| {
         cache.repo(hub_repo.clone()).get(file).or_else(|| {
             // A pinned commit is a snapshot folder of its own, with no ref file.
@@ -313,7 +319,12 @@ impl HfConfig {
     }
 
     /// `key` must be one of `allowed` (or absent, meaning `default`).
-    pub fn expect_str(&self, key: &str, default: &str, allowed: &[&str]) -> Result<String, HfError> {
+    pub fn expect_str(
+        &self,
+        key: &str,
+        default: &str,
+        allowed: &[&str],
+    ) -> Result<String, HfError> {
         let v = self.str(key).unwrap_or(default);
         if allowed.contains(&v) {
             Ok(v.to_string())
@@ -472,8 +483,10 @@ impl Weights {
             || (t.shape.iter().product::<usize>() == shape.iter().product::<usize>()
                 && t.shape.iter().filter(|&&d| d != 1).eq(shape.iter().filter(|&&d| d != 1)));
         if !same {
-            self.mismatched
-                .push(format!("{name}: {:?} where {shape:?} was expected", t.shape));
+            self.mismatched.push(format!(
+                "{name}: {:?} where {shape:?} was expected",
+                t.shape
+            ));
             return None;
         }
         Some(HostTensor {
@@ -502,7 +515,11 @@ impl Weights {
     }
 
     /// Copies `name` into `param` (same shape up to unit axes).
-    pub fn param<B: Backend, const D: usize>(&mut self, param: &mut Param<Tensor<B, D>>, name: &str) {
+    pub fn param<B: Backend, const D: usize>(
+        &mut self,
+        param: &mut Param<Tensor<B, D>>,
+        name: &str,
+    ) {
         let shape = param.dims();
         if let Some(t) = self.host(name, &shape) {
             set(param, t);
@@ -530,14 +547,26 @@ impl Weights {
                 self.param(b, name);
             } else {
                 let d = b.dims();
-                set(b, HostTensor { shape: d.to_vec(), data: vec![0.0; d[0]] });
+                set(
+                    b,
+                    HostTensor {
+                        shape: d.to_vec(),
+                        data: vec![0.0; d[0]],
+                    },
+                );
             }
         }
     }
 
     /// Copies columns `part * d_out .. (part + 1) * d_out` of a fused `Conv1D` ([in, k*out],
     /// e.g. GPT-2's `c_attn` = query | key | value) into `lin`.
-    pub fn fused_linear<B: Backend>(&mut self, lin: &mut Linear<B>, prefix: &str, part: usize, parts: usize) {
+    pub fn fused_linear<B: Backend>(
+        &mut self,
+        lin: &mut Linear<B>,
+        prefix: &str,
+        part: usize,
+        parts: usize,
+    ) {
         let [d_in, d_out] = lin.weight.dims();
         let (wn, bn) = (format!("{prefix}.weight"), format!("{prefix}.bias"));
         let cols = part * d_out..(part + 1) * d_out;
@@ -563,7 +592,10 @@ impl Weights {
         let [k, d] = lin.weight.dims();
         if let Some(t) = self.raw(name) {
             if t.shape.len() == 4 && t.shape[0] == d && t.shape.iter().product::<usize>() == d * k {
-                let flat = HostTensor { shape: vec![d, k], data: t.data };
+                let flat = HostTensor {
+                    shape: vec![d, k],
+                    data: t.data,
+                };
                 set(&mut lin.weight, flat.transpose());
             } else {
                 self.mismatch(name, &t.shape, &[d, k]);
@@ -607,7 +639,8 @@ impl Weights {
 fn set<B: Backend, const D: usize>(param: &mut Param<Tensor<B, D>>, t: HostTensor) {
     let device = param.device();
     let shape: [usize; D] = param.dims();
-    let value = Tensor::<B, D>::from_data(TensorData::new(t.data, shape), &device);
+    // A trainable leaf, as `Param::from_tensor` makes (fine-tuning updates it).
+    let value = Tensor::<B, D>::from_data(TensorData::new(t.data, shape), &device).require_grad();
     *param = Param::initialized(param.id, value);
 }
 
@@ -618,9 +651,21 @@ pub fn set_identity<B: Backend>(lin: &mut Linear<B>) {
     for i in 0..d_in.min(d_out) {
         data[i * d_out + i] = 1.0;
     }
-    set(&mut lin.weight, HostTensor { shape: vec![d_in, d_out], data });
+    set(
+        &mut lin.weight,
+        HostTensor {
+            shape: vec![d_in, d_out],
+            data,
+        },
+    );
     if let Some(b) = lin.bias.as_mut() {
-        set(b, HostTensor { shape: vec![d_out], data: vec![0.0; d_out] });
+        set(
+            b,
+            HostTensor {
+                shape: vec![d_out],
+                data: vec![0.0; d_out],
+            },
+        );
     }
 }
 
@@ -628,7 +673,13 @@ pub fn set_identity<B: Backend>(lin: &mut Linear<B>) {
 pub fn fill<B: Backend, const D: usize>(param: &mut Param<Tensor<B, D>>, value: f32) {
     let shape = param.dims();
     let n = shape.iter().product();
-    set(param, HostTensor { shape: shape.to_vec(), data: vec![value; n] });
+    set(
+        param,
+        HostTensor {
+            shape: shape.to_vec(),
+            data: vec![value; n],
+        },
+    );
 }
 
 /// A module's tensors back on the host, under Hugging Face names (for exporting a run as
@@ -671,7 +722,10 @@ impl Export {
         }
         self.put(
             &format!("{prefix}.weight"),
-            HostTensor { shape: vec![r, c * ws.len()], data },
+            HostTensor {
+                shape: vec![r, c * ws.len()],
+                data,
+            },
         );
         let mut bias = Vec::new();
         for l in parts {
@@ -682,7 +736,10 @@ impl Export {
         }
         self.put(
             &format!("{prefix}.bias"),
-            HostTensor { shape: vec![bias.len()], data: bias },
+            HostTensor {
+                shape: vec![bias.len()],
+                data: bias,
+            },
         );
     }
 
@@ -733,10 +790,15 @@ mod tests {
     fn model_sources_parse() {
         assert_eq!(
             "hf:gpt2".parse::<ModelSource>().unwrap(),
-            ModelSource::Hub { repo: "gpt2".into(), revision: "main".into() }
+            ModelSource::Hub {
+                repo: "gpt2".into(),
+                revision: "main".into()
+            }
         );
         assert_eq!(
-            "hf:openai/clip-vit-base-patch32@v1.0".parse::<ModelSource>().unwrap(),
+            "hf:openai/clip-vit-base-patch32@v1.0"
+                .parse::<ModelSource>()
+                .unwrap(),
             ModelSource::Hub {
                 repo: "openai/clip-vit-base-patch32".into(),
                 revision: "v1.0".into()
@@ -746,7 +808,14 @@ mod tests {
             "models/gpt2".parse::<ModelSource>().unwrap(),
             ModelSource::Folder("models/gpt2".into())
         );
-        for bad in ["hf:", "hf:a/b/c", "hf:../x", "hf:gpt2@", "hf:a b", "hf:gpt2@../x"] {
+        for bad in [
+            "hf:",
+            "hf:a/b/c",
+            "hf:../x",
+            "hf:gpt2@",
+            "hf:a b",
+            "hf:gpt2@../x",
+        ] {
             assert!(bad.parse::<ModelSource>().is_err(), "{bad}");
         }
     }
@@ -767,15 +836,25 @@ mod tests {
         let cache = hf_hub::Cache::new(root.clone());
         assert_eq!(resolve_with("hf:acme/tiny", &cache, true).unwrap(), snap);
         // A pinned commit without a ref file.
-        assert_eq!(resolve_with("hf:acme/tiny@abc123", &cache, true).unwrap(), snap);
-        let err = resolve_with("hf:acme/other", &cache, true).unwrap_err().to_string();
-        assert!(err.contains("not in the Hugging Face cache") && err.contains("HF_HUB_OFFLINE"), "{err}");
+        assert_eq!(
+            resolve_with("hf:acme/tiny@abc123", &cache, true).unwrap(),
+            snap
+        );
+        let err = resolve_with("hf:acme/other", &cache, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not in the Hugging Face cache") && err.contains("HF_HUB_OFFLINE"),
+            "{err}"
+        );
         // A folder with a pickle checkpoint only is refused with the reason.
         let pickle = root.join("pickle");
         std::fs::create_dir_all(&pickle).unwrap();
         std::fs::write(pickle.join(CONFIG_FILE), "{}").unwrap();
         std::fs::write(pickle.join("pytorch_model.bin"), b"").unwrap();
-        let err = resolve_with(pickle.to_str().unwrap(), &cache, true).unwrap_err().to_string();
+        let err = resolve_with(pickle.to_str().unwrap(), &cache, true)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("pickle"), "{err}");
         std::fs::remove_dir_all(&root).unwrap();
     }
@@ -785,8 +864,20 @@ mod tests {
         use burn::backend::Flex;
         use burn::nn::LinearConfig;
         let mut tensors = BTreeMap::new();
-        tensors.insert("a.weight".to_string(), HostTensor { shape: vec![3, 2], data: vec![0.0; 6] });
-        tensors.insert("stray".to_string(), HostTensor { shape: vec![1], data: vec![0.0] });
+        tensors.insert(
+            "a.weight".to_string(),
+            HostTensor {
+                shape: vec![3, 2],
+                data: vec![0.0; 6],
+            },
+        );
+        tensors.insert(
+            "stray".to_string(),
+            HostTensor {
+                shape: vec![1],
+                data: vec![0.0],
+            },
+        );
         let mut w = Weights::from_tensors(Path::new("m.safetensors"), tensors);
         let mut lin = LinearConfig::new(2, 4).init::<Flex>(&Default::default());
         // [out, in] = [4, 2] expected; the file has [3, 2]; no bias: zero, not an error.
@@ -794,14 +885,23 @@ mod tests {
         let mut lin2 = LinearConfig::new(2, 2).init::<Flex>(&Default::default());
         w.linear(&mut lin2, "b", Layout::OutIn);
         let err = w.finish().unwrap_err();
-        let HfError::Tensors { missing, unexpected, mismatched, .. } = &err else {
+        let HfError::Tensors {
+            missing,
+            unexpected,
+            mismatched,
+            ..
+        } = &err
+        else {
             panic!("{err}")
         };
         assert_eq!(missing, &["b.weight"]);
         assert_eq!(unexpected, &["stray"]);
         assert_eq!(mismatched, &["a.weight: [3, 2] where [4, 2] was expected"]);
         let text = err.to_string();
-        assert!(text.contains("1 missing: b.weight") && text.contains("1 unexpected: stray"), "{text}");
+        assert!(
+            text.contains("1 missing: b.weight") && text.contains("1 unexpected: stray"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -812,16 +912,25 @@ mod tests {
         let mut tensors = BTreeMap::new();
         tensors.insert(
             "l.weight".to_string(),
-            HostTensor { shape: vec![3, 2], data: vec![1., 2., 3., 4., 5., 6.] },
+            HostTensor {
+                shape: vec![3, 2],
+                data: vec![1., 2., 3., 4., 5., 6.],
+            },
         );
         // Conv1D [in=2, 2*out=4]: query | key.
         tensors.insert(
             "c.weight".to_string(),
-            HostTensor { shape: vec![2, 4], data: vec![1., 2., 3., 4., 5., 6., 7., 8.] },
+            HostTensor {
+                shape: vec![2, 4],
+                data: vec![1., 2., 3., 4., 5., 6., 7., 8.],
+            },
         );
         tensors.insert(
             "c.bias".to_string(),
-            HostTensor { shape: vec![4], data: vec![9., 10., 11., 12.] },
+            HostTensor {
+                shape: vec![4],
+                data: vec![9., 10., 11., 12.],
+            },
         );
         let mut w = Weights::from_tensors(Path::new("m"), tensors);
         let dev = Default::default();

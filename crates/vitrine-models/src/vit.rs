@@ -42,9 +42,9 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, ModelError};
-use crate::l2_normalize;
 use crate::gpt::hf_activation;
 use crate::hf::{fill, set_identity, HfConfig, HfError, Layout, Weights};
+use crate::l2_normalize;
 use crate::transformer::{Activation, Block, BlockConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -299,24 +299,45 @@ impl<B: Backend> Vit<B> {
             w.linear(&mut b.attn.query, &format!("{a}.query"), Layout::OutIn);
             w.linear(&mut b.attn.key, &format!("{a}.key"), Layout::OutIn);
             w.linear(&mut b.attn.value, &format!("{a}.value"), Layout::OutIn);
-            w.linear(&mut b.attn.out, &format!("{l}.attention.output.dense"), Layout::OutIn);
+            w.linear(
+                &mut b.attn.out,
+                &format!("{l}.attention.output.dense"),
+                Layout::OutIn,
+            );
             w.layer_norm(&mut b.ln_2, &format!("{l}.layernorm_after"));
-            w.linear(&mut b.mlp.fc_in, &format!("{l}.intermediate.dense"), Layout::OutIn);
-            w.linear(&mut b.mlp.fc_out, &format!("{l}.output.dense"), Layout::OutIn);
+            w.linear(
+                &mut b.mlp.fc_in,
+                &format!("{l}.intermediate.dense"),
+                Layout::OutIn,
+            );
+            w.linear(
+                &mut b.mlp.fc_out,
+                &format!("{l}.output.dense"),
+                Layout::OutIn,
+            );
         }
     }
 
     /// A `ViTModel` checkpoint's tensors under `prefix` (`""`, `vit.` or `encoder.`; the
     /// table at the top of this file). `head` becomes the identity; the pooler is unused.
     pub fn load_hf_vit(&mut self, w: &mut Weights, prefix: &str) {
-        w.param(&mut self.cls_token, &format!("{prefix}embeddings.cls_token"));
-        w.param(&mut self.pos_embed, &format!("{prefix}embeddings.position_embeddings"));
+        w.param(
+            &mut self.cls_token,
+            &format!("{prefix}embeddings.cls_token"),
+        );
+        w.param(
+            &mut self.pos_embed,
+            &format!("{prefix}embeddings.position_embeddings"),
+        );
         w.conv_as_linear(
             &mut self.patch_embed,
             &format!("{prefix}embeddings.patch_embeddings.projection.weight"),
         );
         if let Some(b) = self.patch_embed.bias.as_mut() {
-            w.param(b, &format!("{prefix}embeddings.patch_embeddings.projection.bias"));
+            w.param(
+                b,
+                &format!("{prefix}embeddings.patch_embeddings.projection.bias"),
+            );
         }
         self.load_hf_vit_layers(w, &format!("{prefix}encoder"));
         w.layer_norm(&mut self.ln_final, &format!("{prefix}layernorm"));
@@ -329,8 +350,14 @@ impl<B: Backend> Vit<B> {
     pub fn load_hf_clip(&mut self, w: &mut Weights, prefix: &str, projection: &str) {
         let e = format!("{prefix}embeddings");
         w.param(&mut self.cls_token, &format!("{e}.class_embedding"));
-        w.param(&mut self.pos_embed, &format!("{e}.position_embedding.weight"));
-        w.conv_as_linear(&mut self.patch_embed, &format!("{e}.patch_embedding.weight"));
+        w.param(
+            &mut self.pos_embed,
+            &format!("{e}.position_embedding.weight"),
+        );
+        w.conv_as_linear(
+            &mut self.patch_embed,
+            &format!("{e}.patch_embedding.weight"),
+        );
         // CLIP's patch convolution has no bias.
         if let Some(b) = self.patch_embed.bias.as_mut() {
             fill(b, 0.0);
@@ -350,10 +377,26 @@ pub(crate) fn load_clip_layers<B: Backend>(blocks: &mut [Block<B>], w: &mut Weig
     for (i, b) in blocks.iter_mut().enumerate() {
         let l = format!("{prefix}.layers.{i}");
         w.layer_norm(&mut b.ln_1, &format!("{l}.layer_norm1"));
-        w.linear(&mut b.attn.query, &format!("{l}.self_attn.q_proj"), Layout::OutIn);
-        w.linear(&mut b.attn.key, &format!("{l}.self_attn.k_proj"), Layout::OutIn);
-        w.linear(&mut b.attn.value, &format!("{l}.self_attn.v_proj"), Layout::OutIn);
-        w.linear(&mut b.attn.out, &format!("{l}.self_attn.out_proj"), Layout::OutIn);
+        w.linear(
+            &mut b.attn.query,
+            &format!("{l}.self_attn.q_proj"),
+            Layout::OutIn,
+        );
+        w.linear(
+            &mut b.attn.key,
+            &format!("{l}.self_attn.k_proj"),
+            Layout::OutIn,
+        );
+        w.linear(
+            &mut b.attn.value,
+            &format!("{l}.self_attn.v_proj"),
+            Layout::OutIn,
+        );
+        w.linear(
+            &mut b.attn.out,
+            &format!("{l}.self_attn.out_proj"),
+            Layout::OutIn,
+        );
         w.layer_norm(&mut b.ln_2, &format!("{l}.layer_norm2"));
         w.linear(&mut b.mlp.fc_in, &format!("{l}.mlp.fc1"), Layout::OutIn);
         w.linear(&mut b.mlp.fc_out, &format!("{l}.mlp.fc2"), Layout::OutIn);
@@ -367,7 +410,9 @@ pub fn load_hf_vit<B: Backend>(
 ) -> Result<(VitConfig, Vit<B>), ModelError> {
     let c = HfConfig::read(dir)?;
     if c.model_type()? != "vit" {
-        return Err(c.err(format!("model_type {:?} is not vit", c.model_type()?)).into());
+        return Err(c
+            .err(format!("model_type {:?} is not vit", c.model_type()?))
+            .into());
     }
     let config = VitConfig::from_hf_vit(&c)?;
     let mut model = config.init::<B>(device)?;

@@ -30,13 +30,27 @@ fn reference(name: &str) -> Value {
 
 /// A `{"shape": [...], "data": [...]}` entry.
 fn array(v: &Value) -> (Vec<usize>, Vec<f32>) {
-    let shape = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-    let data = v["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let shape = v["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect();
+    let data = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
     (shape, data)
 }
 
 fn ids(v: &Value) -> Vec<i64> {
-    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
 }
 
 fn tensor<const D: usize>(v: &Value) -> Tensor<B, D> {
@@ -45,7 +59,10 @@ fn tensor<const D: usize>(v: &Value) -> Tensor<B, D> {
 }
 
 fn tokens(row: &[i64]) -> Tensor<B, 2, Int> {
-    Tensor::from_data(TensorData::new(row.to_vec(), [1, row.len()]), &Default::default())
+    Tensor::from_data(
+        TensorData::new(row.to_vec(), [1, row.len()]),
+        &Default::default(),
+    )
 }
 
 /// Max abs difference to the reference entry (shapes must agree).
@@ -53,7 +70,10 @@ fn max_diff<const D: usize>(ours: Tensor<B, D>, want: &Value) -> f32 {
     let (shape, data) = array(want);
     assert_eq!(ours.dims().to_vec(), shape, "shape");
     let got: Vec<f32> = ours.into_data().to_vec().unwrap();
-    got.iter().zip(&data).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    got.iter()
+        .zip(&data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Greedy decoding with the KV cache: `n` new ids after `prompt`.
@@ -89,7 +109,10 @@ fn vit_hidden_states_match_transformers() {
     let r = reference("vit");
     let (config, model) = load_hf_vit::<B>(&fixture("vit"), &Default::default()).unwrap();
     assert_eq!(config.layer_norm_eps, 1e-12);
-    let diff = max_diff(model.forward_tokens(tensor(&r["pixel_values"])), &r["last_hidden_state"]);
+    let diff = max_diff(
+        model.forward_tokens(tensor(&r["pixel_values"])),
+        &r["last_hidden_state"],
+    );
     println!("vit last_hidden_state max abs diff {diff:.2e}");
     assert!(diff <= TOL, "hidden states differ by {diff}");
 }
@@ -111,7 +134,10 @@ fn clip_embeddings_and_logits_match_transformers() {
     let d_txt = max_diff(text, &r["text_embeds"]);
     let d_log = max_diff(logits, &r["logits_per_image"]);
     println!("clip max abs diff: image {d_img:.2e}, text {d_txt:.2e}, logits {d_log:.2e}");
-    assert!(d_img <= TOL && d_txt <= TOL && d_log <= TOL, "{d_img} {d_txt} {d_log}");
+    assert!(
+        d_img <= TOL && d_txt <= TOL && d_log <= TOL,
+        "{d_img} {d_txt} {d_log}"
+    );
 }
 
 #[test]
@@ -121,7 +147,10 @@ fn vit_gpt2_logits_and_greedy_caption_match_transformers() {
     assert!(config.decoder.cross_attention && !config.global_token);
     let pixels: Tensor<B, 4> = tensor(&r["pixel_values"]);
     let dec = ids(&r["decoder_input_ids"]);
-    let diff = max_diff(model.forward(pixels.clone(), tokens(&dec)).unwrap(), &r["logits"]);
+    let diff = max_diff(
+        model.forward(pixels.clone(), tokens(&dec)).unwrap(),
+        &r["logits"],
+    );
     println!("vit-gpt2 logits max abs diff {diff:.2e}");
     assert!(diff <= TOL, "logits differ by {diff}");
     let want = ids(&r["greedy_new_tokens"]);
@@ -138,12 +167,26 @@ fn a_wrong_checkpoint_is_a_clear_error() {
     let tmp = std::env::temp_dir().join(format!("vitrine-hf-wrong-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     std::fs::copy(fixture("gpt2").join("config.json"), tmp.join("config.json")).unwrap();
-    std::fs::copy(fixture("vit").join("model.safetensors"), tmp.join("model.safetensors")).unwrap();
-    let err = load_hf_gpt2::<B>(&tmp, &Default::default()).unwrap_err().to_string();
-    assert!(err.contains("missing: ") && err.contains("wte.weight"), "{err}");
-    assert!(err.contains("unexpected: ") && err.contains("embeddings.cls_token"), "{err}");
+    std::fs::copy(
+        fixture("vit").join("model.safetensors"),
+        tmp.join("model.safetensors"),
+    )
+    .unwrap();
+    let err = load_hf_gpt2::<B>(&tmp, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("missing: ") && err.contains("wte.weight"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unexpected: ") && err.contains("embeddings.cls_token"),
+        "{err}"
+    );
     std::fs::remove_file(tmp.join("model.safetensors")).unwrap();
-    let err = load_hf_gpt2::<B>(&tmp, &Default::default()).unwrap_err().to_string();
+    let err = load_hf_gpt2::<B>(&tmp, &Default::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("model.safetensors"), "{err}");
     std::fs::remove_dir_all(&tmp).unwrap();
     let _ = <B as Backend>::name(&Default::default());

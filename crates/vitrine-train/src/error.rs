@@ -9,6 +9,8 @@ pub enum TrainError {
     #[error(transparent)]
     Model(#[from] vitrine_models::ModelError),
     #[error(transparent)]
+    Hf(#[from] vitrine_models::hf::HfError),
+    #[error(transparent)]
     Index(#[from] vitrine_index::IndexError),
     #[error("{path}: {source}")]
     Io {

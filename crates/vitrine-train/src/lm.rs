@@ -51,6 +51,8 @@ pub enum TokenizerSource {
     Bpe { vocab_size: usize },
     /// A `tokenizer.json` (ours or Hugging Face's).
     File { path: PathBuf },
+    /// The `tokenizer.json` of the pretrained model named by the run's `init`.
+    Pretrained,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,6 +181,11 @@ pub struct LmRunConfig {
     pub seed: u64,
     pub data: LmData,
     pub tokenizer: TokenizerSource,
+    /// Fine-tune from a pretrained GPT-2: a Hugging Face folder or `hf:<repo>[@revision]`.
+    /// The architecture (`[model]`) then comes from its `config.json`; the tokenizer must
+    /// be `kind = "pretrained"` (its own) or a file compatible with it.
+    #[serde(default)]
+    pub init: Option<String>,
     #[serde(default)]
     pub model: GptConfig,
     #[serde(default)]
@@ -214,6 +221,17 @@ impl LmRunConfig {
                     }
                 ))
             }
+        }
+        match (&self.init, &self.tokenizer) {
+            (None, TokenizerSource::Pretrained) => {
+                return bad("tokenizer.kind = \"pretrained\" needs init = \"<folder or hf:repo>\"".into())
+            }
+            (Some(init), TokenizerSource::Char | TokenizerSource::Bpe { .. }) => {
+                return bad(format!(
+                    "init = {init:?} with a newly trained tokenizer: the pretrained embeddings would mean nothing; use tokenizer.kind = \"pretrained\""
+                ))
+            }
+            _ => {}
         }
         if self.is_copy() && matches!(self.tokenizer, TokenizerSource::Char) {
             return bad("tokenizer.kind = \"char\" cannot hold the brief markers of a copy run: use \"bpe\" or \"file\"".into());
@@ -269,6 +287,28 @@ impl LmRunConfig {
         if let TokenizerSource::File { path } = &mut self.tokenizer {
             *path = absolutize(base, path);
         }
+        resolve_init_path(&mut self.init, base);
+    }
+
+    /// With `init`: the pretrained model's folder, and the config with its architecture
+    /// and tokenizer filled in (a new run's first step).
+    pub fn apply_init(&mut self) -> Result<Option<PathBuf>> {
+        let Some(spec) = &self.init else {
+            return Ok(None);
+        };
+        let dir = vitrine_models::hf::resolve(spec)?;
+        let dropout = self.model.dropout;
+        self.model = GptConfig::from_hf(&vitrine_models::hf::HfConfig::read(&dir)?)?;
+        // A dropout the config asks for wins over the checkpoint's training value.
+        if dropout != GptConfig::default().dropout {
+            self.model.dropout = dropout;
+        }
+        if matches!(self.tokenizer, TokenizerSource::Pretrained) {
+            self.tokenizer = TokenizerSource::File {
+                path: pretrained_tokenizer(&dir)?,
+            };
+        }
+        Ok(Some(dir))
     }
 
     fn loop_config(&self) -> LoopConfig {
@@ -596,9 +636,38 @@ pub(crate) fn build_tokenizer<'a>(
         }
         TokenizerSource::Bpe { vocab_size } => Tokenizer::train_bpe(texts, *vocab_size, special)?,
         TokenizerSource::File { path } => Tokenizer::from_file(path)?,
+        TokenizerSource::Pretrained => {
+            return Err(TrainError::Invalid(
+                "tokenizer.kind = \"pretrained\" needs the run's init model".into(),
+            ))
+        }
     };
     tok.ensure_special(special)?;
     Ok(tok)
+}
+
+/// `init` made absolute against the config's folder when it names a folder.
+pub(crate) fn resolve_init_path(init: &mut Option<String>, base: &Path) {
+    if let Some(spec) = init {
+        if !spec.starts_with("hf:") {
+            *spec = absolutize(base, Path::new(spec.as_str()))
+                .display()
+                .to_string();
+        }
+    }
+}
+
+/// A pretrained model folder's `tokenizer.json`, or an error saying it has none.
+pub(crate) fn pretrained_tokenizer(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join(vitrine_models::hf::TOKENIZER_FILE);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(TrainError::Invalid(format!(
+            "{}: the init model has no tokenizer.json; give tokenizer.kind = \"file\" with its tokenizer",
+            dir.display()
+        )))
+    }
 }
 
 /// Training-run file names.
@@ -625,8 +694,12 @@ pub fn train_lm<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<LmTrainReport> {
     let resume = config.is_none();
+    let mut init_dir = None;
     let (config, existing) = match config {
-        Some(c) => (c, None),
+        Some(mut c) => {
+            init_dir = c.apply_init()?;
+            (c, None)
+        }
         None => {
             let c: LmRunConfig = run.load_toml_config()?;
             let tok = Tokenizer::from_file(&run.file(TOKENIZER_FILE))?;
@@ -669,7 +742,18 @@ pub fn train_lm<B: AutodiffBackend>(
         });
     }
     B::seed(device, config.seed);
-    let model = config.model.init::<B>(device)?;
+    if resume {
+        if let Some(spec) = &config.init {
+            init_dir = Some(vitrine_models::hf::resolve(spec)?);
+        }
+    }
+    let model = match &init_dir {
+        // Pretrained weights; tokens the run added (brief markers) get new rows.
+        Some(dir) => vitrine_models::gpt::load_hf_gpt2::<B>(dir, device)?
+            .1
+            .resize_vocab(config.model.vocab_size)?,
+        None => config.model.init::<B>(device)?,
+    };
     let parameters = burn::module::Module::num_params(&model);
     let valid = prepared.valid.eval_batches(
         config.train.batch_size,
@@ -740,6 +824,57 @@ impl<B: Backend> LmRun<B> {
     pub fn eos(&self) -> Option<u32> {
         self.tokenizer.token_id(EOS)
     }
+}
+
+/// What [`export_hf`] wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportReport {
+    pub out: PathBuf,
+    pub files: Vec<String>,
+    pub tensors: usize,
+}
+
+/// Writes a trained GPT run as a Hugging Face GPT-2 folder (`config.json`,
+/// `model.safetensors`, `tokenizer.json`) that `transformers` loads with
+/// `GPT2LMHeadModel.from_pretrained` and Vitrine with `init = "<folder>"`. Each file is
+/// written atomically.
+pub fn export_hf<B: Backend>(run: &Path, out: &Path, device: &B::Device) -> Result<ExportReport> {
+    let lm = LmRun::<B>::load(run, device)?;
+    if matches!(lm.tokenizer, Tokenizer::Char(_)) {
+        return Err(TrainError::Invalid(format!(
+            "{}: a character-level tokenizer has no Hugging Face form; export needs a BPE run",
+            run.display()
+        )));
+    }
+    let mut export = vitrine_models::hf::Export::default();
+    lm.model.export_hf(&mut export, "transformer.");
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let mut config = lm.config.model.to_hf();
+    if let Some(eos) = lm.eos() {
+        config["bos_token_id"] = eos.into();
+        config["eos_token_id"] = eos.into();
+    }
+    let files = [
+        (
+            vitrine_models::hf::CONFIG_FILE,
+            serde_json::to_vec_pretty(&config).expect("JSON value"),
+        ),
+        (vitrine_models::hf::WEIGHTS_FILE, export.to_safetensors()?),
+    ];
+    for (name, bytes) in &files {
+        let path = out.join(name);
+        atomic_save(&path, bytes).map_err(io_err(&path))?;
+    }
+    lm.tokenizer.save(&out.join(TOKENIZER_FILE))?;
+    Ok(ExportReport {
+        out: out.to_owned(),
+        files: vec![
+            vitrine_models::hf::CONFIG_FILE.into(),
+            vitrine_models::hf::WEIGHTS_FILE.into(),
+            TOKENIZER_FILE.into(),
+        ],
+        tensors: export.tensors.len(),
+    })
 }
 
 #[cfg(test)]

@@ -364,6 +364,8 @@ impl CatalogArgs {
 enum IndexCommand {
     /// Embed a catalogue with a run's encoder and write an index file.
     Build {
+        /// A search run, or a pretrained ViT / CLIP image encoder: a Hugging Face folder or
+        /// hf:<repo>[@revision] (CLIP indexes also answer `vitrine search --text`).
         #[arg(long)]
         run: PathBuf,
         #[arg(long)]
@@ -407,11 +409,15 @@ struct SearchArgs {
     #[arg(long)]
     index: PathBuf,
     /// Query photo(s); one ranking per photo.
-    #[arg(long, required_unless_present = "id", conflicts_with = "id")]
+    #[arg(long, required_unless_present_any = ["id", "text"], conflicts_with_all = ["id", "text"])]
     image: Vec<PathBuf>,
     /// Query by an item already in the index.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "text")]
     id: Option<String>,
+    /// Query by words ("red summer dress"; repeatable, one ranking each): needs an index
+    /// built with a CLIP model.
+    #[arg(long)]
+    text: Vec<String>,
     #[arg(short, long, default_value_t = 10)]
     k: usize,
     /// Largest k accepted.
@@ -1012,6 +1018,7 @@ fn cmd_search(a: SearchArgs) -> Result<()> {
         let encoder = Encoder::<B>::load(&run, &d)?;
         let query = match &a.id {
             Some(id) => Query::ItemId(id),
+            None if !a.text.is_empty() => Query::Texts(&a.text),
             None => Query::Images(&a.image),
         };
         anyhow::Ok(search(&index, &encoder, query, a.k, a.max_k, &filter)?)
@@ -1023,6 +1030,7 @@ fn cmd_search(a: SearchArgs) -> Result<()> {
     for (qi, hits) in results.iter().enumerate() {
         let label = match &a.id {
             Some(id) => format!("item {id}"),
+            None if !a.text.is_empty() => format!("{:?}", a.text[qi]),
             None => a.image[qi].display().to_string(),
         };
         println!("query: {label}");

@@ -221,6 +221,20 @@ impl Tokenizer {
         }
     }
 
+    /// Token ids of `text` with the tokenizer's own framing added (e.g. CLIP's
+    /// `<|startoftext|> … <|endoftext|>`); the same as [`Tokenizer::encode`] for tokenizers
+    /// without a post-processor.
+    pub fn encode_with_special(&self, text: &str) -> Result<Vec<u32>> {
+        match self {
+            Self::Hf(t) => Ok(t
+                .encode_fast(text, true)
+                .map_err(|e| tok_err("encoding", e))?
+                .get_ids()
+                .to_vec()),
+            Self::Char(_) => self.encode(text),
+        }
+    }
+
     /// Text of `ids`, special tokens left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match self {

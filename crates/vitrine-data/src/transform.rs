@@ -28,6 +28,9 @@ pub enum ResizeMode {
     /// Letterbox: keep the aspect ratio and fill the border with the mean
     /// colour, which normalises to (nearly) 0.
     Pad,
+    /// Keep the aspect ratio, scale until the image covers the target, cut the centre
+    /// (CLIP's shortest-edge resize + centre crop).
+    Crop,
 }
 
 /// Target geometry and normalisation of model inputs.
@@ -247,12 +250,16 @@ pub fn to_pixels(
     }
 }
 
-/// Normalise CHW u8 pixels to f32 as `(x / 255 - mean) / std`, appending to
-/// `out` so a batch buffer can be filled without reallocating.
+/// Normalise CHW u8 pixels (one image or several, concatenated) to f32 as
+/// `(x / 255 - mean) / std`, appending to `out` so a batch buffer can be filled without
+/// reallocating.
 pub fn normalize_into(pixels: &[u8], p: &Preprocess, out: &mut Vec<f32>) {
     let plane = (p.height as usize * p.width as usize).max(1);
+    let channels = (p.channels as usize).max(1);
     out.reserve(pixels.len());
-    for (c, chunk) in pixels.chunks(plane).enumerate() {
+    for (i, chunk) in pixels.chunks(plane).enumerate() {
+        // Plane i of a batch is channel i % C of its image.
+        let c = i % channels;
         let (mean, std) = (p.mean_of(c), p.std_of(c));
         out.extend(chunk.iter().map(|&x| (f32::from(x) / 255.0 - mean) / std));
     }
@@ -315,6 +322,20 @@ fn fit(img: DynamicImage, w: u32, h: u32, mode: ResizeMode, fill: &[u8]) -> Vec<
                 if let Some(dst) = out.get_mut(start..start + row_in) {
                     dst.copy_from_slice(src);
                 }
+            }
+            out
+        }
+        ResizeMode::Crop => {
+            let scale = (f64::from(w) / f64::from(iw)).max(f64::from(h) / f64::from(ih));
+            let nw = ((f64::from(iw) * scale).round() as u32).max(w);
+            let nh = ((f64::from(ih) * scale).round() as u32).max(h);
+            let inner = resized(img, nw, nh);
+            let (ox, oy) = (((nw - w) / 2) as usize, ((nh - h) / 2) as usize);
+            let (row_in, row_out) = (nw as usize * c, w as usize * c);
+            let mut out = Vec::with_capacity(h as usize * row_out);
+            for y in 0..h as usize {
+                let start = (oy + y) * row_in + ox * c;
+                out.extend_from_slice(&inner[start..start + row_out]);
             }
             out
         }
@@ -521,6 +542,71 @@ pub fn pixels_to_image(
             RgbImage::from_raw(width, height, hwc).map(DynamicImage::ImageRgb8)
         }
         _ => None,
+    }
+}
+
+impl Preprocess {
+    /// The preprocessing a Hugging Face image processor (`preprocessor_config.json`)
+    /// describes: target size (`size.height/width`, or `shortest_edge` + `crop_size` as
+    /// CLIP's resize-and-centre-crop), `image_mean`, `image_std`. Pixels are rescaled by
+    /// 1/255 as every supported processor does; resampling is bilinear here whatever
+    /// `resample` says, so resized images differ from PIL's slightly (same-size images
+    /// match exactly).
+    pub fn from_hf(path: &std::path::Path) -> Result<Self> {
+        let bad = |m: String| DataError::Config(format!("{}: {m}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let flag = |k: &str, default: bool| v.get(k).and_then(|x| x.as_bool()).unwrap_or(default);
+        let dim = |t: &serde_json::Value, k: &str| t.get(k).and_then(|x| x.as_u64()).map(|x| x as u32);
+        let size = v.get("size").cloned().unwrap_or_default();
+        let (height, width, resize) = if let Some(edge) = dim(&size, "shortest_edge") {
+            let crop = v.get("crop_size").cloned().unwrap_or_default();
+            match (flag("do_center_crop", false), dim(&crop, "height"), dim(&crop, "width")) {
+                (true, Some(h), Some(w)) => (h, w, ResizeMode::Crop),
+                _ => (edge, edge, ResizeMode::Crop),
+            }
+        } else {
+            match (dim(&size, "height"), dim(&size, "width")) {
+                (Some(h), Some(w)) => (h, w, ResizeMode::Stretch),
+                _ => return Err(bad("no size.height/width or size.shortest_edge".into())),
+            }
+        };
+        let rescale = v.get("rescale_factor").and_then(|x| x.as_f64()).unwrap_or(1.0 / 255.0);
+        if flag("do_rescale", true) && (rescale * 255.0 - 1.0).abs() > 1e-6 {
+            return Err(bad(format!("rescale_factor = {rescale}: only 1/255 is supported")));
+        }
+        let list = |k: &str, default: f32| -> Result<Vec<f32>> {
+            match v.get(k) {
+                None => Ok(vec![default]),
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .map(|x| x.as_f64().map(|f| f as f32).ok_or_else(|| bad(format!("{k} holds a non-number"))))
+                    .collect(),
+                Some(x) => x
+                    .as_f64()
+                    .map(|f| vec![f as f32])
+                    .ok_or_else(|| bad(format!("{k} is not a number or list"))),
+            }
+        };
+        let (mean, std) = if flag("do_normalize", true) {
+            (list("image_mean", 0.5)?, list("image_std", 0.5)?)
+        } else {
+            (vec![0.0], vec![1.0])
+        };
+        let p = Preprocess {
+            height,
+            width,
+            channels: 3,
+            mean,
+            std,
+            resize,
+        };
+        p.validate().map_err(|e| bad(e.to_string()))?;
+        Ok(p)
     }
 }
 
@@ -897,5 +983,74 @@ mod tests {
         let back = pixels_to_image(&px, 3, 4, 5).unwrap();
         assert_eq!(back.to_rgb8(), img.to_rgb8());
         assert!(pixels_to_image(&px, 3, 4, 4).is_none());
+    }
+    /// Crop keeps the aspect ratio and cuts the centre: a 4x2 image at 2x2 needs no
+    /// scaling and keeps columns 1..3.
+    #[test]
+    fn crop_cuts_the_centre() {
+        let img = DynamicImage::ImageLuma8(GrayImage::from_fn(4, 2, |x, y| Luma([(10 * x + y) as u8])));
+        let p = Preprocess {
+            height: 2,
+            width: 2,
+            channels: 1,
+            resize: ResizeMode::Crop,
+            ..Preprocess::default()
+        };
+        assert_eq!(to_pixels(&img, &p, &Augment::default(), None), [10, 20, 11, 21]);
+        // A tall image is scaled to cover the width, then cut vertically: 4x8 -> 2x4 -> 2x2.
+        let tall = DynamicImage::ImageLuma8(GrayImage::from_fn(4, 8, |_, y| Luma([(30 * y) as u8])));
+        let px = to_pixels(&tall, &p, &Augment::default(), None);
+        assert_eq!(px.len(), 4);
+        assert!(px[0] > 30 && px[2] < 200 && px[2] > px[0], "{px:?}");
+    }
+
+    #[test]
+    fn hf_processor_configs() {
+        let dir = std::env::temp_dir().join(format!("vitrine-hfproc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let clip = write("clip.json", r#"{"size": {"shortest_edge": 224}, "do_center_crop": true,
+            "crop_size": {"height": 224, "width": 224}, "image_mean": [0.48, 0.45, 0.40],
+            "image_std": [0.26, 0.26, 0.27], "rescale_factor": 0.00392156862745098}"#);
+        let p = Preprocess::from_hf(&clip).unwrap();
+        assert_eq!((p.height, p.width, p.resize), (224, 224, ResizeMode::Crop));
+        assert_eq!(p.mean, [0.48, 0.45, 0.40]);
+        let vit = write("vit.json", r#"{"size": {"height": 32, "width": 48}, "image_mean": 0.5}"#);
+        let p = Preprocess::from_hf(&vit).unwrap();
+        assert_eq!((p.height, p.width, p.resize), (32, 48, ResizeMode::Stretch));
+        assert_eq!((p.mean.clone(), p.std.clone()), (vec![0.5], vec![0.5]));
+        for (name, text, want) in [
+            ("nosize.json", "{}", "size"),
+            ("rescale.json", r#"{"size": {"height": 8, "width": 8}, "rescale_factor": 1.0}"#, "rescale_factor"),
+            ("big.json", r#"{"size": {"height": 9000, "width": 8}}"#, "height"),
+            ("json.json", "{", "JSON"),
+        ] {
+            let err = Preprocess::from_hf(&write(name, text)).unwrap_err().to_string();
+            assert!(err.contains(want), "{name}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    /// Per-channel statistics apply to every image of a batch, not only the first.
+    #[test]
+    fn per_channel_normalisation_repeats_across_a_batch() {
+        let p = Preprocess {
+            height: 1,
+            width: 1,
+            channels: 3,
+            mean: vec![0.0, 0.5, 1.0],
+            std: vec![1.0, 0.5, 0.25],
+            resize: ResizeMode::Stretch,
+        };
+        let one = [255u8, 255, 255];
+        let mut single = Vec::new();
+        normalize_into(&one, &p, &mut single);
+        assert_eq!(single, [1.0, 1.0, 0.0]);
+        let mut batch = Vec::new();
+        normalize_into(&[one, one].concat(), &p, &mut batch);
+        assert_eq!(batch, [single.clone(), single].concat());
     }
 }

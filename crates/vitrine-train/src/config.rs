@@ -181,6 +181,11 @@ pub struct SearchRunConfig {
     pub preprocess: Preprocess,
     #[serde(default)]
     pub augment: Augment,
+    /// Fine-tune a pretrained image encoder: a Hugging Face ViT or CLIP folder, or
+    /// `hf:<repo>[@revision]`. `[model]` and `[preprocess]` then come from the checkpoint
+    /// (its `config.json` and `preprocessor_config.json`).
+    #[serde(default)]
+    pub init: Option<String>,
     #[serde(default)]
     pub model: ImageEncoderConfig,
     #[serde(default)]
@@ -234,8 +239,35 @@ impl SearchRunConfig {
         Ok(())
     }
 
+    /// The config of a pretrained encoder used without training (no catalogue of its own:
+    /// `data` points at the model folder and is never read).
+    pub fn for_pretrained(dir: &Path, model: ImageEncoderConfig, preprocess: Preprocess) -> Self {
+        Self {
+            task: default_task(),
+            seed: 0,
+            data: CatalogConfig {
+                source: vitrine_data::catalog::CatalogSource::ImageFolder {
+                    root: dir.to_owned(),
+                },
+                label_column: None,
+                title_column: None,
+                limits: Default::default(),
+                max_items: 0,
+            },
+            queries: None,
+            split: SplitConfig::default(),
+            preprocess,
+            augment: Augment::default(),
+            init: Some(dir.display().to_string()),
+            model,
+            train: TrainConfig::default(),
+            eval: EvalConfig::default(),
+        }
+    }
+
     /// Makes data paths absolute against `base`, so the saved config works from anywhere.
     pub fn resolve_paths(&mut self, base: &Path) {
+        crate::lm::resolve_init_path(&mut self.init, base);
         self.data.resolve_paths(base);
         if let Some(q) = &mut self.queries {
             q.resolve_paths(base);

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod lm;
 pub mod losses;
 pub mod pipeline;
+pub mod pretrained;
 pub mod run;
 pub mod schedule;
 pub mod scorer;

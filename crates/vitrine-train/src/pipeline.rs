@@ -16,18 +16,28 @@ use vitrine_models::{ImageEncoder, ImageEncoderConfig};
 use crate::config::SearchRunConfig;
 use crate::embed::{embed_catalog, embed_pixels, progress_bar};
 use crate::error::{Result, TrainError};
+use crate::pretrained::{is_pretrained, load_vision, TextTower};
 use crate::run::RunDir;
 
-/// A trained encoder with the preprocessing it was trained with.
+/// A trained encoder with the preprocessing it was trained with, or a pretrained one
+/// (ViT, CLIP) with its own.
 pub struct Encoder<B: Backend> {
     pub run: RunDir,
     pub config: SearchRunConfig,
     pub model: ImageEncoder<B>,
     pub device: B::Device,
+    /// `vit` / `clip` for a pretrained model (then there is no training catalogue).
+    pub pretrained: Option<&'static str>,
+    /// CLIP's text tower: text queries.
+    pub text: Option<TextTower<B>>,
 }
 
 impl<B: Backend> Encoder<B> {
+    /// A run directory, or a pretrained model: a Hugging Face folder or `hf:<repo>`.
     pub fn load(run: &Path, device: &B::Device) -> Result<Self> {
+        if is_pretrained(run) {
+            return Self::load_pretrained(&run.to_string_lossy(), device);
+        }
         let run = RunDir::new(run);
         let config = run.load_config()?;
         let model = run.load_encoder::<B>(&config.model, device)?;
@@ -36,7 +46,34 @@ impl<B: Backend> Encoder<B> {
             config,
             model,
             device: device.clone(),
+            pretrained: None,
+            text: None,
         })
+    }
+
+    fn load_pretrained(spec: &str, device: &B::Device) -> Result<Self> {
+        let pv = load_vision::<B>(spec, device)?;
+        let config = SearchRunConfig::for_pretrained(&pv.dir, pv.config, pv.preprocess);
+        Ok(Self {
+            run: RunDir::new(&pv.dir),
+            config,
+            model: pv.encoder,
+            device: device.clone(),
+            pretrained: Some(pv.arch),
+            text: pv.text,
+        })
+    }
+
+    /// Unit-norm text embeddings (CLIP only), row-major.
+    pub fn embed_texts(&self, texts: &[String]) -> Result<Vec<f32>> {
+        match &self.text {
+            Some(t) => t.embed(texts),
+            None => Err(TrainError::Invalid(format!(
+                "text queries need an index built with a CLIP model (with its tokenizer.json); {} is {}",
+                self.run.path.display(),
+                self.pretrained.map_or("a trained image-only run".to_string(), |a| format!("a pretrained {a} image encoder"))
+            ))),
+        }
     }
 
     pub fn model_config(&self) -> &ImageEncoderConfig {
@@ -62,9 +99,10 @@ impl<B: Backend> Encoder<B> {
     }
 
     fn model_info(&self) -> ModelInfo {
-        let arch = match self.config.model {
-            ImageEncoderConfig::Cnn(_) => "cnn",
-            ImageEncoderConfig::Vit(_) => "vit",
+        let arch = match (self.pretrained, &self.config.model) {
+            (Some(a), _) => a,
+            (None, ImageEncoderConfig::Cnn(_)) => "cnn",
+            (None, ImageEncoderConfig::Vit(_)) => "vit",
         };
         let run = std::fs::canonicalize(&self.run.path).unwrap_or_else(|_| self.run.path.clone());
         ModelInfo {
@@ -123,6 +161,11 @@ impl<B: Backend> Encoder<B> {
         skip_bad: bool,
         quiet: bool,
     ) -> Result<(Index, AddReport)> {
+        if catalog.is_none() && self.pretrained.is_some() {
+            return Err(TrainError::Invalid(
+                "a pretrained model has no training catalogue: name the items to index (--csv/--images, --image-folder or --idx-images)".into(),
+            ));
+        }
         let mut index = Index::new(self.config.model.embed_dim(), self.model_info());
         let report = self.add_catalog(
             &mut index,
@@ -164,10 +207,12 @@ pub struct SearchResult {
     pub attrs: BTreeMap<String, String>,
 }
 
-/// What a query is: image files (one ranking each) or an item already in the index.
+/// What a query is: image files (one ranking each), an item already in the index, or
+/// texts (CLIP indexes; one ranking each).
 pub enum Query<'a> {
     Images(&'a [PathBuf]),
     ItemId(&'a str),
+    Texts(&'a [String]),
 }
 
 pub fn search<B: Backend>(
@@ -187,6 +232,7 @@ pub fn search<B: Backend>(
     }
     let queries = match query {
         Query::Images(paths) => encoder.embed_files(paths)?,
+        Query::Texts(texts) => encoder.embed_texts(texts)?,
         Query::ItemId(id) => {
             let row = index
                 .row_of(id)

@@ -223,8 +223,14 @@ pub fn train_search<B: AutodiffBackend>(
         }
         run.load_config()?
     } else {
-        let config = config
+        let mut config = config
             .ok_or_else(|| TrainError::Invalid("a config is required to start a run".into()))?;
+        if let Some(spec) = &config.init {
+            // The checkpoint decides the architecture and the preprocessing.
+            let pv = crate::pretrained::load_vision::<B>(spec, device)?;
+            config.model = pv.config;
+            config.preprocess = pv.preprocess;
+        }
         config.validate()?;
         if run.config_path().exists() {
             return Err(TrainError::Run {
@@ -313,7 +319,10 @@ pub fn train_search<B: AutodiffBackend>(
         );
     }
 
-    let encoder = config.model.init::<B>(device)?;
+    let encoder = match &config.init {
+        Some(spec) => crate::pretrained::load_vision::<B>(spec, device)?.encoder,
+        None => config.model.init::<B>(device)?,
+    };
     let proxies = (config.train.loss == LossKind::ProxyAnchor).then(|| {
         let std = 1.0 / config.train.proxy_lr_multiplier;
         Initializer::Normal { mean: 0.0, std }

@@ -1,0 +1,123 @@
+//! Pretrained Hugging Face vision models as search encoders: a ViT (`model_type = "vit"`)
+//! or CLIP's image tower (`"clip"`, which also brings the text tower, so an index built with
+//! it answers text queries). Used by `init = …` in search configs and wherever a run
+//! directory is accepted (`vitrine index build --run hf:openai/clip-vit-base-patch32`).
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use vitrine_data::text::Tokenizer;
+use vitrine_data::transform::Preprocess;
+use vitrine_models::clip::{load_hf_clip, Clip};
+use vitrine_models::hf::{self, HfConfig};
+use vitrine_models::vit::load_hf_vit;
+use vitrine_models::{ImageEncoder, ImageEncoderConfig};
+
+use crate::error::{Result, TrainError};
+
+/// CLIP's text tower with the tokenizer its ids come from.
+pub struct TextTower<B: Backend> {
+    pub model: Clip<B>,
+    pub tokenizer: Tokenizer,
+}
+
+impl<B: Backend> TextTower<B> {
+    /// Unit-norm embeddings of `texts`, row-major [n, projection_dim]. Texts longer than the
+    /// context are cut (keeping the end token), as CLIP's processor does; empty ones are
+    /// refused.
+    pub fn embed(&self, texts: &[String]) -> Result<Vec<f32>> {
+        let n_ctx = self.model.text.n_ctx;
+        let mut rows = Vec::with_capacity(texts.len());
+        for t in texts {
+            if t.trim().is_empty() {
+                return Err(TrainError::Invalid("empty text query".into()));
+            }
+            let mut ids = self.tokenizer.encode_with_special(t)?;
+            if ids.len() > n_ctx {
+                let last = *ids.last().expect("non-empty");
+                ids.truncate(n_ctx - 1);
+                ids.push(last);
+            }
+            rows.push(ids);
+        }
+        let emb = self.model.embed_text(&rows)?;
+        Ok(emb.into_data().convert::<f32>().to_vec().expect("f32"))
+    }
+}
+
+/// A pretrained vision model ready to embed images.
+pub struct PretrainedVision<B: Backend> {
+    pub dir: PathBuf,
+    /// `vit` or `clip`.
+    pub arch: &'static str,
+    pub config: ImageEncoderConfig,
+    pub encoder: ImageEncoder<B>,
+    /// From the model's `preprocessor_config.json`.
+    pub preprocess: Preprocess,
+    pub text: Option<TextTower<B>>,
+}
+
+/// Whether `spec` names a pretrained model rather than a Vitrine run directory.
+pub fn is_pretrained(spec: &Path) -> bool {
+    let s = spec.to_string_lossy();
+    s.starts_with("hf:")
+        || (!spec.join("config.toml").exists() && spec.join(hf::CONFIG_FILE).is_file())
+}
+
+pub fn load_vision<B: Backend>(spec: &str, device: &B::Device) -> Result<PretrainedVision<B>> {
+    let dir = hf::resolve(spec)?;
+    let config = HfConfig::read(&dir)?;
+    let preprocess_path = dir.join(hf::PREPROCESSOR_FILE);
+    if !preprocess_path.is_file() {
+        return Err(TrainError::Invalid(format!(
+            "{}: no {} (the image size and normalisation the model expects)",
+            dir.display(),
+            hf::PREPROCESSOR_FILE
+        )));
+    }
+    let preprocess = Preprocess::from_hf(&preprocess_path)?;
+    let (arch, config, encoder, text) = match config.model_type()? {
+        "vit" => {
+            let (c, m) = load_hf_vit::<B>(&dir, device)?;
+            ("vit", ImageEncoderConfig::Vit(c), ImageEncoder::Vit(m), None)
+        }
+        "clip" => {
+            let (c, m) = load_hf_clip::<B>(&dir, device)?;
+            let tok_path = dir.join(hf::TOKENIZER_FILE);
+            let text = if tok_path.is_file() {
+                Some(TextTower {
+                    model: m.clone(),
+                    tokenizer: Tokenizer::from_file(&tok_path)?,
+                })
+            } else {
+                None
+            };
+            ("clip", ImageEncoderConfig::Vit(c.vision), ImageEncoder::Vit(m.vision), text)
+        }
+        other => {
+            return Err(TrainError::Invalid(format!(
+                "{}: model_type {other:?} is not an image encoder (supported: vit, clip)",
+                dir.display()
+            )))
+        }
+    };
+    let [c, h, w] = config.input_shape();
+    if (preprocess.channels as usize, preprocess.height as usize, preprocess.width as usize)
+        != (c, h, w)
+    {
+        return Err(TrainError::Invalid(format!(
+            "{}: the image processor makes {}x{} images but the model takes {h}x{w}",
+            dir.display(),
+            preprocess.height,
+            preprocess.width
+        )));
+    }
+    Ok(PretrainedVision {
+        dir,
+        arch,
+        config,
+        encoder,
+        preprocess,
+        text,
+    })
+}

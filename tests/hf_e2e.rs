@@ -270,3 +270,220 @@ fn mismatched_init_setups_are_refused() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+fn reference(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
+        .unwrap()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// The image processor's values (`preprocessor_config.json`) turn each fixture image into
+/// the `pixel_values` `transformers` computed.
+#[test]
+fn image_preprocessing_matches_the_hf_image_processors() {
+    use vitrine_data::image_io::{load_image, DecodeLimits};
+    use vitrine_data::transform::{normalize_into, to_pixels, Augment, Preprocess};
+    for (name, images) in [
+        ("vit", vec!["image.png"]),
+        ("clip", vec!["image0.png", "image1.png"]),
+        ("vit-gpt2", vec!["image.png"]),
+    ] {
+        let dir = fixture(name);
+        let p = Preprocess::from_hf(&dir.join("preprocessor_config.json")).unwrap();
+        let mut ours = Vec::new();
+        for img in images {
+            let img = load_image(&dir.join(img), &DecodeLimits::default()).unwrap();
+            normalize_into(
+                &to_pixels(&img, &p, &Augment::default(), None),
+                &p,
+                &mut ours,
+            );
+        }
+        let want = floats(&reference(name)["pixel_values"]);
+        assert_eq!(ours.len(), want.len(), "{name}");
+        let diff = ours
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff <= 1e-4, "{name}: pixel values differ by {diff}");
+    }
+}
+
+/// A CLIP index answers text queries end to end (tokenizer, text tower, image tower,
+/// preprocessing, index): the scores are the reference's cosine similarities.
+#[test]
+fn clip_index_answers_text_queries_with_the_reference_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = fixture("clip");
+    let csv = dir.path().join("items.csv");
+    std::fs::write(&csv, "id,title\nimage0,first\nimage1,second\n").unwrap();
+    let index = dir.path().join("clip.index");
+    ok(&[
+        "index",
+        "build",
+        "--run",
+        s(&clip),
+        "--out",
+        s(&index),
+        "--csv",
+        s(&csv),
+        "--images",
+        s(&clip),
+        "--image-pattern",
+        "{id}.png",
+        "--title-column",
+        "title",
+        "--quiet",
+    ]);
+    let r = reference("clip");
+    let texts: Vec<String> = r["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let mut args = vec!["search", "--index", s(&index), "-k", "2", "--json"];
+    for t in &texts {
+        args.extend(["--text", t.as_str()]);
+    }
+    let results: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    // logits_per_image [image, text] = scale * cosine.
+    let logits = floats(&r["logits_per_image"]);
+    let scale = r["logit_scale"].as_f64().unwrap() as f32;
+    for (t, hits) in results.as_array().unwrap().iter().enumerate() {
+        let hits = hits.as_array().unwrap();
+        assert_eq!(hits.len(), 2);
+        for h in hits {
+            let img = if h["id"] == "image0" { 0 } else { 1 };
+            let want = logits[img * texts.len() + t] / scale;
+            let got = h["score"].as_f64().unwrap() as f32;
+            assert!(
+                (got - want).abs() <= 1e-4,
+                "text {t} image {img}: {got} vs {want}"
+            );
+        }
+        assert!(hits[0]["score"].as_f64() >= hits[1]["score"].as_f64());
+    }
+    // An image query still works on the same index: each image finds itself first.
+    let out = ok(&[
+        "search",
+        "--index",
+        s(&index),
+        "--image",
+        s(&clip.join("image1.png")),
+        "-k",
+        "1",
+        "--json",
+    ]);
+    let hits: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(hits[0][0]["id"], "image1");
+    assert!((hits[0][0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
+
+    // Bad text queries and a ViT index (no text tower) are clear errors.
+    for (idx_run, text, want) in [
+        (&clip, " ", "empty text query"),
+        (
+            &fixture("vit"),
+            "red dress",
+            "need an index built with a CLIP model",
+        ),
+    ] {
+        let index = dir.path().join("q.index");
+        ok(&[
+            "index",
+            "build",
+            "--run",
+            s(idx_run),
+            "--out",
+            s(&index),
+            "--csv",
+            s(&csv),
+            "--images",
+            s(&clip),
+            "--image-pattern",
+            "{id}.png",
+            "--quiet",
+        ]);
+        let out = vitrine(&["search", "--index", s(&index), "--text", text]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{err}");
+    }
+}
+
+/// A search run fine-tunes CLIP's image tower (`init`): the model and preprocessing come
+/// from the checkpoint, and the run then serves like any other.
+#[test]
+fn search_run_fine_tunes_a_pretrained_clip_image_tower() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_catalogue(dir.path());
+    let cfg = format!(
+        r#"task = "search"
+seed = 3
+init = "{init}"
+
+[data]
+format = "csv"
+csv = "{csv}"
+images = "{images}"
+image_pattern = "{{id}}.png"
+label_column = "articleType"
+title_column = "title"
+
+[split]
+holdout_fraction = 0.25
+seed = 1
+
+[train]
+epochs = 2
+batch_size = 6
+log_every_steps = 0
+
+[train.schedule]
+lr = 1e-3
+warmup_steps = 1
+"#,
+        init = s(&fixture("clip")),
+        csv = dir.path().join("styles.csv").display(),
+        images = dir.path().join("images").display(),
+    );
+    let config = dir.path().join("clip-ft.toml");
+    std::fs::write(&config, cfg).unwrap();
+    let run = dir.path().join("run");
+    common::train_to(&config, &run, &[]);
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        saved.contains("pre_norm = true") && saved.contains("resize = \"crop\""),
+        "{saved}"
+    );
+    let index = dir.path().join("ft.index");
+    ok(&[
+        "index",
+        "build",
+        "--run",
+        s(&run),
+        "--out",
+        s(&index),
+        "--quiet",
+    ]);
+    let hits: serde_json::Value = serde_json::from_str(&ok(&[
+        "search",
+        "--index",
+        s(&index),
+        "--image",
+        s(&dir.path().join("images/100.png")),
+        "-k",
+        "1",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(hits[0][0]["id"], "100");
+}

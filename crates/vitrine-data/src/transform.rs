@@ -561,11 +561,16 @@ impl Preprocess {
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         let flag = |k: &str, default: bool| v.get(k).and_then(|x| x.as_bool()).unwrap_or(default);
-        let dim = |t: &serde_json::Value, k: &str| t.get(k).and_then(|x| x.as_u64()).map(|x| x as u32);
+        let dim =
+            |t: &serde_json::Value, k: &str| t.get(k).and_then(|x| x.as_u64()).map(|x| x as u32);
         let size = v.get("size").cloned().unwrap_or_default();
         let (height, width, resize) = if let Some(edge) = dim(&size, "shortest_edge") {
             let crop = v.get("crop_size").cloned().unwrap_or_default();
-            match (flag("do_center_crop", false), dim(&crop, "height"), dim(&crop, "width")) {
+            match (
+                flag("do_center_crop", false),
+                dim(&crop, "height"),
+                dim(&crop, "width"),
+            ) {
                 (true, Some(h), Some(w)) => (h, w, ResizeMode::Crop),
                 _ => (edge, edge, ResizeMode::Crop),
             }
@@ -575,16 +580,25 @@ impl Preprocess {
                 _ => return Err(bad("no size.height/width or size.shortest_edge".into())),
             }
         };
-        let rescale = v.get("rescale_factor").and_then(|x| x.as_f64()).unwrap_or(1.0 / 255.0);
+        let rescale = v
+            .get("rescale_factor")
+            .and_then(|x| x.as_f64())
+            .unwrap_or(1.0 / 255.0);
         if flag("do_rescale", true) && (rescale * 255.0 - 1.0).abs() > 1e-6 {
-            return Err(bad(format!("rescale_factor = {rescale}: only 1/255 is supported")));
+            return Err(bad(format!(
+                "rescale_factor = {rescale}: only 1/255 is supported"
+            )));
         }
         let list = |k: &str, default: f32| -> Result<Vec<f32>> {
             match v.get(k) {
                 None => Ok(vec![default]),
                 Some(serde_json::Value::Array(a)) => a
                     .iter()
-                    .map(|x| x.as_f64().map(|f| f as f32).ok_or_else(|| bad(format!("{k} holds a non-number"))))
+                    .map(|x| {
+                        x.as_f64()
+                            .map(|f| f as f32)
+                            .ok_or_else(|| bad(format!("{k} holds a non-number")))
+                    })
                     .collect(),
                 Some(x) => x
                     .as_f64()
@@ -988,7 +1002,8 @@ mod tests {
     /// scaling and keeps columns 1..3.
     #[test]
     fn crop_cuts_the_centre() {
-        let img = DynamicImage::ImageLuma8(GrayImage::from_fn(4, 2, |x, y| Luma([(10 * x + y) as u8])));
+        let img =
+            DynamicImage::ImageLuma8(GrayImage::from_fn(4, 2, |x, y| Luma([(10 * x + y) as u8])));
         let p = Preprocess {
             height: 2,
             width: 2,
@@ -996,9 +1011,13 @@ mod tests {
             resize: ResizeMode::Crop,
             ..Preprocess::default()
         };
-        assert_eq!(to_pixels(&img, &p, &Augment::default(), None), [10, 20, 11, 21]);
+        assert_eq!(
+            to_pixels(&img, &p, &Augment::default(), None),
+            [10, 20, 11, 21]
+        );
         // A tall image is scaled to cover the width, then cut vertically: 4x8 -> 2x4 -> 2x2.
-        let tall = DynamicImage::ImageLuma8(GrayImage::from_fn(4, 8, |_, y| Luma([(30 * y) as u8])));
+        let tall =
+            DynamicImage::ImageLuma8(GrayImage::from_fn(4, 8, |_, y| Luma([(30 * y) as u8])));
         let px = to_pixels(&tall, &p, &Augment::default(), None);
         assert_eq!(px.len(), 4);
         assert!(px[0] > 30 && px[2] < 200 && px[2] > px[0], "{px:?}");
@@ -1013,23 +1032,39 @@ mod tests {
             std::fs::write(&p, text).unwrap();
             p
         };
-        let clip = write("clip.json", r#"{"size": {"shortest_edge": 224}, "do_center_crop": true,
+        let clip = write(
+            "clip.json",
+            r#"{"size": {"shortest_edge": 224}, "do_center_crop": true,
             "crop_size": {"height": 224, "width": 224}, "image_mean": [0.48, 0.45, 0.40],
-            "image_std": [0.26, 0.26, 0.27], "rescale_factor": 0.00392156862745098}"#);
+            "image_std": [0.26, 0.26, 0.27], "rescale_factor": 0.00392156862745098}"#,
+        );
         let p = Preprocess::from_hf(&clip).unwrap();
         assert_eq!((p.height, p.width, p.resize), (224, 224, ResizeMode::Crop));
         assert_eq!(p.mean, [0.48, 0.45, 0.40]);
-        let vit = write("vit.json", r#"{"size": {"height": 32, "width": 48}, "image_mean": 0.5}"#);
+        let vit = write(
+            "vit.json",
+            r#"{"size": {"height": 32, "width": 48}, "image_mean": 0.5}"#,
+        );
         let p = Preprocess::from_hf(&vit).unwrap();
         assert_eq!((p.height, p.width, p.resize), (32, 48, ResizeMode::Stretch));
         assert_eq!((p.mean.clone(), p.std.clone()), (vec![0.5], vec![0.5]));
         for (name, text, want) in [
             ("nosize.json", "{}", "size"),
-            ("rescale.json", r#"{"size": {"height": 8, "width": 8}, "rescale_factor": 1.0}"#, "rescale_factor"),
-            ("big.json", r#"{"size": {"height": 9000, "width": 8}}"#, "height"),
+            (
+                "rescale.json",
+                r#"{"size": {"height": 8, "width": 8}, "rescale_factor": 1.0}"#,
+                "rescale_factor",
+            ),
+            (
+                "big.json",
+                r#"{"size": {"height": 9000, "width": 8}}"#,
+                "height",
+            ),
             ("json.json", "{", "JSON"),
         ] {
-            let err = Preprocess::from_hf(&write(name, text)).unwrap_err().to_string();
+            let err = Preprocess::from_hf(&write(name, text))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{name}: {err}");
         }
         std::fs::remove_dir_all(&dir).unwrap();

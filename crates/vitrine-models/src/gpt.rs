@@ -742,11 +742,16 @@ mod tests {
             let (a, b) = if cross {
                 let mem = Tensor::<B, 3>::ones([1, 3, 16], &Default::default());
                 (
-                    model.forward_with_memory(toks.clone(), mem.clone()).unwrap(),
+                    model
+                        .forward_with_memory(toks.clone(), mem.clone())
+                        .unwrap(),
                     back.forward_with_memory(toks, mem).unwrap(),
                 )
             } else {
-                (model.forward(toks.clone()).unwrap(), back.forward(toks).unwrap())
+                (
+                    model.forward(toks.clone()).unwrap(),
+                    back.forward(toks).unwrap(),
+                )
             };
             assert_eq!(max_abs_diff(a, b), 0.0);
             // And the HF config describes the same architecture.
@@ -754,7 +759,13 @@ mod tests {
                 path: "config.json".into(),
                 value: config.to_hf(),
             };
-            assert_eq!(GptConfig::from_hf(&hf).unwrap(), GptConfig { dropout: 0.0, ..config });
+            assert_eq!(
+                GptConfig::from_hf(&hf).unwrap(),
+                GptConfig {
+                    dropout: 0.0,
+                    ..config
+                }
+            );
         }
     }
 }

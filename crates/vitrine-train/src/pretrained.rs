@@ -79,7 +79,12 @@ pub fn load_vision<B: Backend>(spec: &str, device: &B::Device) -> Result<Pretrai
     let (arch, config, encoder, text) = match config.model_type()? {
         "vit" => {
             let (c, m) = load_hf_vit::<B>(&dir, device)?;
-            ("vit", ImageEncoderConfig::Vit(c), ImageEncoder::Vit(m), None)
+            (
+                "vit",
+                ImageEncoderConfig::Vit(c),
+                ImageEncoder::Vit(m),
+                None,
+            )
         }
         "clip" => {
             let (c, m) = load_hf_clip::<B>(&dir, device)?;
@@ -92,7 +97,12 @@ pub fn load_vision<B: Backend>(spec: &str, device: &B::Device) -> Result<Pretrai
             } else {
                 None
             };
-            ("clip", ImageEncoderConfig::Vit(c.vision), ImageEncoder::Vit(m.vision), text)
+            (
+                "clip",
+                ImageEncoderConfig::Vit(c.vision),
+                ImageEncoder::Vit(m.vision),
+                text,
+            )
         }
         other => {
             return Err(TrainError::Invalid(format!(
@@ -102,8 +112,11 @@ pub fn load_vision<B: Backend>(spec: &str, device: &B::Device) -> Result<Pretrai
         }
     };
     let [c, h, w] = config.input_shape();
-    if (preprocess.channels as usize, preprocess.height as usize, preprocess.width as usize)
-        != (c, h, w)
+    if (
+        preprocess.channels as usize,
+        preprocess.height as usize,
+        preprocess.width as usize,
+    ) != (c, h, w)
     {
         return Err(TrainError::Invalid(format!(
             "{}: the image processor makes {}x{} images but the model takes {h}x{w}",

@@ -487,3 +487,89 @@ warmup_steps = 1
     .unwrap();
     assert_eq!(hits[0][0]["id"], "100");
 }
+
+/// A caption run fine-tunes a pretrained ViT-GPT2 (`[init] model`), then captions photos.
+#[test]
+fn caption_run_fine_tunes_a_pretrained_vit_gpt2() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_catalogue(dir.path());
+    let cfg = format!(
+        r#"task = "caption"
+seed = 4
+
+[data]
+format = "csv"
+csv = "{csv}"
+images = "{images}"
+image_pattern = "{{id}}.png"
+title_column = "title"
+
+[split]
+test_fraction = 0.25
+seed = 2
+
+[tokenizer]
+kind = "pretrained"
+
+[init]
+model = "{init}"
+
+[train]
+epochs = 3
+batch_size = 6
+log_every_steps = 0
+
+[train.schedule]
+lr = 1e-3
+warmup_steps = 2
+
+[decode]
+beam = 1
+max_tokens = 12
+
+[limits]
+max_beam = 4
+batch_size = 4
+"#,
+        init = s(&fixture("vit-gpt2")),
+        csv = dir.path().join("styles.csv").display(),
+        images = dir.path().join("images").display(),
+    );
+    let config = dir.path().join("vg.toml");
+    std::fs::write(&config, cfg).unwrap();
+    let run = dir.path().join("run");
+    common::train_to(&config, &run, &[]);
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        saved.contains("cross_attention = true") && saved.contains("arch = \"vit\""),
+        "{saved}"
+    );
+    let out: serde_json::Value = serde_json::from_str(&ok(&[
+        "caption",
+        "--run",
+        s(&run),
+        s(&dir.path().join("images/100.png")),
+        "--json",
+    ]))
+    .unwrap();
+    assert!(out[0]["caption"].is_string(), "{out}");
+
+    // A trained tokenizer cannot go with pretrained embeddings.
+    let bad = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("kind = \"pretrained\"", "kind = \"bpe\"\nvocab_size = 300");
+    std::fs::write(&config, bad).unwrap();
+    let o = vitrine(&[
+        "train",
+        "--config",
+        s(&config),
+        "--run-dir",
+        s(&dir.path().join("bad")),
+        "--quiet",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("tokenizer.kind = \"pretrained\""),
+        "{err}"
+    );
+}

@@ -62,6 +62,11 @@ pub struct CaptionInit {
     pub encoder: Option<PathBuf>,
     /// Train only the projection and the decoder.
     pub freeze_encoder: bool,
+    /// Fine-tune a whole pretrained captioner: a Hugging Face ViT-GPT2
+    /// VisionEncoderDecoder folder or `hf:<repo>[@revision]` (e.g.
+    /// `hf:nlpconnect/vit-gpt2-image-captioning`). `[model]` and `[preprocess]` then come
+    /// from the checkpoint; use `tokenizer.kind = "pretrained"`.
+    pub model: Option<String>,
 }
 
 /// What `vitrine eval caption` runs on the test split.
@@ -136,6 +141,18 @@ impl CaptionRunConfig {
         if matches!(self.tokenizer, TokenizerSource::Char) {
             return bad("tokenizer.kind = \"char\" cannot hold the caption markers: use \"bpe\" or \"file\"".into());
         }
+        match (&self.init.model, &self.tokenizer) {
+            (None, TokenizerSource::Pretrained) => {
+                return bad("tokenizer.kind = \"pretrained\" needs init.model".into())
+            }
+            (Some(m), TokenizerSource::Bpe { .. }) => {
+                return bad(format!("init.model = {m:?} with a newly trained tokenizer: use tokenizer.kind = \"pretrained\""))
+            }
+            (Some(_), _) if self.init.encoder.is_some() => {
+                return bad("init.model and init.encoder both set: a pretrained captioner brings its own encoder".into())
+            }
+            _ => {}
+        }
         self.data.validate()?;
         self.model.validate()?;
         self.preprocess.validate()?;
@@ -181,9 +198,27 @@ impl CaptionRunConfig {
         if let Some(p) = &mut self.init.encoder {
             *p = absolutize(base, p);
         }
+        crate::lm::resolve_init_path(&mut self.init.model, base);
         if let Some(p) = &mut self.eval.search_run {
             *p = absolutize(base, p);
         }
+    }
+
+    /// With `init.model`, takes the pretrained captioner's architecture, preprocessing and
+    /// tokenizer; returns its folder.
+    fn adopt_pretrained(&mut self) -> Result<Option<PathBuf>> {
+        let Some(spec) = &self.init.model else {
+            return Ok(None);
+        };
+        let dir = vitrine_models::hf::resolve(spec)?;
+        self.model = CaptionerConfig::from_hf(&vitrine_models::hf::HfConfig::read(&dir)?)?;
+        self.preprocess = Preprocess::from_hf(&dir.join(vitrine_models::hf::PREPROCESSOR_FILE))?;
+        if matches!(self.tokenizer, TokenizerSource::Pretrained) {
+            self.tokenizer = TokenizerSource::File {
+                path: crate::lm::pretrained_tokenizer(&dir)?,
+            };
+        }
+        Ok(Some(dir))
     }
 
     /// With `init.encoder`, takes the search run's encoder architecture and preprocessing.
@@ -435,8 +470,13 @@ pub fn train_caption<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<CaptionTrainReport> {
     let resume = config.is_none();
+    let mut init_dir = None;
     let mut config = match config {
         Some(mut c) => {
+            if c.init.model.is_some() && c.init.encoder.is_some() {
+                c.validate()?;
+            }
+            init_dir = c.adopt_pretrained()?;
             c.adopt_search_encoder()?;
             c
         }
@@ -560,7 +600,19 @@ pub fn train_caption<B: AutodiffBackend>(
     let test_seqs = encode(&test_kept)?;
 
     B::seed(device, config.seed);
-    let mut model = config.model.init::<B>(device)?;
+    if resume {
+        if let Some(spec) = &config.init.model {
+            init_dir = Some(vitrine_models::hf::resolve(spec)?);
+        }
+    }
+    let mut model = match &init_dir {
+        Some(dir) => {
+            let mut m = vitrine_models::captioner::load_hf_vit_gpt2::<B>(dir, device)?.1;
+            m.decoder = m.decoder.resize_vocab(config.model.decoder.vocab_size)?;
+            m
+        }
+        None => config.model.init::<B>(device)?,
+    };
     if let Some(path) = &config.init.encoder {
         if !resume {
             model.encoder = RunDir::new(path).load_encoder::<B>(&config.model.encoder, device)?;

@@ -318,16 +318,15 @@ fn image_preprocessing_matches_the_hf_image_processors() {
     }
 }
 
-/// A CLIP index answers text queries end to end (tokenizer, text tower, image tower,
-/// preprocessing, index): the scores are the reference's cosine similarities.
-#[test]
-fn clip_index_answers_text_queries_with_the_reference_scores() {
-    let dir = tempfile::tempdir().unwrap();
+/// Builds a CLIP index of the two fixture images on `device` and checks that text queries
+/// score as the reference: cosine = logits_per_image / logit_scale, within 1e-4. Returns
+/// the index, or `None` with the reason when the device is unavailable.
+fn clip_text_search_matches_reference(dir: &Path, device: &str) -> Result<PathBuf, String> {
     let clip = fixture("clip");
-    let csv = dir.path().join("items.csv");
+    let csv = dir.join("items.csv");
     std::fs::write(&csv, "id,title\nimage0,first\nimage1,second\n").unwrap();
-    let index = dir.path().join("clip.index");
-    ok(&[
+    let index = dir.join(format!("clip-{}.index", device.replace(':', "-")));
+    let o = vitrine(&[
         "index",
         "build",
         "--run",
@@ -343,7 +342,12 @@ fn clip_index_answers_text_queries_with_the_reference_scores() {
         "--title-column",
         "title",
         "--quiet",
+        "--device",
+        device,
     ]);
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr).into_owned());
+    }
     let r = reference("clip");
     let texts: Vec<String> = r["texts"]
         .as_array()
@@ -351,7 +355,16 @@ fn clip_index_answers_text_queries_with_the_reference_scores() {
         .iter()
         .map(|t| t.as_str().unwrap().to_string())
         .collect();
-    let mut args = vec!["search", "--index", s(&index), "-k", "2", "--json"];
+    let mut args = vec![
+        "search",
+        "--index",
+        s(&index),
+        "-k",
+        "2",
+        "--json",
+        "--device",
+        device,
+    ];
     for t in &texts {
         args.extend(["--text", t.as_str()]);
     }
@@ -368,11 +381,22 @@ fn clip_index_answers_text_queries_with_the_reference_scores() {
             let got = h["score"].as_f64().unwrap() as f32;
             assert!(
                 (got - want).abs() <= 1e-4,
-                "text {t} image {img}: {got} vs {want}"
+                "{device}: text {t} image {img}: {got} vs {want}"
             );
         }
         assert!(hits[0]["score"].as_f64() >= hits[1]["score"].as_f64());
     }
+    Ok(index)
+}
+
+/// A CLIP index answers text queries end to end (tokenizer, text tower, image tower,
+/// preprocessing, index) with the reference's scores.
+#[test]
+fn clip_index_answers_text_queries_with_the_reference_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = fixture("clip");
+    let csv = dir.path().join("items.csv");
+    let index = clip_text_search_matches_reference(dir.path(), "cpu").unwrap();
     // An image query still works on the same index: each image finds itself first.
     let out = ok(&[
         "search",
@@ -572,4 +596,17 @@ batch_size = 4
         !o.status.success() && err.contains("tokenizer.kind = \"pretrained\""),
         "{err}"
     );
+}
+
+/// The same on the wgpu backend (lavapipe in CI): CLIP's towers on a second backend.
+#[test]
+fn clip_text_search_on_wgpu_matches_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    if let Err(err) = clip_text_search_matches_reference(dir.path(), "wgpu") {
+        assert!(
+            err.contains("device wgpu unavailable"),
+            "wgpu failed for another reason: {err}"
+        );
+        eprintln!("SKIP CLIP parity on wgpu: {err}  (install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers`)");
+    }
 }

@@ -134,3 +134,60 @@ pub fn load_vision<B: Backend>(spec: &str, device: &B::Device) -> Result<Pretrai
         text,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    fn clip_fixture() -> String {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/hf/clip")
+            .display()
+            .to_string()
+    }
+
+    /// The context (16 positions in the fixture) is the limit: a text that fills it is
+    /// embedded whole; a longer one is cut to the context keeping its end token, so its
+    /// embedding equals that of its first 14 words.
+    #[test]
+    fn text_queries_are_cut_to_the_context_keeping_the_end_token() {
+        let pv = load_vision::<Flex>(&clip_fixture(), &Default::default()).unwrap();
+        assert_eq!(pv.arch, "clip");
+        let text = pv.text.expect("CLIP brings its text tower");
+        assert_eq!(text.model.text.n_ctx, 16);
+        let words = "summer sale on linen dresses and cotton shirts new arrivals leather boots wool coats and silk";
+        let at_limit: String = words.split(' ').take(14).collect::<Vec<_>>().join(" ");
+        let past_limit: String = words.split(' ').take(15).collect::<Vec<_>>().join(" ");
+        let ids = |t: &str| text.tokenizer.encode_with_special(t).unwrap().len();
+        assert_eq!((ids(&at_limit), ids(&past_limit)), (16, 17));
+        let a = text.embed(&[at_limit.clone()]).unwrap();
+        let b = text.embed(&[past_limit]).unwrap();
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-6, "{diff}");
+        let shorter = text.embed(&["summer sale".to_string()]).unwrap();
+        assert!(a.iter().zip(&shorter).any(|(x, y)| (x - y).abs() > 1e-3));
+        assert!(text.embed(&[String::new()]).is_err());
+        assert!(text.embed(&[" \t".to_string()]).is_err());
+    }
+
+    #[test]
+    fn a_model_that_is_not_an_image_encoder_is_refused() {
+        let gpt2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf/gpt2");
+        let err = match load_vision::<Flex>(&gpt2.display().to_string(), &Default::default()) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("GPT-2 loaded as an image encoder"),
+        };
+        assert!(
+            err.contains("preprocessor_config.json") || err.contains("not an image encoder"),
+            "{err}"
+        );
+        assert!(is_pretrained(Path::new("hf:openai/clip-vit-base-patch32")));
+        assert!(is_pretrained(&gpt2));
+        assert!(!is_pretrained(Path::new("runs/does-not-exist")));
+    }
+}

@@ -229,37 +229,11 @@ impl<B: Backend> Vit<B> {
 }
 
 impl VitConfig {
-    /// A `ViTModel` `config.json` (`google/vit-base-patch16-224-in21k` layout). The
-    /// embedding is the final class token (`pool = cls`) through an identity `head`.
-    pub fn from_hf_vit(c: &HfConfig) -> Result<Self, HfError> {
+    /// The fields ViT and CLIP vision configs share (same key names), with the family's
+    /// own LayerNorm ε and activation defaults; class-token pooling.
+    fn from_hf_common(c: &HfConfig, eps: f64, act: &str) -> Result<Self, HfError> {
         let d = c.usize("hidden_size")?;
-        let config = Self {
-            in_channels: c.usize_opt("num_channels")?.unwrap_or(3),
-            input_size: [c.usize("image_size")?; 2],
-            patch_size: c.usize("patch_size")?,
-            d_model: d,
-            n_layers: c.usize("num_hidden_layers")?,
-            n_heads: c.usize("num_attention_heads")?,
-            mlp_ratio: mlp_ratio(c, d)?,
-            dropout: c.f64_or("hidden_dropout_prob", 0.0)?,
-            layer_norm_eps: c.f64_or("layer_norm_eps", 1e-12)?,
-            pool: Pool::Cls,
-            embed_dim: d,
-            activation: hf_activation(c, "hidden_act", "gelu")?,
-            pre_norm: false,
-        };
-        if !c.bool_or("qkv_bias", true)? {
-            return Err(c.err("qkv_bias = false is not supported"));
-        }
-        config.validate().map_err(|e| c.err(e.to_string()))?;
-        Ok(config)
-    }
-
-    /// CLIP's vision tower (`vision_config` of a CLIP `config.json`): the embedding is
-    /// `visual_projection(post_layernorm(class token))`, `projection_dim` wide.
-    pub fn from_hf_clip_vision(c: &HfConfig, projection_dim: usize) -> Result<Self, HfError> {
-        let d = c.usize("hidden_size")?;
-        let config = Self {
+        Ok(Self {
             in_channels: c.usize_opt("num_channels")?.unwrap_or(3),
             input_size: [c.usize("image_size")?; 2],
             patch_size: c.usize("patch_size")?,
@@ -268,11 +242,35 @@ impl VitConfig {
             n_heads: c.usize("num_attention_heads")?,
             mlp_ratio: mlp_ratio(c, d)?,
             dropout: 0.0,
-            layer_norm_eps: c.f64_or("layer_norm_eps", 1e-5)?,
+            layer_norm_eps: c.f64_or("layer_norm_eps", eps)?,
             pool: Pool::Cls,
+            embed_dim: d,
+            activation: hf_activation(c, "hidden_act", act)?,
+            pre_norm: false,
+        })
+    }
+
+    /// A `ViTModel` `config.json` (`google/vit-base-patch16-224-in21k` layout). The
+    /// embedding is the final class token through an identity `head`.
+    pub fn from_hf_vit(c: &HfConfig) -> Result<Self, HfError> {
+        if !c.bool_or("qkv_bias", true)? {
+            return Err(c.err("qkv_bias = false is not supported"));
+        }
+        let config = Self {
+            dropout: c.f64_or("hidden_dropout_prob", 0.0)?,
+            ..Self::from_hf_common(c, 1e-12, "gelu")?
+        };
+        config.validate().map_err(|e| c.err(e.to_string()))?;
+        Ok(config)
+    }
+
+    /// CLIP's vision tower (`vision_config` of a CLIP `config.json`): the embedding is
+    /// `visual_projection(post_layernorm(class token))`, `projection_dim` wide.
+    pub fn from_hf_clip_vision(c: &HfConfig, projection_dim: usize) -> Result<Self, HfError> {
+        let config = Self {
             embed_dim: projection_dim,
-            activation: hf_activation(c, "hidden_act", "quick_gelu")?,
             pre_norm: true,
+            ..Self::from_hf_common(c, 1e-5, "quick_gelu")?
         };
         config.validate().map_err(|e| c.err(e.to_string()))?;
         Ok(config)

@@ -320,7 +320,7 @@ fn image_preprocessing_matches_the_hf_image_processors() {
 
 /// Builds a CLIP index of the two fixture images on `device` and checks that text queries
 /// score as the reference: cosine = logits_per_image / logit_scale, within 1e-4. Returns
-/// the index, or `None` with the reason when the device is unavailable.
+/// the index, or the command's error output when building it fails (e.g. no such device).
 fn clip_text_search_matches_reference(dir: &Path, device: &str) -> Result<PathBuf, String> {
     let clip = fixture("clip");
     let csv = dir.join("items.csv");

@@ -545,6 +545,26 @@ pub fn pixels_to_image(
     }
 }
 
+/// Older processor configs (the original CLIP, ViT and ViT-GPT2 uploads) give `size` and
+/// `crop_size` as one integer: the shortest edge when a centre crop follows, else a square.
+fn legacy_sizes(mut v: serde_json::Value) -> serde_json::Value {
+    let crop = v
+        .get("do_center_crop")
+        .and_then(|x| x.as_bool())
+        .unwrap_or(false);
+    if let Some(n) = v.get("size").and_then(|x| x.as_u64()) {
+        v["size"] = if crop {
+            serde_json::json!({ "shortest_edge": n })
+        } else {
+            serde_json::json!({ "height": n, "width": n })
+        };
+    }
+    if let Some(n) = v.get("crop_size").and_then(|x| x.as_u64()) {
+        v["crop_size"] = serde_json::json!({ "height": n, "width": n });
+    }
+    v
+}
+
 impl Preprocess {
     /// The preprocessing a Hugging Face image processor (`preprocessor_config.json`)
     /// describes: target size (`size.height/width`, or `shortest_edge` + `crop_size` as
@@ -560,6 +580,7 @@ impl Preprocess {
         })?;
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let v = legacy_sizes(v);
         let flag = |k: &str, default: bool| v.get(k).and_then(|x| x.as_bool()).unwrap_or(default);
         let dim =
             |t: &serde_json::Value, k: &str| t.get(k).and_then(|x| x.as_u64()).map(|x| x as u32);
@@ -1041,6 +1062,18 @@ mod tests {
         let p = Preprocess::from_hf(&clip).unwrap();
         assert_eq!((p.height, p.width, p.resize), (224, 224, ResizeMode::Crop));
         assert_eq!(p.mean, [0.48, 0.45, 0.40]);
+        let legacy_clip = write(
+            "legacy.json",
+            r#"{"size": 224, "crop_size": 224, "do_center_crop": true}"#,
+        );
+        let p = Preprocess::from_hf(&legacy_clip).unwrap();
+        assert_eq!((p.height, p.width, p.resize), (224, 224, ResizeMode::Crop));
+        let legacy_vit = write("legacyvit.json", r#"{"size": 224}"#);
+        let p = Preprocess::from_hf(&legacy_vit).unwrap();
+        assert_eq!(
+            (p.height, p.width, p.resize),
+            (224, 224, ResizeMode::Stretch)
+        );
         let vit = write(
             "vit.json",
             r#"{"size": {"height": 32, "width": 48}, "image_mean": 0.5}"#,

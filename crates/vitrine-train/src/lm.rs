@@ -297,12 +297,7 @@ impl LmRunConfig {
             return Ok(None);
         };
         let dir = vitrine_models::hf::resolve(spec)?;
-        let dropout = self.model.dropout;
         self.model = GptConfig::from_hf(&vitrine_models::hf::HfConfig::read(&dir)?)?;
-        // A dropout the config asks for wins over the checkpoint's training value.
-        if dropout != GptConfig::default().dropout {
-            self.model.dropout = dropout;
-        }
         if matches!(self.tokenizer, TokenizerSource::Pretrained) {
             self.tokenizer = TokenizerSource::File {
                 path: pretrained_tokenizer(&dir)?,

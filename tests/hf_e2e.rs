@@ -610,3 +610,33 @@ fn clip_text_search_on_wgpu_matches_the_reference() {
         eprintln!("SKIP CLIP parity on wgpu: {err}  (install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers`)");
     }
 }
+
+/// A resumed `init` run continues from its checkpoint: the pretrained folder is not read
+/// again, so resuming works after it is gone (e.g. a cleared cache, offline).
+#[test]
+fn resuming_an_init_run_needs_only_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    write_copy_corpus(dir.path());
+    let model = dir.path().join("gpt2-copy");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("gpt2").join(f), model.join(f)).unwrap();
+    }
+    let cfg = copy_config(dir.path(), "r.toml", s(&model), "kind = \"pretrained\"", 3);
+    let run = dir.path().join("r");
+    ok(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--run-dir",
+        s(&run),
+        "--quiet",
+        "--stop-after-epochs",
+        "1",
+    ]);
+    assert_eq!(val_losses(&run).len(), 1);
+    std::fs::remove_dir_all(&model).unwrap();
+    ok(&["train", "--resume", s(&run), "--quiet"]);
+    assert_eq!(val_losses(&run).len(), 3);
+    assert!(run.join("model.mpk").is_file());
+}

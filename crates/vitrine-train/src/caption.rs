@@ -470,17 +470,16 @@ pub fn train_caption<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<CaptionTrainReport> {
     let resume = config.is_none();
-    let mut init_dir = None;
-    let mut config = match config {
+    let (mut config, init_dir) = match config {
         Some(mut c) => {
             if c.init.model.is_some() && c.init.encoder.is_some() {
                 c.validate()?;
             }
-            init_dir = c.adopt_pretrained()?;
+            let dir = c.adopt_pretrained()?;
             c.adopt_search_encoder()?;
-            c
+            (c, dir)
         }
-        None => run.load_toml_config()?,
+        None => (run.load_toml_config()?, None),
     };
     config.validate()?;
     if !resume && run.config_path().exists() {
@@ -600,11 +599,7 @@ pub fn train_caption<B: AutodiffBackend>(
     let test_seqs = encode(&test_kept)?;
 
     B::seed(device, config.seed);
-    if resume {
-        if let Some(spec) = &config.init.model {
-            init_dir = Some(vitrine_models::hf::resolve(spec)?);
-        }
-    }
+    // A resumed run's weights come from its checkpoint (fit loads it), not from `init`.
     let mut model = match &init_dir {
         Some(dir) => {
             let mut m = vitrine_models::captioner::load_hf_vit_gpt2::<B>(dir, device)?.1;

@@ -689,16 +689,15 @@ pub fn train_lm<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<LmTrainReport> {
     let resume = config.is_none();
-    let mut init_dir = None;
-    let (config, existing) = match config {
+    let (config, existing, init_dir) = match config {
         Some(mut c) => {
-            init_dir = c.apply_init()?;
-            (c, None)
+            let dir = c.apply_init()?;
+            (c, None, dir)
         }
         None => {
             let c: LmRunConfig = run.load_toml_config()?;
             let tok = Tokenizer::from_file(&run.file(TOKENIZER_FILE))?;
-            (c, Some(tok))
+            (c, Some(tok), None)
         }
     };
     config.validate()?;
@@ -737,11 +736,7 @@ pub fn train_lm<B: AutodiffBackend>(
         });
     }
     B::seed(device, config.seed);
-    if resume {
-        if let Some(spec) = &config.init {
-            init_dir = Some(vitrine_models::hf::resolve(spec)?);
-        }
-    }
+    // A resumed run's weights come from its checkpoint (fit loads it), not from `init`.
     let model = match &init_dir {
         // Pretrained weights; tokens the run added (brief markers) get new rows.
         Some(dir) => vitrine_models::gpt::load_hf_gpt2::<B>(dir, device)?

@@ -214,6 +214,9 @@ pub fn train_search<B: AutodiffBackend>(
     opts: &TrainOptions,
     device: &B::Device,
 ) -> Result<TrainReport> {
+    // Weights of `init`, loaded once while the config is resolved (a resumed run's come
+    // from its checkpoint instead).
+    let mut pretrained = None;
     let config = if opts.fit.resume {
         if !run.checkpoint_path().exists() {
             return Err(TrainError::Run {
@@ -230,6 +233,7 @@ pub fn train_search<B: AutodiffBackend>(
             let pv = crate::pretrained::load_vision::<B>(spec, device)?;
             config.model = pv.config;
             config.preprocess = pv.preprocess;
+            pretrained = Some(pv.encoder);
         }
         config.validate()?;
         if run.config_path().exists() {
@@ -319,8 +323,8 @@ pub fn train_search<B: AutodiffBackend>(
         );
     }
 
-    let encoder = match &config.init {
-        Some(spec) => crate::pretrained::load_vision::<B>(spec, device)?.encoder,
+    let encoder = match pretrained {
+        Some(encoder) => encoder,
         None => config.model.init::<B>(device)?,
     };
     let proxies = (config.train.loss == LossKind::ProxyAnchor).then(|| {

@@ -33,7 +33,7 @@ use crate::cnn::{CnnConfig, Downsample, Norm};
 use crate::encoder::{ImageEncoder, ImageEncoderConfig};
 use crate::error::{invalid, ModelError};
 use crate::gpt::{is_gpt2_buffer, Gpt, GptConfig, KvCache};
-use crate::hf::{fill, set_identity, HfConfig, HfError, Layout, Weights};
+use crate::hf::{fill, load_folder, set_identity, HfConfig, HfError, Layout, Weights};
 use crate::vit::VitConfig;
 
 /// Encoder + decoder hyper-parameters. In TOML, `preset = "cpu"` fills both halves; an
@@ -292,10 +292,7 @@ pub fn load_hf_vit_gpt2<B: Backend>(
     device: &B::Device,
 ) -> Result<(CaptionerConfig, Captioner<B>), ModelError> {
     let config = CaptionerConfig::from_hf(&HfConfig::read(dir)?)?;
-    let mut model = config.init::<B>(device)?;
-    let mut w = Weights::open(&dir.join(crate::hf::WEIGHTS_FILE))?;
-    model.load_hf(&mut w);
-    w.finish()?;
+    let model = load_folder(dir, config.init::<B>(device)?, |m, w| m.load_hf(w))?;
     Ok((config, model))
 }
 

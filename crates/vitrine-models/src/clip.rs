@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, ModelError};
 use crate::gpt::{Gpt, GptConfig};
-use crate::hf::{HfConfig, HfError, Layout, Weights};
+use crate::hf::{load_folder, HfConfig, HfError, Layout, Weights};
 use crate::l2_normalize;
 use crate::vit::{load_clip_layers, Vit, VitConfig};
 
@@ -207,10 +207,7 @@ pub fn load_hf_clip<B: Backend>(
     device: &B::Device,
 ) -> Result<(ClipConfig, Clip<B>), ModelError> {
     let config = ClipConfig::from_hf(&HfConfig::read(dir)?)?;
-    let mut model = config.init::<B>(device)?;
-    let mut w = Weights::open(&dir.join(crate::hf::WEIGHTS_FILE))?;
-    model.load_hf(&mut w);
-    w.finish()?;
+    let model = load_folder(dir, config.init::<B>(device)?, |m, w| m.load_hf(w))?;
     Ok((config, model))
 }
 

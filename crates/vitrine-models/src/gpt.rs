@@ -51,7 +51,7 @@ use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, ModelError};
-use crate::hf::{Export, HfConfig, HfError, Layout, Weights};
+use crate::hf::{load_folder, Export, HfConfig, HfError, Layout, Weights};
 use crate::transformer::{Activation, Block, BlockConfig, LayerKv};
 
 /// Decoder hyper-parameters. In TOML, `preset = "nano-cpu"` fills every field the file does
@@ -594,13 +594,12 @@ pub fn load_hf_gpt2<B: Backend>(
     device: &B::Device,
 ) -> Result<(GptConfig, Gpt<B>), ModelError> {
     let config = GptConfig::from_hf(&HfConfig::read(dir)?)?;
-    let mut model = config.init::<B>(device)?;
-    let mut w = Weights::open(&dir.join(crate::hf::WEIGHTS_FILE))?;
-    let prefix = w.prefix_of("wte.weight", &["transformer.", ""]);
-    model.load_hf(&mut w, prefix);
-    // The output head is tied to wte.
-    w.ignore(|n| n == "lm_head.weight" || is_gpt2_buffer(n));
-    w.finish()?;
+    let model = load_folder(dir, config.init::<B>(device)?, |m, w| {
+        let prefix = w.prefix_of("wte.weight", &["transformer.", ""]);
+        m.load_hf(w, prefix);
+        // The output head is tied to wte.
+        w.ignore(|n| n == "lm_head.weight" || is_gpt2_buffer(n));
+    })?;
     Ok((config, model))
 }
 

@@ -644,6 +644,20 @@ fn set<B: Backend, const D: usize>(param: &mut Param<Tensor<B, D>>, t: HostTenso
     *param = Param::initialized(param.id, value);
 }
 
+/// Copies a folder's `model.safetensors` into `model` (built from its config) with `load`,
+/// which maps the names; then every missing, unexpected and mis-shaped tensor is reported
+/// together.
+pub fn load_folder<M>(
+    dir: &Path,
+    mut model: M,
+    load: impl FnOnce(&mut M, &mut Weights),
+) -> Result<M, HfError> {
+    let mut w = Weights::open(&dir.join(WEIGHTS_FILE))?;
+    load(&mut model, &mut w);
+    w.finish()?;
+    Ok(model)
+}
+
 /// An identity linear layer (a checkpoint with no projection where our module has one).
 pub fn set_identity<B: Backend>(lin: &mut Linear<B>) {
     let [d_in, d_out] = lin.weight.dims();

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, ModelError};
 use crate::gpt::hf_activation;
-use crate::hf::{fill, set_identity, HfConfig, HfError, Layout, Weights};
+use crate::hf::{fill, load_folder, set_identity, HfConfig, HfError, Layout, Weights};
 use crate::l2_normalize;
 use crate::transformer::{Activation, Block, BlockConfig};
 
@@ -413,12 +413,11 @@ pub fn load_hf_vit<B: Backend>(
             .into());
     }
     let config = VitConfig::from_hf_vit(&c)?;
-    let mut model = config.init::<B>(device)?;
-    let mut w = Weights::open(&dir.join(crate::hf::WEIGHTS_FILE))?;
-    let prefix = w.prefix_of("embeddings.cls_token", &["", "vit."]);
-    model.load_hf_vit(&mut w, prefix);
-    w.ignore(|n| n.starts_with("classifier."));
-    w.finish()?;
+    let model = load_folder(dir, config.init::<B>(device)?, |m, w| {
+        let prefix = w.prefix_of("embeddings.cls_token", &["", "vit."]);
+        m.load_hf_vit(w, prefix);
+        w.ignore(|n| n.starts_with("classifier."));
+    })?;
     Ok((config, model))
 }
 

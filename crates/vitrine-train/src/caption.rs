@@ -198,7 +198,7 @@ impl CaptionRunConfig {
         if let Some(p) = &mut self.init.encoder {
             *p = absolutize(base, p);
         }
-        crate::lm::resolve_init_path(&mut self.init.model, base);
+        crate::pretrained::resolve_init_path(&mut self.init.model, base);
         if let Some(p) = &mut self.eval.search_run {
             *p = absolutize(base, p);
         }
@@ -215,7 +215,7 @@ impl CaptionRunConfig {
         self.preprocess = Preprocess::from_hf(&dir.join(vitrine_models::hf::PREPROCESSOR_FILE))?;
         if matches!(self.tokenizer, TokenizerSource::Pretrained) {
             self.tokenizer = TokenizerSource::File {
-                path: crate::lm::pretrained_tokenizer(&dir)?,
+                path: crate::pretrained::pretrained_tokenizer(&dir)?,
             };
         }
         Ok(Some(dir))

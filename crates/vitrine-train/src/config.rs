@@ -267,7 +267,7 @@ impl SearchRunConfig {
 
     /// Makes data paths absolute against `base`, so the saved config works from anywhere.
     pub fn resolve_paths(&mut self, base: &Path) {
-        crate::lm::resolve_init_path(&mut self.init, base);
+        crate::pretrained::resolve_init_path(&mut self.init, base);
         self.data.resolve_paths(base);
         if let Some(q) = &mut self.queries {
             q.resolve_paths(base);

@@ -287,7 +287,7 @@ impl LmRunConfig {
         if let TokenizerSource::File { path } = &mut self.tokenizer {
             *path = absolutize(base, path);
         }
-        resolve_init_path(&mut self.init, base);
+        crate::pretrained::resolve_init_path(&mut self.init, base);
     }
 
     /// With `init`: the pretrained model's folder, and the config with its architecture
@@ -300,7 +300,7 @@ impl LmRunConfig {
         self.model = GptConfig::from_hf(&vitrine_models::hf::HfConfig::read(&dir)?)?;
         if matches!(self.tokenizer, TokenizerSource::Pretrained) {
             self.tokenizer = TokenizerSource::File {
-                path: pretrained_tokenizer(&dir)?,
+                path: crate::pretrained::pretrained_tokenizer(&dir)?,
             };
         }
         Ok(Some(dir))
@@ -639,30 +639,6 @@ pub(crate) fn build_tokenizer<'a>(
     };
     tok.ensure_special(special)?;
     Ok(tok)
-}
-
-/// `init` made absolute against the config's folder when it names a folder.
-pub(crate) fn resolve_init_path(init: &mut Option<String>, base: &Path) {
-    if let Some(spec) = init {
-        if !spec.starts_with("hf:") {
-            *spec = absolutize(base, Path::new(spec.as_str()))
-                .display()
-                .to_string();
-        }
-    }
-}
-
-/// A pretrained model folder's `tokenizer.json`, or an error saying it has none.
-pub(crate) fn pretrained_tokenizer(dir: &Path) -> Result<PathBuf> {
-    let path = dir.join(vitrine_models::hf::TOKENIZER_FILE);
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(TrainError::Invalid(format!(
-            "{}: the init model has no tokenizer.json; give tokenizer.kind = \"file\" with its tokenizer",
-            dir.display()
-        )))
-    }
 }
 
 /// Training-run file names.

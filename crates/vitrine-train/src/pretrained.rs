@@ -13,6 +13,7 @@ use vitrine_models::hf::{self, HfConfig};
 use vitrine_models::vit::load_hf_vit;
 use vitrine_models::{ImageEncoder, ImageEncoderConfig};
 
+use crate::config::absolutize;
 use crate::error::{Result, TrainError};
 
 /// CLIP's text tower with the tokenizer its ids come from.
@@ -135,6 +136,30 @@ pub fn load_vision<B: Backend>(spec: &str, device: &B::Device) -> Result<Pretrai
     })
 }
 
+/// `init` made absolute against the config's folder when it names a folder.
+pub(crate) fn resolve_init_path(init: &mut Option<String>, base: &Path) {
+    if let Some(spec) = init {
+        if !spec.starts_with("hf:") {
+            *spec = absolutize(base, Path::new(spec.as_str()))
+                .display()
+                .to_string();
+        }
+    }
+}
+
+/// A pretrained model folder's `tokenizer.json`, or an error saying it has none.
+pub(crate) fn pretrained_tokenizer(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join(vitrine_models::hf::TOKENIZER_FILE);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(TrainError::Invalid(format!(
+            "{}: the init model has no tokenizer.json; give tokenizer.kind = \"file\" with its tokenizer",
+            dir.display()
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,7 +186,7 @@ mod tests {
         let past_limit: String = words.split(' ').take(15).collect::<Vec<_>>().join(" ");
         let ids = |t: &str| text.tokenizer.encode_with_special(t).unwrap().len();
         assert_eq!((ids(&at_limit), ids(&past_limit)), (16, 17));
-        let a = text.embed(&[at_limit.clone()]).unwrap();
+        let a = text.embed(std::slice::from_ref(&at_limit)).unwrap();
         let b = text.embed(&[past_limit]).unwrap();
         let diff = a
             .iter()

@@ -7,7 +7,13 @@ packages=(
   dataset-fashion-mnist   # Fashion-MNIST idx files under /usr/share/datasets/fashion-mnist
   mesa-vulkan-drivers     # lavapipe: software Vulkan, so the wgpu backend runs without a GPU
   pkg-config
+  chromium                # headless browser for the search-page test
+  nodejs                  # runs the browser test (Playwright)
+  wrk                     # HTTP load generator for scripts/load.sh
+  curl
 )
+# Debian ships npm apart from nodejs; other nodejs builds include it.
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -25,6 +31,13 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 else
   echo "setup: system packages present"
+fi
+
+# Playwright's driver (no browser download: the test uses Debian's chromium).
+browser="$(cd "$(dirname "$0")/../tests/browser" && pwd)"
+if [ ! -d "$browser/node_modules/playwright-core" ]; then
+  echo "setup: npm ci (tests/browser)"
+  (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 if ! command -v cargo >/dev/null; then

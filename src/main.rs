@@ -71,6 +71,35 @@ enum Command {
     /// Measure throughput and latency of the hot paths on a device and print one table
     /// (`scripts/bench.sh` runs it and keeps the results).
     Bench(BenchArgs),
+    /// Serve search, generation and captioning over HTTP, with a visual-search page at `/`.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Config file (`[limits]`, `[batching]`, and any field below); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Visual search: an index file, or a search run (its index.vtridx, built if absent).
+    #[arg(long, value_name = "RUN_OR_INDEX")]
+    search: Option<PathBuf>,
+    /// Copy generation: a copy run.
+    #[arg(long, value_name = "RUN")]
+    copy: Option<PathBuf>,
+    /// Rank generated candidates with this click-through scorer run.
+    #[arg(long, value_name = "RUN")]
+    scorer: Option<PathBuf>,
+    /// Captioning: a caption run.
+    #[arg(long, value_name = "RUN")]
+    caption: Option<PathBuf>,
+    /// IP:PORT to listen on (port 0 picks a free one; the address is printed).
+    #[arg(long)]
+    bind: Option<String>,
+    /// File with the API key that catalogue writes need.
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceOpt,
 }
 
 #[derive(Args)]
@@ -202,6 +231,9 @@ struct GenerateArgs {
     /// Logit bonus for keywords not used yet (default: the run's generate.keyword_boost).
     #[arg(long, allow_negative_numbers = true)]
     keyword_boost: Option<f64>,
+    /// Tokens generated per candidate at most (default: the run's generate.max_new_tokens).
+    #[arg(long)]
+    max_tokens: Option<usize>,
     /// Rank the candidates with this click-through scorer run (best first, score shown).
     #[arg(long, value_name = "SCORER_RUN")]
     rank_with: Option<PathBuf>,
@@ -512,6 +544,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Score(a) => cmd_score(a),
         Command::Caption(a) => cmd_caption(a),
         Command::Bench(a) => cmd_bench(a),
+        Command::Serve(a) => cmd_serve(a),
         Command::Export(a) => {
             // Weights are read on the CPU: exporting needs no accelerator.
             let report = vitrine_train::lm::export_hf::<device::CpuBackend>(
@@ -528,6 +561,22 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn cmd_serve(a: ServeArgs) -> Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => vitrine_serve::ServeConfig::load(p)?,
+        None => vitrine_serve::ServeConfig::default(),
+    };
+    cfg.search = a.search.or(cfg.search);
+    cfg.copy = a.copy.or(cfg.copy);
+    cfg.scorer = a.scorer.or(cfg.scorer);
+    cfg.caption = a.caption.or(cfg.caption);
+    cfg.bind = a.bind.unwrap_or(cfg.bind);
+    cfg.api_key_file = a.api_key_file.or(cfg.api_key_file);
+    let dev = a.device.device.open()?;
+    with_backend!(&dev, B, d, vitrine_serve::serve::<B>(cfg, d))?;
+    Ok(())
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<()> {
@@ -707,6 +756,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         banned,
         no_copy: a.no_copy,
         keyword_boost: a.keyword_boost,
+        max_tokens: a.max_tokens,
     };
     let dev = a.device.device.open()?;
     let out = with_backend!(&dev, B, d, {

@@ -3,80 +3,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::backend::Flex;
 use burn::tensor::Tensor;
-use common::{ok, s, train_to, vitrine, write_catalogue, write_config};
+use common::{ok, s, train_to, vitrine, write_caption_config, write_catalogue, write_config};
 use vitrine_train::caption::{CaptionRun, CaptionSplitRecord};
 use vitrine_train::pipeline::Encoder;
-
-/// A tiny caption recipe over the catalogue in `dir` (title column = caption); its encoder
-/// is the tiny search recipe's, so a search run can initialise it.
-fn write_caption_config(dir: &Path, epochs: usize, init: &str) -> PathBuf {
-    let cfg = format!(
-        r#"task = "caption"
-seed = 4
-
-[data]
-format = "csv"
-csv = "{csv}"
-images = "{images}"
-image_pattern = "{{id}}.png"
-title_column = "title"
-
-[split]
-test_fraction = 0.25
-seed = 2
-
-[preprocess]
-height = 16
-width = 16
-channels = 3
-
-[augment]
-hflip = 0.5
-
-[tokenizer]
-kind = "bpe"
-vocab_size = 300
-
-[model]
-preset = "tiny"
-[model.encoder]
-arch = "cnn"
-in_channels = 3
-input_size = [16, 16]
-widths = [8, 16]
-depths = [1, 1]
-embed_dim = 16
-
-{init}
-
-[train]
-epochs = {epochs}
-batch_size = 6
-log_every_steps = 0
-
-[train.schedule]
-lr = 5e-3
-warmup_steps = 4
-
-[decode]
-beam = 2
-max_tokens = 12
-
-[limits]
-max_beam = 4
-batch_size = 4
-"#,
-        csv = dir.join("styles.csv").display(),
-        images = dir.join("images").display(),
-    );
-    let path = dir.join("caption.toml");
-    std::fs::write(&path, cfg).unwrap();
-    path
-}
 
 /// The catalogue plus one item whose caption is empty (left out of the task).
 fn catalogue(dir: &Path) {

@@ -6,101 +6,10 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{ok, s, train_copy, train_to, vitrine, CLOSERS, OPENERS, PRODUCTS};
-
-/// Variants of one test: (headline, impressions, clicks). "free" wins; among the rest the
-/// short one beats the long one; a repeat of the short headline (other image, say) and an
-/// equal-CTR variant are pairs a text scorer must not be judged on.
-fn variants(o: &str, p: &str, c: &str) -> Vec<(String, u64, u64)> {
-    let base = format!("{o} {p} {c}");
-    vec![
-        (format!("{base} free"), 5000, 400),       // 8.0 %
-        (format!("{base} today only"), 5000, 150), // 3.0 %
-        (base.clone(), 5000, 200),                 // 4.0 %
-        (base.clone(), 4000, 180),                 // 4.5 %, same headline as above
-    ]
-}
-
-/// `dir/ab-train.csv` and `dir/ab-valid.csv` in the Upworthy layout.
-fn write_tests(dir: &Path) {
-    let header = "test_id,test_week,headline,lede,impressions,clicks,ctr,winner\n";
-    let (mut train, mut valid) = (header.to_string(), header.to_string());
-    let mut i = 0;
-    for p in PRODUCTS {
-        for o in OPENERS {
-            for c in CLOSERS {
-                let out = if i % 5 == 0 { &mut valid } else { &mut train };
-                for (h, imp, clicks) in variants(o, p, c) {
-                    out.push_str(&format!(
-                        "t{i},201401,\"{h}\",lede,{imp},{clicks},{:.6},0\n",
-                        clicks as f64 / imp as f64
-                    ));
-                }
-                i += 1;
-            }
-        }
-    }
-    std::fs::write(dir.join("ab-train.csv"), train).unwrap();
-    std::fs::write(dir.join("ab-valid.csv"), valid).unwrap();
-}
-
-/// The tiny scorer recipe; `top` adds top-level keys (e.g. `init = "…"`).
-fn write_config(dir: &Path, epochs: usize, top: &str) -> PathBuf {
-    write_tests(dir);
-    let cfg = format!(
-        r#"task = "score"
-seed = 3
-{top}
-
-[data.train]
-csv = "{train}"
-[data.valid]
-csv = "{valid}"
-
-[tokenizer]
-kind = "bpe"
-vocab_size = 300
-
-[model]
-members = 2
-
-[model.gpt]
-preset = "tiny"
-n_ctx = 40
-d_model = 32
-
-[train]
-epochs = {epochs}
-batch_size = 8
-dev_fraction = 0.1
-log_every_steps = 0
-
-[train.schedule]
-lr = 3e-3
-warmup_steps = 5
-
-[limits]
-max_lines = 5
-max_chars = 60
-batch_size = 3
-"#,
-        train = dir.join("ab-train.csv").display(),
-        valid = dir.join("ab-valid.csv").display(),
-    );
-    let path = dir.join("score.toml");
-    std::fs::write(&path, cfg).unwrap();
-    path
-}
-
-fn train(dir: &Path, name: &str, epochs: usize) -> PathBuf {
-    let config = write_config(dir, epochs, "");
-    let run = dir.join(name);
-    train_to(&config, &run, &[]);
-    run
-}
+use common::{ok, s, train_copy, train_scorer, train_to, vitrine, write_score_config};
 
 /// `vitrine score --run RUN EXTRA…` with `input` on stdin: (success, stdout, stderr).
 fn score(run: &Path, input: &[u8], extra: &[&str]) -> (bool, String, String) {
@@ -131,7 +40,7 @@ fn eval_json(run: &Path) -> serde_json::Value {
 #[test]
 fn scorer_learns_the_planted_rule_and_ranks_deterministically() {
     let dir = tempfile::tempdir().unwrap();
-    let run = train(dir.path(), "run", 12);
+    let run = train_scorer(dir.path(), "run", 12);
     for f in [
         "model.mpk",
         "best-model.mpk",
@@ -185,7 +94,7 @@ fn scorer_learns_the_planted_rule_and_ranks_deterministically() {
 #[test]
 fn score_input_limits_and_bad_lines_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let run = train(dir.path(), "run", 1);
+    let run = train_scorer(dir.path(), "run", 1);
     // Words the tokenizer knows, so 60 characters fit the tiny model's context.
     let words = "Summer sale on bags today free ".repeat(3);
     let at_limit: String = words.chars().take(60).collect();
@@ -221,7 +130,7 @@ fn score_input_limits_and_bad_lines_are_clear_errors() {
 #[test]
 fn generate_rank_with_sorts_candidates_by_score() {
     let dir = tempfile::tempdir().unwrap();
-    let scorer = train(dir.path(), "scorer", 2);
+    let scorer = train_scorer(dir.path(), "scorer", 2);
     let copy = train_copy(dir.path(), "copy", 3);
     let args = [
         "generate",
@@ -267,7 +176,7 @@ fn generate_rank_with_sorts_candidates_by_score() {
     );
 
     // Warm start from the copy run: its tokenizer and trunk, a fresh head.
-    let config = write_config(dir.path(), 1, &format!("init = \"{}\"", copy.display()));
+    let config = write_score_config(dir.path(), 1, &format!("init = \"{}\"", copy.display()));
     let warm = dir.path().join("warm");
     train_to(&config, &warm, &[]);
     assert_eq!(
@@ -296,7 +205,7 @@ fn generate_rank_with_sorts_candidates_by_score() {
 #[test]
 fn resumed_scorer_matches_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), 3, "");
+    let config = write_score_config(dir.path(), 3, "");
     let full = dir.path().join("full");
     train_to(&config, &full, &[]);
     let part = dir.path().join("part");
@@ -334,7 +243,7 @@ fn resumed_scorer_matches_uninterrupted_run() {
 #[test]
 fn bad_scorer_configs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), 1, "");
+    let config = write_score_config(dir.path(), 1, "");
     let text = std::fs::read_to_string(&config).unwrap();
     for (from, to, needle) in [
         (

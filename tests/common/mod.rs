@@ -2,6 +2,8 @@
 //! distinct classes) and a helper that runs the `vitrine` binary.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -277,4 +279,162 @@ pub fn train_copy(dir: &Path, name: &str, epochs: usize) -> PathBuf {
     let run = dir.join(name);
     train_to(&config, &run, &[]);
     run
+}
+
+/// Variants of one test: (headline, impressions, clicks). "free" wins; among the rest the
+/// short one beats the long one; a repeat of the short headline (other image, say) and an
+/// equal-CTR variant are pairs a text scorer must not be judged on.
+pub fn score_variants(o: &str, p: &str, c: &str) -> Vec<(String, u64, u64)> {
+    let base = format!("{o} {p} {c}");
+    vec![
+        (format!("{base} free"), 5000, 400),       // 8.0 %
+        (format!("{base} today only"), 5000, 150), // 3.0 %
+        (base.clone(), 5000, 200),                 // 4.0 %
+        (base.clone(), 4000, 180),                 // 4.5 %, same headline as above
+    ]
+}
+
+/// `dir/ab-train.csv` and `dir/ab-valid.csv` in the Upworthy layout.
+pub fn write_ab_tests(dir: &Path) {
+    let header = "test_id,test_week,headline,lede,impressions,clicks,ctr,winner\n";
+    let (mut train, mut valid) = (header.to_string(), header.to_string());
+    let mut i = 0;
+    for p in PRODUCTS {
+        for o in OPENERS {
+            for c in CLOSERS {
+                let out = if i % 5 == 0 { &mut valid } else { &mut train };
+                for (h, imp, clicks) in score_variants(o, p, c) {
+                    out.push_str(&format!(
+                        "t{i},201401,\"{h}\",lede,{imp},{clicks},{:.6},0\n",
+                        clicks as f64 / imp as f64
+                    ));
+                }
+                i += 1;
+            }
+        }
+    }
+    std::fs::write(dir.join("ab-train.csv"), train).unwrap();
+    std::fs::write(dir.join("ab-valid.csv"), valid).unwrap();
+}
+
+/// The tiny click-through scorer recipe; `top` adds top-level keys (e.g. `init = "…"`).
+pub fn write_score_config(dir: &Path, epochs: usize, top: &str) -> PathBuf {
+    write_ab_tests(dir);
+    let cfg = format!(
+        r#"task = "score"
+seed = 3
+{top}
+
+[data.train]
+csv = "{train}"
+[data.valid]
+csv = "{valid}"
+
+[tokenizer]
+kind = "bpe"
+vocab_size = 300
+
+[model]
+members = 2
+
+[model.gpt]
+preset = "tiny"
+n_ctx = 40
+d_model = 32
+
+[train]
+epochs = {epochs}
+batch_size = 8
+dev_fraction = 0.1
+log_every_steps = 0
+
+[train.schedule]
+lr = 3e-3
+warmup_steps = 5
+
+[limits]
+max_lines = 5
+max_chars = 60
+batch_size = 3
+"#,
+        train = dir.join("ab-train.csv").display(),
+        valid = dir.join("ab-valid.csv").display(),
+    );
+    let path = dir.join("score.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+pub fn train_scorer(dir: &Path, name: &str, epochs: usize) -> PathBuf {
+    let config = write_score_config(dir, epochs, "");
+    let run = dir.join(name);
+    train_to(&config, &run, &[]);
+    run
+}
+
+/// A tiny caption recipe over the catalogue in `dir` (title column = caption); its encoder
+/// is the tiny search recipe's, so a search run can initialise it.
+pub fn write_caption_config(dir: &Path, epochs: usize, init: &str) -> PathBuf {
+    let cfg = format!(
+        r#"task = "caption"
+seed = 4
+
+[data]
+format = "csv"
+csv = "{csv}"
+images = "{images}"
+image_pattern = "{{id}}.png"
+title_column = "title"
+
+[split]
+test_fraction = 0.25
+seed = 2
+
+[preprocess]
+height = 16
+width = 16
+channels = 3
+
+[augment]
+hflip = 0.5
+
+[tokenizer]
+kind = "bpe"
+vocab_size = 300
+
+[model]
+preset = "tiny"
+[model.encoder]
+arch = "cnn"
+in_channels = 3
+input_size = [16, 16]
+widths = [8, 16]
+depths = [1, 1]
+embed_dim = 16
+
+{init}
+
+[train]
+epochs = {epochs}
+batch_size = 6
+log_every_steps = 0
+
+[train.schedule]
+lr = 5e-3
+warmup_steps = 4
+
+[decode]
+beam = 2
+max_tokens = 12
+
+[limits]
+max_beam = 4
+batch_size = 4
+"#,
+        csv = dir.join("styles.csv").display(),
+        images = dir.join("images").display(),
+    );
+    let path = dir.join("caption.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
 }

@@ -31,6 +31,17 @@ pub enum DataError {
         max_height: u32,
     },
 
+    /// The image header declares more pixels than `limits.max_pixels`.
+    #[error(
+        "image is {width}x{height} pixels, more than the allowed {max_pixels} pixels \
+         (limits.max_pixels)"
+    )]
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+    },
+
     /// The encoded image is bigger than `limits.max_file_bytes`.
     #[error(
         "image data is {bytes} bytes, more than the allowed {max_bytes} (limits.max_file_bytes)"

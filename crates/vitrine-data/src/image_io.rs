@@ -25,6 +25,8 @@ pub struct DecodeLimits {
     pub max_width: u32,
     /// Largest accepted height in pixels.
     pub max_height: u32,
+    /// Largest accepted width × height (a long thin image can pass both side limits).
+    pub max_pixels: u64,
     /// Most memory the decoder may allocate at once (pixel buffer included).
     pub max_alloc_bytes: u64,
     /// Largest accepted encoded size (file size) in bytes.
@@ -36,6 +38,7 @@ impl Default for DecodeLimits {
         DecodeLimits {
             max_width: 8192,
             max_height: 8192,
+            max_pixels: 8192 * 8192,
             max_alloc_bytes: 256 * 1024 * 1024,
             max_file_bytes: 32 * 1024 * 1024,
         }
@@ -48,6 +51,7 @@ impl DecodeLimits {
         let fields = [
             ("limits.max_width", u64::from(self.max_width)),
             ("limits.max_height", u64::from(self.max_height)),
+            ("limits.max_pixels", self.max_pixels),
             ("limits.max_alloc_bytes", self.max_alloc_bytes),
             ("limits.max_file_bytes", self.max_file_bytes),
         ];
@@ -125,6 +129,14 @@ fn decode_checked(
             height,
             max_width: limits.max_width,
             max_height: limits.max_height,
+        });
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        return Err(DataError::TooManyPixels {
+            width,
+            height,
+            max_pixels: limits.max_pixels,
         });
     }
     if width == 0 || height == 0 {
@@ -461,5 +473,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("max_file_bytes"));
+    }
+
+    #[test]
+    fn pixel_count_limit_at_and_past() {
+        let bytes = encode(&gradient(10, 10), ImageFormat::Png);
+        let at = DecodeLimits {
+            max_pixels: 100,
+            ..DecodeLimits::default()
+        };
+        assert!(decode_image(&bytes, &at).is_ok());
+        let past = DecodeLimits {
+            max_pixels: 99,
+            ..DecodeLimits::default()
+        };
+        let err = decode_image(&bytes, &past).unwrap_err();
+        assert!(matches!(err, DataError::TooManyPixels { .. }), "{err:?}");
+        assert!(err.to_string().contains("limits.max_pixels"), "{err}");
     }
 }

@@ -27,6 +27,9 @@ pub enum TrainError {
     Diverged { step: usize, loss: f32 },
     #[error("{0}")]
     Invalid(String),
+    /// The caller stopped the work (e.g. its client went away).
+    #[error("{0}")]
+    Cancelled(String),
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;

@@ -39,6 +39,8 @@ pub struct GenerateRequest {
     pub no_copy: bool,
     /// Logit bonus for unused keywords (None = the run's `generate.keyword_boost`).
     pub keyword_boost: Option<f64>,
+    /// Tokens generated per candidate at most (None = the run's `generate.max_new_tokens`).
+    pub max_tokens: Option<usize>,
 }
 
 impl Default for GenerateRequest {
@@ -57,6 +59,7 @@ impl Default for GenerateRequest {
             banned: Vec::new(),
             no_copy: false,
             keyword_boost: None,
+            max_tokens: None,
         }
     }
 }
@@ -161,6 +164,14 @@ pub fn validate<B: Backend>(
             ),
         ));
     }
+    let max_tokens = req.max_tokens.unwrap_or(limits.max_new_tokens);
+    if max_tokens == 0 || max_tokens > limits.max_new_tokens {
+        return Err(invalid(
+            "max_tokens",
+            max_tokens,
+            format!("1..={} (generate.max_new_tokens)", limits.max_new_tokens),
+        ));
+    }
     let keyword_boost = req.keyword_boost.unwrap_or(limits.keyword_boost);
     if !(keyword_boost.is_finite() && (0.0..=limits.max_keyword_boost).contains(&keyword_boost)) {
         return Err(invalid(
@@ -215,7 +226,7 @@ pub fn validate<B: Backend>(
         .collect();
     Ok(CheckedRequest {
         brief,
-        max_new_tokens: limits.max_new_tokens.min(n_ctx - prompt_ids.len()),
+        max_new_tokens: max_tokens.min(n_ctx - prompt_ids.len()),
         prompt_ids,
         n: req.n,
         sampling: Sampling {
@@ -403,13 +414,37 @@ fn keyword_advance(row: &mut Row, kw: &[[Vec<u32>; 2]], tok: u32, brief: &Brief)
     }
 }
 
-/// Samples `rows` continuations of the prompt in one batch with a KV cache.
+/// What generation reports as it goes (the server streams it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenEvent<'a> {
+    /// A decoding step begins (nothing to show; a chance to cancel).
+    Step,
+    /// Sample `sample` (numbered from 0 over the whole request) grew by `text`.
+    Token { sample: usize, text: &'a str },
+    /// A sample passed the constraints and became candidate `index`.
+    Candidate {
+        index: usize,
+        candidate: &'a Candidate,
+    },
+}
+
+/// Receives [`GenEvent`]s; returning `false` cancels generation.
+pub type Observer<'o> = dyn FnMut(GenEvent<'_>) -> bool + 'o;
+
+fn cancelled() -> TrainError {
+    TrainError::Cancelled("generation was cancelled".into())
+}
+
+/// Samples `rows` continuations of the prompt in one batch with a KV cache; `first` is the
+/// number of the batch's first sample in the request.
 fn sample_batch<B: Backend>(
     run: &LmRun<B>,
     req: &CheckedRequest,
     rows: usize,
+    first: usize,
     rng: &mut StdRng,
     device: &B::Device,
+    observer: &mut Observer<'_>,
 ) -> Result<Vec<Row>> {
     let eos = run.eos();
     let p = req.prompt_ids.len();
@@ -433,6 +468,9 @@ fn sample_batch<B: Backend>(
         .collect();
     let max_chars = req.constraints.max_chars;
     for step in 0..req.max_new_tokens {
+        if !observer(GenEvent::Step) {
+            return Err(cancelled());
+        }
         let v = logits.dims()[2];
         let host: Vec<f32> = logits
             .into_data()
@@ -457,6 +495,7 @@ fn sample_batch<B: Backend>(
             }
             row.ids.push(tok);
             next[r] = tok as i64;
+            let before = std::mem::take(&mut row.text);
             row.text = run.tokenizer.decode(&row.ids)?;
             keyword_advance(row, &req.keyword_tokens, tok, &req.brief);
             if let Some(cut) = req
@@ -472,6 +511,18 @@ fn sample_batch<B: Backend>(
                 // Already over the limit: stop spending compute on it.
                 row.done = true;
                 row.too_long = true;
+            }
+            // A byte-level token may end inside a character: report text once it decodes
+            // to an extension of what was reported before.
+            if let Some(delta) = row.text.strip_prefix(before.as_str()) {
+                if !delta.is_empty()
+                    && !observer(GenEvent::Token {
+                        sample: first + r,
+                        text: delta,
+                    })
+                {
+                    return Err(cancelled());
+                }
             }
         }
         if out.iter().all(|r| r.done) || step + 1 == req.max_new_tokens {
@@ -490,6 +541,19 @@ pub fn generate<B: Backend>(
     limits: &GenerateLimits,
     device: &B::Device,
 ) -> Result<GenerateOutput> {
+    generate_observed(run, req, limits, device, &mut |_| true)
+}
+
+/// [`generate`], reporting tokens and accepted candidates to `observer` as they come; the
+/// output is the same as without an observer. An observer that returns `false` stops
+/// generation with [`TrainError::Cancelled`].
+pub fn generate_observed<B: Backend>(
+    run: &LmRun<B>,
+    req: &CheckedRequest,
+    limits: &GenerateLimits,
+    device: &B::Device,
+    observer: &mut Observer<'_>,
+) -> Result<GenerateOutput> {
     let mut rng = StdRng::seed_from_u64(req.seed);
     let budget = req.n * limits.budget_factor;
     let mut accepted: HashSet<String> = HashSet::new();
@@ -498,7 +562,7 @@ pub fn generate<B: Backend>(
     let mut sampled = 0;
     while candidates.len() < req.n && sampled < budget {
         let rows = limits.batch_size.min(budget - sampled);
-        let batch = sample_batch(run, req, rows, &mut rng, device)?;
+        let batch = sample_batch(run, req, rows, sampled, &mut rng, device, observer)?;
         sampled += rows;
         for row in batch {
             let text = row.text.trim().to_string();
@@ -519,11 +583,18 @@ pub fn generate<B: Backend>(
                 }
                 None if candidates.len() < req.n => {
                     accepted.insert(vitrine_data::copy::normalize(&text));
-                    candidates.push(Candidate {
+                    let candidate = Candidate {
                         keyword_coverage: req.brief.coverage(&text),
                         text,
                         score: None,
-                    });
+                    };
+                    if !observer(GenEvent::Candidate {
+                        index: candidates.len(),
+                        candidate: &candidate,
+                    }) {
+                        return Err(cancelled());
+                    }
+                    candidates.push(candidate);
                 }
                 None => {}
             }

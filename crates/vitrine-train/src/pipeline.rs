@@ -223,6 +223,18 @@ pub fn search<B: Backend>(
     max_k: usize,
     filter: &Filter,
 ) -> Result<Vec<Vec<SearchResult>>> {
+    let queries = query_embeddings(index, encoder, query)?;
+    let dev = DeviceIndex::<B>::new(index, &encoder.device);
+    let hits = dev.search(index, &queries, k, max_k, filter)?;
+    Ok(results(index, hits))
+}
+
+/// Row-major query embeddings, after checking the encoder makes the index's kind.
+pub fn query_embeddings<B: Backend>(
+    index: &Index,
+    encoder: &Encoder<B>,
+    query: Query<'_>,
+) -> Result<Vec<f32>> {
     if encoder.config.model.embed_dim() != index.dim {
         return Err(TrainError::Invalid(format!(
             "the index holds {}-d embeddings but the run's encoder makes {}-d ones: rebuild the index with this run",
@@ -230,7 +242,7 @@ pub fn search<B: Backend>(
             encoder.config.model.embed_dim()
         )));
     }
-    let queries = match query {
+    Ok(match query {
         Query::Images(paths) => encoder.embed_files(paths)?,
         Query::Texts(texts) => encoder.embed_texts(texts)?,
         Query::ItemId(id) => {
@@ -239,11 +251,12 @@ pub fn search<B: Backend>(
                 .ok_or_else(|| vitrine_index::IndexError::UnknownId(id.to_string()))?;
             index.embedding(row).expect("row exists").to_vec()
         }
-    };
-    let dev = DeviceIndex::<B>::new(index, &encoder.device);
-    let hits = dev.search(index, &queries, k, max_k, filter)?;
-    Ok(hits
-        .into_iter()
+    })
+}
+
+/// Index hits with their ranks and metadata.
+pub fn results(index: &Index, hits: Vec<Vec<vitrine_index::Hit>>) -> Vec<Vec<SearchResult>> {
+    hits.into_iter()
         .map(|hits| {
             hits.into_iter()
                 .enumerate()
@@ -262,7 +275,7 @@ pub fn search<B: Backend>(
                 })
                 .collect()
         })
-        .collect())
+        .collect()
 }
 
 /// Resolves the run an index was built with: the `--run` given, or the one recorded in it.

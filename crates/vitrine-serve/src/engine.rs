@@ -1,0 +1,841 @@
+//! Model workers. Each served task runs on its own thread, which loads and owns its models
+//! (Burn modules are not shared across threads) and takes jobs from a bounded queue. The
+//! search and caption workers batch jobs dynamically: the first job waits up to
+//! `batching.max_wait_ms` for others, then all images go through one forward pass. Jobs
+//! whose client has gone (reply channel closed) are dropped before any work is done.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use burn::tensor::backend::Backend;
+use tokio::sync::{mpsc as tmpsc, oneshot};
+use vitrine_data::catalog::{Catalog, ImageRef};
+use vitrine_data::transform::Preprocess;
+use vitrine_index::{DeviceIndex, Filter, Index, IndexItem};
+use vitrine_train::caption::CaptionRun;
+use vitrine_train::decode::DecodeConfig;
+use vitrine_train::embed::embed_pixels;
+use vitrine_train::generate::{
+    generate_observed, validate, GenEvent, GenerateOutput, GenerateRequest,
+};
+use vitrine_train::lm::LmRun;
+use vitrine_train::pipeline::{results, Encoder, SearchResult};
+use vitrine_train::scorer::ScoreRun;
+use vitrine_train::TrainError;
+
+use crate::config::{BatchConfig, ServeConfig};
+use crate::error::{ApiError, ServeError};
+use crate::metrics::Metrics;
+
+/// A bounded job queue in front of one worker.
+pub struct Queue<J> {
+    tx: SyncSender<J>,
+    depth: Arc<AtomicUsize>,
+    name: &'static str,
+    capacity: usize,
+}
+
+impl<J> Queue<J> {
+    /// Enqueues without waiting: a full queue is a 429 at once.
+    pub fn submit(&self, job: J) -> Result<(), ApiError> {
+        self.depth.fetch_add(1, Ordering::SeqCst);
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.depth.fetch_sub(1, Ordering::SeqCst);
+                Err(match e {
+                    TrySendError::Full(_) => ApiError::Overloaded {
+                        message: format!(
+                            "the {} queue is full ({} waiting, limits.max_queue = {}): retry later",
+                            self.name, self.capacity, self.capacity
+                        ),
+                        retry_after: 1,
+                    },
+                    TrySendError::Disconnected(_) => {
+                        ApiError::unavailable(format!("the {} worker has stopped", self.name))
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// The receiving end, which keeps the depth gauge honest.
+struct Inbox<J> {
+    rx: Receiver<J>,
+    depth: Arc<AtomicUsize>,
+}
+
+impl<J> Inbox<J> {
+    fn recv(&self) -> Option<J> {
+        let j = self.rx.recv().ok()?;
+        self.depth.fetch_sub(1, Ordering::SeqCst);
+        Some(j)
+    }
+
+    /// `first` plus whatever arrives within `wait`, up to `max` units of `size`.
+    fn batch(&self, first: J, b: &BatchConfig, size: impl Fn(&J) -> usize) -> Vec<J> {
+        let mut total = size(&first);
+        let mut jobs = vec![first];
+        let deadline = Instant::now() + Duration::from_millis(b.max_wait_ms);
+        while total < b.max_batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(j) => {
+                    self.depth.fetch_sub(1, Ordering::SeqCst);
+                    total += size(&j);
+                    jobs.push(j);
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        jobs
+    }
+}
+
+fn queue<J>(name: &'static str, capacity: usize, metrics: &Metrics) -> (Queue<J>, Inbox<J>) {
+    let (tx, rx) = mpsc::sync_channel(capacity);
+    let depth = Arc::new(AtomicUsize::new(0));
+    metrics.register_queue(name, depth.clone());
+    (
+        Queue {
+            tx,
+            depth: depth.clone(),
+            name,
+            capacity,
+        },
+        Inbox { rx, depth },
+    )
+}
+
+/// What the search worker tells the request handlers once loaded.
+pub struct SearchMeta {
+    pub preprocess: Preprocess,
+    /// The model has a text tower (CLIP): text queries work.
+    pub text_queries: bool,
+}
+
+/// The catalogue as the handlers see it (the worker owns the index itself).
+#[derive(Default)]
+pub struct CatalogView {
+    pub count: usize,
+    /// Filterable metadata columns with their distinct values.
+    pub columns: BTreeMap<String, Vec<String>>,
+    /// Where each item's image is.
+    pub images: HashMap<String, ImageRef>,
+}
+
+/// State shared by handlers and workers.
+pub struct Shared {
+    pub metrics: Metrics,
+    pub catalog: RwLock<CatalogView>,
+    pub search: OnceLock<SearchMeta>,
+    pub caption: OnceLock<Preprocess>,
+    /// The copy run's own generation limits (a request must pass both its and the server's).
+    pub generate: OnceLock<vitrine_train::lm::GenerateLimits>,
+    /// Workers loaded so far, of `workers`.
+    pub loaded: AtomicUsize,
+    pub workers: usize,
+    pub shutting_down: AtomicBool,
+}
+
+impl Shared {
+    pub fn ready(&self) -> bool {
+        self.loaded.load(Ordering::SeqCst) == self.workers
+            && !self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+pub enum Query {
+    Pixels(Vec<u8>),
+    Id(String),
+    Text(String),
+}
+
+pub enum SearchJob {
+    Query {
+        query: Query,
+        k: usize,
+        filter: Filter,
+        reply: oneshot::Sender<Result<Vec<SearchResult>, ApiError>>,
+    },
+    Add {
+        id: String,
+        attrs: BTreeMap<String, String>,
+        pixels: Vec<u8>,
+        /// The encoded upload and its file extension, kept to serve the image.
+        image: Vec<u8>,
+        ext: &'static str,
+        reply: oneshot::Sender<Result<usize, ApiError>>,
+    },
+    Delete {
+        id: String,
+        reply: oneshot::Sender<Result<usize, ApiError>>,
+    },
+}
+
+impl SearchJob {
+    fn images(&self) -> usize {
+        match self {
+            Self::Query {
+                query: Query::Pixels(_),
+                ..
+            }
+            | Self::Add { .. } => 1,
+            _ => 0,
+        }
+    }
+
+    fn abandoned(&self) -> bool {
+        match self {
+            Self::Query { reply, .. } => reply.is_closed(),
+            Self::Add { reply, .. } | Self::Delete { reply, .. } => reply.is_closed(),
+        }
+    }
+}
+
+/// What a streamed generation sends.
+#[derive(Debug)]
+pub enum StreamEvent {
+    Token {
+        sample: usize,
+        text: String,
+    },
+    Candidate {
+        index: usize,
+        text: String,
+        keyword_coverage: f64,
+    },
+    Done(GenerateOutput),
+    Error(ApiError),
+}
+
+pub enum GenSink {
+    Once(oneshot::Sender<Result<GenerateOutput, ApiError>>),
+    Stream(tmpsc::UnboundedSender<StreamEvent>),
+}
+
+impl GenSink {
+    fn closed(&self) -> bool {
+        match self {
+            Self::Once(tx) => tx.is_closed(),
+            Self::Stream(tx) => tx.is_closed(),
+        }
+    }
+
+    /// Forwards an event; false once the client is gone.
+    fn event(&self, ev: GenEvent<'_>) -> bool {
+        match (self, ev) {
+            (Self::Stream(tx), GenEvent::Token { sample, text }) => tx
+                .send(StreamEvent::Token {
+                    sample,
+                    text: text.to_string(),
+                })
+                .is_ok(),
+            (Self::Stream(tx), GenEvent::Candidate { index, candidate }) => tx
+                .send(StreamEvent::Candidate {
+                    index,
+                    text: candidate.text.clone(),
+                    keyword_coverage: candidate.keyword_coverage,
+                })
+                .is_ok(),
+            _ => !self.closed(),
+        }
+    }
+
+    fn finish(self, result: Result<GenerateOutput, ApiError>) {
+        // A client that has gone cannot be told; nothing else to do.
+        match self {
+            Self::Once(tx) => {
+                let _ = tx.send(result);
+            }
+            Self::Stream(tx) => {
+                let _ = tx.send(match result {
+                    Ok(out) => StreamEvent::Done(out),
+                    Err(e) => StreamEvent::Error(e),
+                });
+            }
+        }
+    }
+}
+
+pub struct GenJob {
+    pub request: GenerateRequest,
+    pub sink: GenSink,
+}
+
+/// Overrides of a caption run's decoding settings.
+#[derive(Debug, Clone, Default)]
+pub struct DecodeOverrides {
+    pub beam: Option<usize>,
+    pub length_penalty: Option<f64>,
+    pub min_tokens: Option<usize>,
+    pub max_tokens: Option<usize>,
+    pub no_repeat_ngram: Option<usize>,
+}
+
+pub struct CaptionJob {
+    /// Preprocessed CHW u8 images, concatenated.
+    pub pixels: Vec<u8>,
+    pub images: usize,
+    pub decode: DecodeOverrides,
+    pub reply: oneshot::Sender<Result<Vec<String>, ApiError>>,
+}
+
+/// The queues the handlers submit to (None: the task is not served).
+pub struct Engine {
+    pub search: Option<Queue<SearchJob>>,
+    pub generate: Option<Queue<GenJob>>,
+    pub caption: Option<Queue<CaptionJob>>,
+    pub shared: Arc<Shared>,
+}
+
+/// Starts one thread per served task. Each loads its models and reports `Ok(task)` or the
+/// load error on `loaded`.
+pub fn start<B: Backend>(
+    config: &ServeConfig,
+    device: B::Device,
+    loaded: tmpsc::UnboundedSender<Result<&'static str, ServeError>>,
+) -> Result<Engine, ServeError> {
+    let workers = [
+        config.search.is_some(),
+        config.copy.is_some(),
+        config.caption.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    let shared = Arc::new(Shared {
+        metrics: Metrics::default(),
+        catalog: RwLock::new(CatalogView::default()),
+        search: OnceLock::new(),
+        caption: OnceLock::new(),
+        generate: OnceLock::new(),
+        loaded: AtomicUsize::new(0),
+        workers,
+        shutting_down: AtomicBool::new(false),
+    });
+    let cap = config.limits.max_queue;
+    let mut engine = Engine {
+        search: None,
+        generate: None,
+        caption: None,
+        shared: shared.clone(),
+    };
+    let report = move |shared: &Shared,
+                       loaded: &tmpsc::UnboundedSender<Result<&'static str, ServeError>>,
+                       task: &'static str,
+                       r: Result<(), ServeError>| {
+        if r.is_ok() {
+            shared.loaded.fetch_add(1, Ordering::SeqCst);
+        }
+        let _ = loaded.send(r.map(|_| task));
+    };
+    if let Some(spec) = config.search.clone() {
+        let (q, inbox) = queue("search", cap, &shared.metrics);
+        engine.search = Some(q);
+        let (shared, loaded, device) = (shared.clone(), loaded.clone(), device.clone());
+        let (batching, limits) = (config.batching.clone(), config.limits.clone());
+        spawn("vitrine-search", move || {
+            match SearchWorker::<B>::load(&spec, &device, &shared, limits.max_filter_values) {
+                Ok(mut w) => {
+                    report(&shared, &loaded, "search", Ok(()));
+                    w.run(&inbox, &batching, limits.max_k, &shared);
+                }
+                Err(e) => report(&shared, &loaded, "search", Err(e)),
+            }
+        })?;
+    }
+    if let Some(copy) = config.copy.clone() {
+        let (q, inbox) = queue("generate", cap, &shared.metrics);
+        engine.generate = Some(q);
+        let scorer = config.scorer.clone();
+        let (shared, loaded, device) = (shared.clone(), loaded.clone(), device.clone());
+        spawn("vitrine-generate", move || {
+            match load_generate::<B>(&copy, scorer.as_deref(), &device) {
+                Ok((run, scorer)) => {
+                    let _ = shared.generate.set(run.config.generate.clone());
+                    report(&shared, &loaded, "generate", Ok(()));
+                    generate_loop(&run, scorer.as_ref(), &inbox, &device);
+                }
+                Err(e) => report(&shared, &loaded, "generate", Err(e)),
+            }
+        })?;
+    }
+    if let Some(path) = config.caption.clone() {
+        let (q, inbox) = queue("caption", cap, &shared.metrics);
+        engine.caption = Some(q);
+        let (shared, loaded, device) = (shared.clone(), loaded.clone(), device.clone());
+        let batching = config.batching.clone();
+        spawn("vitrine-caption", move || {
+            match CaptionRun::<B>::load(&path, &device) {
+                Ok(run) => {
+                    let _ = shared.caption.set(run.config.preprocess.clone());
+                    report(&shared, &loaded, "caption", Ok(()));
+                    caption_loop(&run, &inbox, &batching, &shared);
+                }
+                Err(e) => report(
+                    &shared,
+                    &loaded,
+                    "caption",
+                    Err(load_err(format!("caption run {}", path.display()), e)),
+                ),
+            }
+        })?;
+    }
+    Ok(engine)
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), ServeError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(|_| ())
+        .map_err(ServeError::Io)
+}
+
+fn load_err(what: String, source: TrainError) -> ServeError {
+    ServeError::Load { what, source }
+}
+
+/// Uploaded images live beside the index: `index.vtridx` → `index.images/<hex id>.<ext>`.
+fn upload_path(dir: &Path, id: &str, ext: &str) -> PathBuf {
+    let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
+    dir.join(format!("{hex}.{ext}"))
+}
+
+fn id_of_upload(path: &Path) -> Option<String> {
+    let stem = path.file_stem()?.to_str()?;
+    if stem.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..stem.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(stem.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+struct SearchWorker<B: Backend> {
+    encoder: Encoder<B>,
+    index: Index,
+    device_index: DeviceIndex<B>,
+    index_path: PathBuf,
+    uploads: PathBuf,
+    /// Images of the run's own catalogue, by id.
+    catalog_images: HashMap<String, ImageRef>,
+    /// Images uploaded with `POST /v1/catalog/items`, by id.
+    uploaded: HashMap<String, PathBuf>,
+    max_filter_values: usize,
+}
+
+impl<B: Backend> SearchWorker<B> {
+    fn load(
+        spec: &Path,
+        device: &B::Device,
+        shared: &Shared,
+        max_filter_values: usize,
+    ) -> Result<Self, ServeError> {
+        let what = |w: &str| format!("{w} {}", spec.display());
+        let (encoder, index, index_path) = if spec.is_dir() {
+            let encoder =
+                Encoder::<B>::load(spec, device).map_err(|e| load_err(what("search run"), e))?;
+            let index_path = spec.join("index.vtridx");
+            let index = if index_path.exists() {
+                Index::load(&index_path).map_err(|e| load_err(what("index of"), e.into()))?
+            } else {
+                eprintln!(
+                    "serve: building {} from the run's catalogue",
+                    index_path.display()
+                );
+                let (index, report) = encoder
+                    .build_index(None, true, true)
+                    .map_err(|e| load_err(what("catalogue of"), e))?;
+                if report.data.skipped > 0 {
+                    eprintln!("serve: {}", report.data.summary());
+                }
+                index
+                    .save(&index_path)
+                    .map_err(|e| load_err(what("index of"), e.into()))?;
+                index
+            };
+            (encoder, index, index_path)
+        } else {
+            let index = Index::load(spec).map_err(|e| load_err(what("index"), e.into()))?;
+            let run = vitrine_train::pipeline::index_run(&index, None)
+                .map_err(|e| load_err(what("index"), e))?;
+            let encoder = Encoder::<B>::load(&run, device).map_err(|e| {
+                load_err(
+                    format!("the run {} of index {}", run.display(), spec.display()),
+                    e,
+                )
+            })?;
+            (encoder, index, spec.to_path_buf())
+        };
+        if encoder.config.model.embed_dim() != index.dim {
+            return Err(ServeError::Config(format!(
+                "{} holds {}-d embeddings but its run's encoder makes {}-d ones: rebuild the index",
+                index_path.display(),
+                index.dim,
+                encoder.config.model.embed_dim()
+            )));
+        }
+        let mut catalog_images = HashMap::new();
+        if encoder.pretrained.is_none() {
+            // Product images come from the run's catalogue; a missing catalogue only costs
+            // the pictures.
+            match Catalog::open(&encoder.config.data, true) {
+                Ok((cat, _)) => {
+                    for item in cat.items {
+                        catalog_images.insert(item.id, item.image);
+                    }
+                }
+                Err(e) => eprintln!("serve: no catalogue images ({e})"),
+            }
+        }
+        let _ = shared.search.set(SearchMeta {
+            preprocess: encoder.config.preprocess.clone(),
+            text_queries: encoder.text.is_some(),
+        });
+        let uploads = index_path.with_extension("images");
+        let mut uploaded = HashMap::new();
+        if let Ok(dir) = std::fs::read_dir(&uploads) {
+            for path in dir.filter_map(|e| e.ok().map(|e| e.path())) {
+                // Temp files of an interrupted save have other names and are skipped.
+                if let Some(id) = id_of_upload(&path).filter(|id| index.row_of(id).is_some()) {
+                    uploaded.insert(id, path);
+                }
+            }
+        }
+        let w = Self {
+            device_index: DeviceIndex::new(&index, device),
+            uploads,
+            uploaded,
+            encoder,
+            index,
+            index_path,
+            catalog_images,
+            max_filter_values,
+        };
+        w.publish(shared);
+        Ok(w)
+    }
+
+    /// Refreshes the handlers' view after the index changed.
+    fn publish(&self, shared: &Shared) {
+        let mut values: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut images = HashMap::new();
+        for item in self.index.items() {
+            for (k, v) in &item.attrs {
+                values.entry(k.clone()).or_default().insert(v.clone());
+            }
+            if let Some(p) = self.uploaded.get(&item.id) {
+                images.insert(item.id.clone(), ImageRef::File(p.clone()));
+            } else if let Some(r) = self.catalog_images.get(&item.id) {
+                images.insert(item.id.clone(), r.clone());
+            }
+        }
+        let columns = values
+            .into_iter()
+            .filter(|(k, v)| k != "title" && v.len() <= self.max_filter_values)
+            .map(|(k, v)| (k, v.into_iter().collect()))
+            .collect();
+        let mut view = shared.catalog.write().unwrap_or_else(|e| e.into_inner());
+        *view = CatalogView {
+            count: self.index.len(),
+            columns,
+            images,
+        };
+    }
+
+    fn run(&mut self, inbox: &Inbox<SearchJob>, b: &BatchConfig, max_k: usize, shared: &Shared) {
+        while let Some(first) = inbox.recv() {
+            let jobs: Vec<SearchJob> = inbox
+                .batch(first, b, SearchJob::images)
+                .into_iter()
+                .filter(|j| !j.abandoned())
+                .collect();
+            // One forward pass for every image in the batch.
+            let p = &self.encoder.config.preprocess;
+            let mut pixels = Vec::new();
+            for j in &jobs {
+                match j {
+                    SearchJob::Query {
+                        query: Query::Pixels(px),
+                        ..
+                    }
+                    | SearchJob::Add { pixels: px, .. } => pixels.extend_from_slice(px),
+                    _ => {}
+                }
+            }
+            let images = pixels.len() / p.pixel_len().max(1);
+            let embeddings = if images > 0 {
+                shared.metrics.record_batch("search", images);
+                embed_pixels(
+                    &self.encoder.model,
+                    &pixels,
+                    p,
+                    images,
+                    &self.encoder.device,
+                    None,
+                )
+            } else {
+                Vec::new()
+            };
+            let dim = self.index.dim;
+            let mut rows = embeddings.chunks(dim);
+            for job in jobs {
+                let emb = if job.images() > 0 { rows.next() } else { None };
+                match job {
+                    SearchJob::Query {
+                        query,
+                        k,
+                        filter,
+                        reply,
+                    } => {
+                        let r = self.query(query, emb, k, max_k, &filter);
+                        let _ = reply.send(r);
+                    }
+                    SearchJob::Add {
+                        id,
+                        attrs,
+                        image,
+                        ext,
+                        reply,
+                        ..
+                    } => {
+                        let r = match emb {
+                            Some(e) => self.add(id, attrs, e, &image, ext, shared),
+                            None => Err(ApiError::Internal("missing embedding".into())),
+                        };
+                        let _ = reply.send(r);
+                    }
+                    SearchJob::Delete { id, reply } => {
+                        let _ = reply.send(self.delete(&id, shared));
+                    }
+                }
+            }
+        }
+    }
+
+    fn query(
+        &self,
+        query: Query,
+        emb: Option<&[f32]>,
+        k: usize,
+        max_k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<SearchResult>, ApiError> {
+        let q: Vec<f32> = match (query, emb) {
+            (Query::Pixels(_), Some(e)) => e.to_vec(),
+            (Query::Pixels(_), None) => return Err(ApiError::Internal("missing embedding".into())),
+            (Query::Id(id), _) => {
+                let row = self.index.row_of(&id).ok_or_else(|| {
+                    ApiError::NotFound(format!("item id {id:?} is not in the catalogue"))
+                })?;
+                self.index.embedding(row).unwrap_or_default().to_vec()
+            }
+            (Query::Text(t), _) => self.encoder.embed_texts(&[t])?,
+        };
+        let hits = self
+            .device_index
+            .search(&self.index, &q, k, max_k, filter)?;
+        Ok(results(&self.index, hits).pop().unwrap_or_default())
+    }
+
+    /// Adds an item; the image file and then the index are written atomically, and memory
+    /// changes only once both are on disk.
+    fn add(
+        &mut self,
+        id: String,
+        attrs: BTreeMap<String, String>,
+        emb: &[f32],
+        image: &[u8],
+        ext: &str,
+        shared: &Shared,
+    ) -> Result<usize, ApiError> {
+        let mut staged = self.index.clone();
+        staged.add(
+            IndexItem {
+                id: id.clone(),
+                attrs,
+            },
+            emb,
+        )?;
+        let path = upload_path(&self.uploads, &id, ext);
+        vitrine_data::fsio::atomic_save(&path, image)
+            .map_err(|e| ApiError::Internal(format!("saving the image: {e}")))?;
+        if let Err(e) = staged.save(&self.index_path) {
+            let _ = std::fs::remove_file(&path);
+            return Err(ApiError::Internal(format!("saving the index: {e}")));
+        }
+        self.uploaded.insert(id, path);
+        self.commit(staged, shared);
+        Ok(self.index.len())
+    }
+
+    fn delete(&mut self, id: &str, shared: &Shared) -> Result<usize, ApiError> {
+        let mut staged = self.index.clone();
+        staged.remove(&[id.to_string()])?;
+        staged
+            .save(&self.index_path)
+            .map_err(|e| ApiError::Internal(format!("saving the index: {e}")))?;
+        if let Some(path) = self.uploaded.remove(id) {
+            // The index no longer names it; a leftover file is only disk space.
+            let _ = std::fs::remove_file(path);
+        }
+        self.commit(staged, shared);
+        Ok(self.index.len())
+    }
+
+    fn commit(&mut self, index: Index, shared: &Shared) {
+        self.device_index = DeviceIndex::new(&index, &self.encoder.device);
+        self.index = index;
+        self.publish(shared);
+    }
+}
+
+fn load_generate<B: Backend>(
+    copy: &Path,
+    scorer: Option<&Path>,
+    device: &B::Device,
+) -> Result<(LmRun<B>, Option<ScoreRun<B>>), ServeError> {
+    let run = LmRun::<B>::load(copy, device)
+        .map_err(|e| load_err(format!("copy run {}", copy.display()), e))?;
+    if !run.config.is_copy() {
+        return Err(ServeError::Config(format!(
+            "{} is a plain language-model run; --copy needs a copy run (task \"copy\")",
+            copy.display()
+        )));
+    }
+    let scorer = scorer
+        .map(|p| {
+            ScoreRun::<B>::load(p, device)
+                .map_err(|e| load_err(format!("scorer run {}", p.display()), e))
+        })
+        .transpose()?;
+    Ok((run, scorer))
+}
+
+fn generate_loop<B: Backend>(
+    run: &LmRun<B>,
+    scorer: Option<&ScoreRun<B>>,
+    inbox: &Inbox<GenJob>,
+    device: &B::Device,
+) {
+    let limits = &run.config.generate;
+    while let Some(job) = inbox.recv() {
+        if job.sink.closed() {
+            continue;
+        }
+        let sink = &job.sink;
+        let result = (|| -> Result<GenerateOutput, ApiError> {
+            let checked = validate(&job.request, run, limits)?;
+            let mut out =
+                generate_observed(run, &checked, limits, device, &mut |ev| sink.event(ev))?;
+            if let Some(s) = scorer {
+                s.rank_candidates(&mut out.candidates, device)?;
+            }
+            Ok(out)
+        })();
+        job.sink.finish(result);
+    }
+}
+
+fn caption_loop<B: Backend>(
+    run: &CaptionRun<B>,
+    inbox: &Inbox<CaptionJob>,
+    b: &BatchConfig,
+    shared: &Shared,
+) {
+    while let Some(first) = inbox.recv() {
+        let jobs = inbox.batch(first, b, |j| j.images);
+        // Jobs batch together only with the same decoding settings.
+        let mut groups: Vec<(DecodeConfig, Vec<CaptionJob>)> = Vec::new();
+        for job in jobs {
+            if job.reply.is_closed() {
+                continue;
+            }
+            let o = job.decode.clone();
+            let cfg = run.decode_config(|c| {
+                c.beam = o.beam.unwrap_or(c.beam);
+                c.length_penalty = o.length_penalty.unwrap_or(c.length_penalty);
+                c.min_tokens = o.min_tokens.unwrap_or(c.min_tokens);
+                c.max_tokens = o.max_tokens.unwrap_or(c.max_tokens);
+                c.no_repeat_ngram = o.no_repeat_ngram.unwrap_or(c.no_repeat_ngram);
+            });
+            match cfg {
+                Err(e) => {
+                    let _ = job.reply.send(Err(e.into()));
+                }
+                Ok(cfg) => match groups.iter_mut().find(|(c, _)| *c == cfg) {
+                    Some((_, g)) => g.push(job),
+                    None => groups.push((cfg, vec![job])),
+                },
+            }
+        }
+        for (cfg, jobs) in groups {
+            let pixels: Vec<u8> = jobs.iter().flat_map(|j| j.pixels.iter().copied()).collect();
+            let images: usize = jobs.iter().map(|j| j.images).sum();
+            shared.metrics.record_batch("caption", images);
+            match run.caption_pixels(&pixels, &cfg) {
+                Ok(captions) => {
+                    let mut captions = captions.into_iter();
+                    for job in jobs {
+                        let mine: Vec<String> = captions.by_ref().take(job.images).collect();
+                        let _ = job.reply.send(Ok(mine));
+                    }
+                }
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    for job in jobs {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_names_round_trip_any_id() {
+        for id in ["100", "a/b\\c", "..", "üñí cødé", "x.png"] {
+            let p = upload_path(Path::new("imgs"), id, "png");
+            assert_eq!(
+                p.parent(),
+                Some(Path::new("imgs")),
+                "{id}: stays in the folder"
+            );
+            assert_eq!(id_of_upload(&p).as_deref(), Some(id));
+        }
+    }
+
+    #[test]
+    fn full_queue_is_429_and_depth_is_restored() {
+        let m = Metrics::default();
+        let (q, inbox) = queue::<u32>("test", 2, &m);
+        q.submit(1).unwrap();
+        q.submit(2).unwrap();
+        let e = q.submit(3).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(q.depth.load(Ordering::SeqCst), 2);
+        assert_eq!(inbox.recv(), Some(1));
+        assert_eq!(q.depth.load(Ordering::SeqCst), 1);
+        // Batching takes what is queued, up to the size limit.
+        q.submit(3).unwrap();
+        let b = BatchConfig {
+            max_batch: 2,
+            max_wait_ms: 0,
+        };
+        assert_eq!(inbox.batch(9, &b, |_| 1), vec![9, 2]);
+        assert_eq!(q.depth.load(Ordering::SeqCst), 1);
+    }
+}

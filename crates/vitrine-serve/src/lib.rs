@@ -1,0 +1,823 @@
+//! `vitrine serve`: one process serving visual search, copy generation and captioning from
+//! run directories, on any Burn backend, with a visual-search page at `/`.
+//!
+//! Request handlers never touch a model: they validate, decode images, and hand checked
+//! jobs to the model workers in [`engine`], whose bounded queues and the
+//! `limits.max_concurrent` admission gate turn overload into fast 429/503 answers.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod metrics;
+pub mod validate;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path as UrlPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use burn::tensor::backend::Backend;
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc as tmpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use utoipa::OpenApi;
+use vitrine_data::catalog::ImageRef;
+
+pub use config::{BatchConfig, ServeConfig, ServeLimits};
+use engine::{CaptionJob, Engine, GenJob, GenSink, SearchJob, StreamEvent};
+pub use error::{ApiError, ErrorBody, ServeError};
+use validate::*;
+
+const PAGE: &str = include_str!("../assets/index.html");
+
+struct AppState {
+    engine: Engine,
+    limits: ServeLimits,
+    api_key: Option<String>,
+    require_key_for_reads: bool,
+    permits: Arc<Semaphore>,
+    scorer: bool,
+}
+
+type St = State<Arc<AppState>>;
+
+impl AppState {
+    /// Admits a model request: ready, and under `limits.max_concurrent`.
+    fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        let shared = &self.engine.shared;
+        if shared.shutting_down.load(Ordering::SeqCst) {
+            return Err(ApiError::unavailable("the server is shutting down"));
+        }
+        if !shared.ready() {
+            return Err(ApiError::Unavailable {
+                message: "models are still loading: retry shortly (GET /readyz says when)".into(),
+                retry_after: 2,
+            });
+        }
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            ApiError::unavailable(format!(
+                "busy: {} model requests in flight (limits.max_concurrent); retry shortly",
+                self.limits.max_concurrent
+            ))
+        })
+    }
+
+    /// What a request may really ask: the tighter of the server's and the copy run's limits.
+    fn effective_limits(&self) -> ServeLimits {
+        let mut limits = self.limits.clone();
+        if let Some(g) = self.engine.shared.generate.get() {
+            limits.max_n = limits.max_n.min(g.max_n);
+            limits.max_tokens = limits.max_tokens.min(g.max_new_tokens);
+        }
+        limits
+    }
+
+    /// Checks the API key where one is configured (`write`: catalogue changes).
+    fn authorize(&self, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
+        let Some(key) = &self.api_key else {
+            return Ok(());
+        };
+        if !write && !self.require_key_for_reads {
+            return Ok(());
+        }
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+        match given {
+            None => Err(ApiError::Unauthorized(
+                "this route needs the API key: send `Authorization: Bearer KEY` or `X-Api-Key: KEY`".into(),
+            )),
+            // Constant time in the key's content; only its length can leak.
+            Some(g) if bool::from(g.trim().as_bytes().ct_eq(key.as_bytes())) => Ok(()),
+            Some(_) => Err(ApiError::Forbidden("wrong API key".into())),
+        }
+    }
+
+    /// Waits for a worker's answer within `limits.request_timeout_ms`.
+    async fn wait<T>(&self, rx: oneshot::Receiver<Result<T, ApiError>>) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.limits.request_timeout(), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ApiError::Internal(
+                "the model worker failed on this request (see the server log)".into(),
+            )),
+            Err(_) => Err(ApiError::unavailable(format!(
+                "no answer within limits.request_timeout_ms = {} ms",
+                self.limits.request_timeout_ms
+            ))),
+        }
+    }
+}
+
+fn not_served(task: &str, flag: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "this server does not serve {task}: start it with {flag}"
+    ))
+}
+
+/// Runs CPU-bound request work (image decoding) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("image decoding failed: {e}")))?
+}
+
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is up")))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, description = "Models loaded, accepting requests"),
+    (status = 503, description = "Loading or shutting down", body = ErrorBody)))]
+async fn readyz(State(s): St) -> Response {
+    let shared = &s.engine.shared;
+    if shared.ready() {
+        Json(serde_json::json!({"status": "ready"})).into_response()
+    } else if shared.shutting_down.load(Ordering::SeqCst) {
+        ApiError::unavailable("shutting down").into_response()
+    } else {
+        ApiError::unavailable(format!(
+            "loading: {} of {} model workers ready",
+            shared.loaded.load(Ordering::SeqCst),
+            shared.workers
+        ))
+        .into_response()
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+async fn metrics(State(s): St) -> Response {
+    let in_flight = s.limits.max_concurrent - s.permits.available_permits();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.engine.shared.metrics.render(in_flight),
+    )
+        .into_response()
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Info {
+    tasks: Tasks,
+    /// Null when search is not served.
+    catalog: Option<CatalogInfo>,
+    /// The server's limits; `max_n` and `max_tokens` lowered to the copy run's own.
+    #[schema(value_type = Object)]
+    limits: ServeLimits,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Tasks {
+    search: bool,
+    /// Text queries work (a CLIP model).
+    text_search: bool,
+    generate: bool,
+    scorer: bool,
+    caption: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct CatalogInfo {
+    count: usize,
+    /// Filterable metadata columns and their values.
+    columns: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+#[utoipa::path(get, path = "/v1/info", responses((status = 200, body = Info)))]
+async fn info(State(s): St, headers: HeaderMap) -> Result<Json<Info>, ApiError> {
+    s.authorize(&headers, false)?;
+    let e = &s.engine;
+    let catalog = e.search.as_ref().map(|_| {
+        let v = e.shared.catalog.read().unwrap_or_else(|p| p.into_inner());
+        CatalogInfo {
+            count: v.count,
+            columns: v.columns.clone(),
+        }
+    });
+    let limits = s.effective_limits();
+    Ok(Json(Info {
+        tasks: Tasks {
+            search: e.search.is_some(),
+            text_search: e.shared.search.get().is_some_and(|m| m.text_queries),
+            generate: e.generate.is_some(),
+            scorer: s.scorer,
+            caption: e.caption.is_some(),
+        },
+        catalog,
+        limits,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/search",
+    request_body(content = SearchRequest, description = "JSON, or multipart/form-data with parts image (file), id, text, k, filters (JSON text)"),
+    responses((status = 200, body = SearchResponse), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn search(State(s): St, req: Request) -> Result<Json<SearchResponse>, ApiError> {
+    let t = Instant::now();
+    s.authorize(req.headers(), false)?;
+    let queue = s
+        .engine
+        .search
+        .as_ref()
+        .ok_or_else(|| not_served("search", "--search"))?;
+    let _permit = s.admit()?;
+    let body = read_body(req, true, s.limits.max_body_bytes).await?;
+    let raw = search_request(body, &s.limits)?;
+    let meta = s
+        .engine
+        .shared
+        .search
+        .get()
+        .ok_or_else(|| ApiError::unavailable("loading"))?;
+    if raw.text.is_some() && !meta.text_queries {
+        return Err(ApiError::invalid(
+            "text",
+            "text queries need a CLIP model; this catalogue's encoder reads images only",
+        ));
+    }
+    let (k, filter) = (raw.k, raw.filter.clone());
+    let (p, limits) = (meta.preprocess.clone(), s.limits.clone());
+    let query = blocking(move || raw.into_query(&p, &limits)).await?;
+    let (tx, rx) = oneshot::channel();
+    queue.submit(SearchJob::Query {
+        query,
+        k,
+        filter,
+        reply: tx,
+    })?;
+    let hits = s.wait(rx).await?;
+    let view = s
+        .engine
+        .shared
+        .catalog
+        .read()
+        .unwrap_or_else(|p| p.into_inner());
+    let results = hits
+        .into_iter()
+        .map(|h| SearchHit {
+            image_url: view.images.contains_key(&h.id).then(|| image_url(&h.id)),
+            rank: h.rank,
+            id: h.id,
+            score: h.score,
+            title: h.title,
+            attrs: h.attrs,
+        })
+        .collect();
+    Ok(Json(SearchResponse {
+        results,
+        took_ms: t.elapsed().as_secs_f64() * 1e3,
+    }))
+}
+
+/// Percent-encodes an id for a URL path segment.
+fn image_url(id: &str) -> String {
+    let mut out = String::from("/v1/catalog/items/");
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.push_str("/image");
+    out
+}
+
+#[utoipa::path(post, path = "/v1/catalog/items",
+    request_body(content = AddItemRequest, description = "JSON, or multipart/form-data with parts id, image (file), attrs (JSON text) and any other text parts as metadata"),
+    responses((status = 201, body = ItemResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn add_item(
+    State(s): St,
+    req: Request,
+) -> Result<(StatusCode, Json<ItemResponse>), ApiError> {
+    s.authorize(req.headers(), true)?;
+    let queue = s
+        .engine
+        .search
+        .as_ref()
+        .ok_or_else(|| not_served("the catalogue", "--search"))?;
+    let _permit = s.admit()?;
+    let body = read_body(req, true, s.limits.max_body_bytes).await?;
+    let item = add_item_request(body, &s.limits)?;
+    let meta = s
+        .engine
+        .shared
+        .search
+        .get()
+        .ok_or_else(|| ApiError::unavailable("loading"))?;
+    let (p, limits) = (meta.preprocess.clone(), s.limits.clone());
+    let (item, pixels) = blocking(move || {
+        let px = pixels(&item.image, &p, &limits)?;
+        Ok((item, px))
+    })
+    .await?;
+    let (tx, rx) = oneshot::channel();
+    let id = item.id.clone();
+    queue.submit(SearchJob::Add {
+        id: item.id,
+        attrs: item.attrs,
+        pixels,
+        ext: image_ext(&item.image),
+        image: item.image,
+        reply: tx,
+    })?;
+    let count = s.wait(rx).await?;
+    Ok((StatusCode::CREATED, Json(ItemResponse { id, count })))
+}
+
+#[utoipa::path(delete, path = "/v1/catalog/items/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = ItemResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn delete_item(
+    State(s): St,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+) -> Result<Json<ItemResponse>, ApiError> {
+    s.authorize(&headers, true)?;
+    let queue = s
+        .engine
+        .search
+        .as_ref()
+        .ok_or_else(|| not_served("the catalogue", "--search"))?;
+    let _permit = s.admit()?;
+    let (tx, rx) = oneshot::channel();
+    queue.submit(SearchJob::Delete {
+        id: id.clone(),
+        reply: tx,
+    })?;
+    let count = s.wait(rx).await?;
+    Ok(Json(ItemResponse { id, count }))
+}
+
+#[utoipa::path(get, path = "/v1/catalog/items/{id}/image", params(("id" = String, Path)),
+    responses((status = 200, description = "The product image", content_type = "image/*"), (status = 404, body = ErrorBody)))]
+async fn item_image(
+    State(s): St,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    s.authorize(&headers, false)?;
+    let source = {
+        let v = s
+            .engine
+            .shared
+            .catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        v.images.get(&id).cloned()
+    };
+    let source =
+        source.ok_or_else(|| ApiError::NotFound(format!("no image for item id {id:?}")))?;
+    let limit = s.limits.max_image_bytes;
+    let (bytes, mime) = blocking(move || image_bytes(&source, limit)).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(mime)),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=300"),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// An item's image as served: the file's own bytes, or a PNG of in-memory (idx) pixels.
+fn image_bytes(source: &ImageRef, limit: u64) -> Result<(Vec<u8>, &'static str), ApiError> {
+    match source {
+        ImageRef::File(path) => {
+            let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+            if size > limit {
+                return Err(ApiError::NotFound(format!(
+                    "the image is over limits.max_image_bytes = {limit}"
+                )));
+            }
+            let bytes = std::fs::read(path)
+                .map_err(|e| ApiError::NotFound(format!("the image cannot be read: {e}")))?;
+            let mime = match image_ext(&bytes) {
+                "jpg" => "image/jpeg",
+                "gif" => "image/gif",
+                "bmp" => "image/bmp",
+                "webp" => "image/webp",
+                _ => "image/png",
+            };
+            Ok((bytes, mime))
+        }
+        ImageRef::Gray {
+            data,
+            offset,
+            rows,
+            cols,
+        } => {
+            let n = (*rows * *cols) as usize;
+            let px = data
+                .get(*offset..*offset + n)
+                .ok_or_else(|| ApiError::Internal("image data out of range".into()))?;
+            let img = image::GrayImage::from_raw(*cols, *rows, px.to_vec())
+                .ok_or_else(|| ApiError::Internal("image data out of range".into()))?;
+            let mut out = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut out, image::ImageFormat::Png)
+                .map_err(|e| ApiError::Internal(format!("encoding PNG: {e}")))?;
+            Ok((out.into_inner(), "image/png"))
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/generate", request_body = GenerateBody,
+    responses((status = 200, body = GenerateResponse, description = "JSON; with stream: true, text/event-stream of token, candidate, done and error events"),
+        (status = 400, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn generate(State(s): St, req: Request) -> Result<Response, ApiError> {
+    s.authorize(req.headers(), false)?;
+    let queue = s
+        .engine
+        .generate
+        .as_ref()
+        .ok_or_else(|| not_served("generation", "--copy"))?;
+    let permit = s.admit()?;
+    let Body::Json(bytes) = read_body(req, false, s.limits.max_body_bytes).await? else {
+        unreachable!("multipart is not accepted here")
+    };
+    let (request, stream) = generate_request(&bytes, &s.effective_limits())?;
+    if !stream {
+        let (tx, rx) = oneshot::channel();
+        queue.submit(GenJob {
+            request,
+            sink: GenSink::Once(tx),
+        })?;
+        let out = s.wait(rx).await?;
+        return Ok(Json(GenerateResponse::from(out)).into_response());
+    }
+    let (tx, rx) = tmpsc::unbounded_channel();
+    queue.submit(GenJob {
+        request,
+        sink: GenSink::Stream(tx),
+    })?;
+    let deadline = tokio::time::Instant::now() + s.limits.request_timeout();
+    let timeout_ms = s.limits.request_timeout_ms;
+    // The permit lives as long as the stream: a client that disconnects drops both, and
+    // the worker sees the closed channel and stops.
+    let events = futures_util::stream::unfold(
+        (rx, Some(permit), false),
+        move |(mut rx, permit, ended)| async move {
+            if ended {
+                return None;
+            }
+            let (event, end) = match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(ev)) => sse_event(ev),
+                Ok(None) => (error_event("the model worker failed on this request"), true),
+                Err(_) => (
+                    error_event(&format!(
+                        "no answer within limits.request_timeout_ms = {timeout_ms} ms"
+                    )),
+                    true,
+                ),
+            };
+            Some((Ok::<_, Infallible>(event), (rx, permit, end)))
+        },
+    );
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn error_event(message: &str) -> Event {
+    Event::default()
+        .event("error")
+        .data(serde_json::json!({ "error": message }).to_string())
+}
+
+/// An SSE event, and whether it ends the stream.
+fn sse_event(ev: StreamEvent) -> (Event, bool) {
+    let json = |name: &str, v: serde_json::Value| Event::default().event(name).data(v.to_string());
+    match ev {
+        StreamEvent::Token { sample, text } => (
+            json("token", serde_json::json!({"sample": sample, "text": text})),
+            false,
+        ),
+        StreamEvent::Candidate {
+            index,
+            text,
+            keyword_coverage,
+        } => (
+            json(
+                "candidate",
+                serde_json::json!({"index": index, "text": text, "keyword_coverage": keyword_coverage}),
+            ),
+            false,
+        ),
+        StreamEvent::Done(out) => {
+            let v = serde_json::to_value(GenerateResponse::from(out)).unwrap_or_default();
+            (json("done", v), true)
+        }
+        StreamEvent::Error(e) => (
+            json("error", serde_json::to_value(e.body()).unwrap_or_default()),
+            true,
+        ),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/caption",
+    request_body(content = CaptionRequest, description = "JSON, or multipart/form-data with one or more image parts and the decoding fields"),
+    responses((status = 200, body = CaptionResponse), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn caption(State(s): St, req: Request) -> Result<Json<CaptionResponse>, ApiError> {
+    s.authorize(req.headers(), false)?;
+    let queue = s
+        .engine
+        .caption
+        .as_ref()
+        .ok_or_else(|| not_served("captioning", "--caption"))?;
+    let _permit = s.admit()?;
+    let body = read_body(req, true, s.limits.max_body_bytes).await?;
+    let (images, overrides) = caption_request(body, &s.limits)?;
+    let p = s
+        .engine
+        .shared
+        .caption
+        .get()
+        .ok_or_else(|| ApiError::unavailable("loading"))?
+        .clone();
+    let limits = s.limits.clone();
+    // Images that do not decode are reported one by one; the rest are captioned.
+    let decoded: Vec<Result<Vec<u8>, ApiError>> =
+        blocking(move || Ok(images.iter().map(|b| pixels(b, &p, &limits)).collect())).await?;
+    let good: Vec<usize> = (0..decoded.len()).filter(|&i| decoded[i].is_ok()).collect();
+    if good.is_empty() {
+        let reasons: Vec<String> = decoded
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().err().map(|e| format!("image {i}: {e}")))
+            .collect();
+        return Err(ApiError::invalid("images", reasons.join("; ")));
+    }
+    let mut pixels_all = Vec::new();
+    for r in decoded.iter().flatten() {
+        pixels_all.extend_from_slice(r);
+    }
+    let (tx, rx) = oneshot::channel();
+    queue.submit(CaptionJob {
+        pixels: pixels_all,
+        images: good.len(),
+        decode: overrides,
+        reply: tx,
+    })?;
+    let mut captions = s.wait(rx).await?.into_iter();
+    let captions = decoded
+        .into_iter()
+        .enumerate()
+        .map(|(index, r)| match r {
+            Ok(_) => CaptionOut {
+                index,
+                caption: captions.next(),
+                error: None,
+            },
+            Err(e) => CaptionOut {
+                index,
+                caption: None,
+                error: Some(e.to_string()),
+            },
+        })
+        .collect();
+    Ok(Json(CaptionResponse { captions }))
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn fallback() -> ApiError {
+    ApiError::NotFound("no such route: see /openapi.json".into())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Vitrine",
+        description = "Visual search, copy generation and captioning"
+    ),
+    paths(
+        healthz,
+        readyz,
+        metrics,
+        info,
+        search,
+        add_item,
+        delete_item,
+        item_image,
+        generate,
+        caption
+    ),
+    components(schemas(
+        ErrorBody,
+        SearchRequest,
+        SearchResponse,
+        SearchHit,
+        AddItemRequest,
+        ItemResponse,
+        GenerateBody,
+        GenerateResponse,
+        CandidateOut,
+        CaptionRequest,
+        CaptionResponse,
+        CaptionOut,
+        Info
+    ))
+)]
+struct ApiDoc;
+
+/// Records every routed request's status and latency (to the response head).
+async fn track(State(s): St, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let t = Instant::now();
+    let res = next.run(req).await;
+    s.engine
+        .shared
+        .metrics
+        .record_request(&route, res.status().as_u16(), t.elapsed());
+    res
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/info", get(info))
+        .route("/v1/search", post(search))
+        .route("/v1/catalog/items", post(add_item))
+        .route("/v1/catalog/items/{id}", axum::routing::delete(delete_item))
+        .route("/v1/catalog/items/{id}/image", get(item_image))
+        .route("/v1/generate", post(generate))
+        .route("/v1/caption", post(caption))
+        .route_layer(middleware::from_fn_with_state(state.clone(), track))
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves until SIGTERM/SIGINT, then stops accepting, lets in-flight requests finish
+/// (for up to `shutdown_grace_ms`) and returns. A model that fails to load is an error.
+pub fn serve<B: Backend>(config: ServeConfig, device: B::Device) -> Result<(), ServeError> {
+    config.validate()?;
+    let api_key = config.api_key()?;
+    let addr: SocketAddr = config
+        .bind
+        .parse()
+        .map_err(|e| ServeError::Config(format!("bind: {e}")))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vitrine-http")
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            ServeError::Config(format!("cannot listen on {addr}: {e}"))
+        })?;
+        let (loaded_tx, mut loaded_rx) = tmpsc::unbounded_channel();
+        let engine = engine::start::<B>(&config, device, loaded_tx)?;
+        let shared = engine.shared.clone();
+        let state = Arc::new(AppState {
+            engine,
+            permits: Arc::new(Semaphore::new(config.limits.max_concurrent)),
+            limits: config.limits.clone(),
+            api_key,
+            require_key_for_reads: config.require_key_for_reads,
+            scorer: config.scorer.is_some(),
+        });
+        let local = listener.local_addr()?;
+        // Tests and scripts read this line to find the port.
+        println!("vitrine serve: listening on http://{local}");
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(None::<String>);
+        // Load results: a failure stops the server with that error.
+        let loader_stop = stop_tx.clone();
+        let workers = shared.workers;
+        tokio::spawn(async move {
+            let mut ok = 0;
+            while let Some(r) = loaded_rx.recv().await {
+                match r {
+                    Ok(task) => {
+                        ok += 1;
+                        eprintln!("vitrine serve: {task} model loaded");
+                        if ok == workers {
+                            eprintln!("vitrine serve: ready");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = loader_stop.send(Some(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        let signal_stop = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = signal_stop.send(Some(String::new()));
+        });
+        let mut graceful_rx = stop_rx.clone();
+        let graceful_shared = shared.clone();
+        let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+            let _ = graceful_rx.wait_for(|s| s.is_some()).await;
+            graceful_shared.shutting_down.store(true, Ordering::SeqCst);
+            eprintln!("vitrine serve: shutting down: no new connections, finishing in-flight requests");
+        });
+        let grace = Duration::from_millis(config.shutdown_grace_ms);
+        let result = tokio::select! {
+            r = server => r.map_err(ServeError::Io),
+            _ = async {
+                let _ = stop_rx.wait_for(|s| s.is_some()).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                eprintln!("vitrine serve: requests still running after shutdown_grace_ms = {} ms: exiting", config.shutdown_grace_ms);
+                Ok(())
+            }
+        };
+        result?;
+        let reason = stop_tx.borrow().clone();
+        match reason {
+            Some(e) if !e.is_empty() => Err(ServeError::Config(e)),
+            _ => {
+                eprintln!("vitrine serve: stopped");
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_urls_escape_ids() {
+        assert_eq!(image_url("100"), "/v1/catalog/items/100/image");
+        assert_eq!(image_url("a/b c"), "/v1/catalog/items/a%2Fb%20c/image");
+    }
+
+    #[test]
+    fn openapi_lists_every_route() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for p in [
+            "/v1/search",
+            "/v1/catalog/items",
+            "/v1/catalog/items/{id}",
+            "/v1/catalog/items/{id}/image",
+            "/v1/generate",
+            "/v1/caption",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/v1/info",
+        ] {
+            assert!(
+                paths.contains_key(p),
+                "{p} missing from the OpenAPI document"
+            );
+        }
+        assert!(doc["components"]["schemas"]["GenerateBody"]["properties"]["stream"].is_object());
+    }
+}

@@ -1,0 +1,841 @@
+//! Raw requests (JSON or multipart) → checked values. Every refusal names the field and,
+//! for limits, the config field that sets it.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Request};
+use axum::http::header::CONTENT_TYPE;
+use base64::Engine as _;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use vitrine_data::image_io::decode_image;
+use vitrine_data::transform::{to_pixels, Augment, Preprocess};
+use vitrine_index::Filter;
+use vitrine_train::generate::GenerateRequest;
+
+use crate::config::ServeLimits;
+use crate::engine::{DecodeOverrides, Query};
+use crate::error::ApiError;
+
+/// `POST /v1/search` as JSON. Exactly one of `image`, `id` and `text`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchRequest {
+    /// The query photo, base64 (standard alphabet) of the encoded file.
+    pub image: Option<String>,
+    /// Search with a catalogue item's own embedding.
+    pub id: Option<String>,
+    /// Words (CLIP models only).
+    pub text: Option<String>,
+    /// Results wanted (default 10, at most `limits.max_k`).
+    pub k: Option<usize>,
+    /// Metadata filters: column → value, or column → [values] (any of them).
+    #[schema(value_type = Object)]
+    pub filters: BTreeMap<String, FilterValue>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FilterValue {
+    One(String),
+    Any(Vec<String>),
+}
+
+/// `POST /v1/catalog/items` as JSON.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct AddItemRequest {
+    pub id: String,
+    /// The product photo, base64 of the encoded file.
+    pub image: String,
+    pub title: Option<String>,
+    /// Metadata (filterable columns).
+    pub attrs: BTreeMap<String, String>,
+}
+
+/// `POST /v1/generate`: the parameters of `vitrine generate`, plus `stream`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenerateBody {
+    /// Comma-separated keywords of the brief.
+    pub keywords: String,
+    pub tone: Option<String>,
+    /// Candidates wanted (default 5, at most `limits.max_n`).
+    pub n: Option<usize>,
+    /// Longest accepted line, characters.
+    pub max_chars: usize,
+    pub temperature: f64,
+    pub top_k: usize,
+    pub top_p: f64,
+    pub repetition_penalty: f64,
+    pub seed: u64,
+    pub stop: Vec<String>,
+    /// Words or phrases no candidate may contain.
+    pub banned: Vec<String>,
+    /// Refuse candidates that repeat a training line.
+    pub no_copy: bool,
+    pub keyword_boost: Option<f64>,
+    /// Tokens per candidate at most (at most `limits.max_tokens`).
+    pub max_tokens: Option<usize>,
+    /// Stream tokens and candidates as server-sent events.
+    pub stream: bool,
+}
+
+impl Default for GenerateBody {
+    fn default() -> Self {
+        let d = GenerateRequest::default();
+        Self {
+            keywords: d.keywords,
+            tone: d.tone,
+            n: None,
+            max_chars: d.max_chars,
+            temperature: d.temperature,
+            top_k: d.top_k,
+            top_p: d.top_p,
+            repetition_penalty: d.repetition_penalty,
+            seed: d.seed,
+            stop: d.stop,
+            banned: d.banned,
+            no_copy: d.no_copy,
+            keyword_boost: d.keyword_boost,
+            max_tokens: d.max_tokens,
+            stream: false,
+        }
+    }
+}
+
+/// `POST /v1/caption` as JSON.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptionRequest {
+    /// Photos, base64 of the encoded files (at most `limits.max_images`).
+    pub images: Vec<String>,
+    pub beam: Option<usize>,
+    pub length_penalty: Option<f64>,
+    pub min_tokens: Option<usize>,
+    /// At most `limits.max_tokens`.
+    pub max_tokens: Option<usize>,
+    pub no_repeat_ngram: Option<usize>,
+}
+
+/// The body of a request that may be JSON or multipart.
+pub enum Body {
+    Json(Bytes),
+    Multipart(Vec<Part>),
+}
+
+pub struct Part {
+    pub name: String,
+    pub data: Bytes,
+}
+
+impl Part {
+    fn text(&self) -> Result<String, ApiError> {
+        String::from_utf8(self.data.to_vec())
+            .map_err(|_| ApiError::invalid(&self.name, format!("{}: not UTF-8 text", self.name)))
+    }
+}
+
+/// Reads the body by content type: JSON, or multipart/form-data where `multipart` is
+/// allowed. Over `limits.max_body_bytes` is 413.
+pub async fn read_body(req: Request, multipart: bool, limit: usize) -> Result<Body, ApiError> {
+    let ct = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!(
+            "the request body is larger than limits.max_body_bytes = {limit} bytes"
+        ))
+    };
+    if ct.starts_with("application/json") {
+        let bytes = Bytes::from_request(req, &()).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                ApiError::BadRequest(format!("reading the body: {e}"))
+            }
+        })?;
+        return Ok(Body::Json(bytes));
+    }
+    if multipart && ct.starts_with("multipart/form-data") {
+        let mut mp = Multipart::from_request(req, &())
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("multipart body: {e}")))?;
+        let mut parts = Vec::new();
+        loop {
+            let field = mp.next_field().await.map_err(|e| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    too_large()
+                } else {
+                    ApiError::BadRequest(format!("multipart body: {e}"))
+                }
+            })?;
+            let Some(field) = field else { break };
+            let name = field.name().unwrap_or_default().to_string();
+            let data = field.bytes().await.map_err(|e| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    too_large()
+                } else {
+                    ApiError::BadRequest(format!("multipart part {name:?}: {e}"))
+                }
+            })?;
+            parts.push(Part { name, data });
+        }
+        return Ok(Body::Multipart(parts));
+    }
+    let accepted = if multipart {
+        "application/json or multipart/form-data"
+    } else {
+        "application/json"
+    };
+    Err(ApiError::UnsupportedMediaType(format!(
+        "content type {:?} is not accepted here: send {accepted}",
+        if ct.is_empty() { "(none)" } else { ct.as_str() }
+    )))
+}
+
+/// Parses JSON: malformed JSON is 400, well-formed JSON of the wrong shape 422 naming the
+/// field (its path, e.g. `filters.colour`).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    use serde_json::error::Category;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let (path, inner) = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        // Trailing characters after the value are malformed JSON too.
+        Ok(v) => match de.end() {
+            Ok(()) => return Ok(v),
+            Err(e) => (".".to_string(), e),
+        },
+        Err(e) => (e.path().to_string(), e.into_inner()),
+    };
+    match inner.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            Err(ApiError::BadRequest(format!("invalid JSON: {inner}")))
+        }
+        Category::Data => {
+            let message = inner.to_string();
+            // A missing field is named in backquotes; the path ends at its parent.
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|m| m.split('`').next());
+            let field = match missing {
+                Some(f) if path == "." => f.to_string(),
+                Some(f) => format!("{path}.{f}"),
+                None => path,
+            };
+            Err(ApiError::Invalid {
+                message: format!("{field}: {message}"),
+                field: Some(field),
+            })
+        }
+    }
+}
+
+fn base64_image(field: &str, text: &str) -> Result<Vec<u8>, ApiError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| ApiError::invalid(field, format!("{field}: not base64 ({e})")))
+}
+
+fn parse_usize(p: &Part) -> Result<usize, ApiError> {
+    let t = p.text()?;
+    t.trim().parse().map_err(|_| {
+        ApiError::invalid(
+            &p.name,
+            format!("{} = {t:?}: expected a whole number", p.name),
+        )
+    })
+}
+
+fn check_k(k: Option<usize>, limits: &ServeLimits) -> Result<usize, ApiError> {
+    let k = k.unwrap_or(10.min(limits.max_k));
+    if k == 0 || k > limits.max_k {
+        return Err(ApiError::invalid(
+            "k",
+            format!("k = {k}: allowed 1..={} (limits.max_k)", limits.max_k),
+        ));
+    }
+    Ok(k)
+}
+
+/// A search request before its image is decoded.
+pub struct RawSearch {
+    pub image: Option<Vec<u8>>,
+    pub id: Option<String>,
+    pub text: Option<String>,
+    pub k: usize,
+    pub filter: Filter,
+}
+
+pub fn search_request(body: Body, limits: &ServeLimits) -> Result<RawSearch, ApiError> {
+    let (image, id, text, k, filters) = match body {
+        Body::Json(bytes) => {
+            let r: SearchRequest = parse_json(&bytes)?;
+            let image = r.image.map(|t| base64_image("image", &t)).transpose()?;
+            (image, r.id, r.text, r.k, r.filters)
+        }
+        Body::Multipart(parts) => {
+            let (mut image, mut id, mut text, mut k) = (None, None, None, None);
+            let mut filters = BTreeMap::new();
+            for p in parts {
+                match p.name.as_str() {
+                    "image" => image = Some(p.data.to_vec()),
+                    "id" => id = Some(p.text()?),
+                    "text" => text = Some(p.text()?),
+                    "k" => k = Some(parse_usize(&p)?),
+                    "filters" => filters = parse_json(p.text()?.as_bytes())?,
+                    other => {
+                        return Err(ApiError::invalid(
+                            other,
+                            format!("unknown part {other:?}: expected image, id, text, k, filters"),
+                        ))
+                    }
+                }
+            }
+            (image, id, text, k, filters)
+        }
+    };
+    let given = [image.is_some(), id.is_some(), text.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if given != 1 {
+        return Err(ApiError::invalid(
+            "image",
+            "give exactly one of image, id and text",
+        ));
+    }
+    if let Some(t) = &text {
+        check_text(
+            "text",
+            t,
+            limits.max_prompt_chars,
+            "limits.max_prompt_chars",
+        )?;
+    }
+    if let Some(i) = &id {
+        check_text("id", i, limits.max_id_chars, "limits.max_id_chars")?;
+    }
+    let k = check_k(k, limits)?;
+    let mut filter = Filter::default();
+    let mut clauses = 0;
+    for (column, value) in &filters {
+        let values = match value {
+            FilterValue::One(v) => std::slice::from_ref(v),
+            FilterValue::Any(v) => v.as_slice(),
+        };
+        for v in values {
+            filter.add(column, v);
+            clauses += 1;
+        }
+    }
+    if clauses > limits.max_filters {
+        return Err(ApiError::invalid(
+            "filters",
+            format!(
+                "{clauses} filter values: at most {} (limits.max_filters)",
+                limits.max_filters
+            ),
+        ));
+    }
+    Ok(RawSearch {
+        image,
+        id,
+        text,
+        k,
+        filter,
+    })
+}
+
+/// Non-empty, no control characters, at most `max` characters.
+fn check_text(field: &str, text: &str, max: usize, limit: &str) -> Result<(), ApiError> {
+    if text.trim().is_empty() {
+        return Err(ApiError::invalid(field, format!("{field} is empty")));
+    }
+    let chars = text.chars().count();
+    if chars > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} has {chars} characters: at most {max} ({limit})"),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} contains a control character"),
+        ));
+    }
+    Ok(())
+}
+
+impl RawSearch {
+    /// The query, with its image decoded within the limits and preprocessed for `p`.
+    pub fn into_query(self, p: &Preprocess, limits: &ServeLimits) -> Result<Query, ApiError> {
+        Ok(match (self.image, self.id, self.text) {
+            (Some(bytes), _, _) => Query::Pixels(pixels(&bytes, p, limits)?),
+            (_, Some(id), _) => Query::Id(id),
+            (_, _, Some(text)) => Query::Text(text),
+            _ => unreachable!("search_request checked that one is given"),
+        })
+    }
+}
+
+/// Decodes within the limits and preprocesses (no augmentation) for the model.
+pub fn pixels(bytes: &[u8], p: &Preprocess, limits: &ServeLimits) -> Result<Vec<u8>, ApiError> {
+    let img = decode_image(bytes, &limits.decode_limits())?;
+    Ok(to_pixels(&img, p, &Augment::default(), None))
+}
+
+/// The file extension of an encoded image (after it decoded fine).
+pub fn image_ext(bytes: &[u8]) -> &'static str {
+    match image::guess_format(bytes) {
+        Ok(image::ImageFormat::Jpeg) => "jpg",
+        Ok(image::ImageFormat::Gif) => "gif",
+        Ok(image::ImageFormat::Bmp) => "bmp",
+        Ok(image::ImageFormat::WebP) => "webp",
+        _ => "png",
+    }
+}
+
+pub struct RawItem {
+    pub id: String,
+    pub image: Vec<u8>,
+    pub attrs: BTreeMap<String, String>,
+}
+
+pub fn add_item_request(body: Body, limits: &ServeLimits) -> Result<RawItem, ApiError> {
+    let r = match body {
+        Body::Json(bytes) => {
+            let r: AddItemRequest = parse_json(&bytes)?;
+            let image = if r.image.is_empty() {
+                Vec::new()
+            } else {
+                base64_image("image", &r.image)?
+            };
+            let mut attrs = r.attrs;
+            if let Some(t) = r.title {
+                attrs.insert("title".into(), t);
+            }
+            RawItem {
+                id: r.id,
+                image,
+                attrs,
+            }
+        }
+        Body::Multipart(parts) => {
+            // Every text part other than id and image is a metadata column (HTML forms).
+            let mut item = RawItem {
+                id: String::new(),
+                image: Vec::new(),
+                attrs: BTreeMap::new(),
+            };
+            for p in parts {
+                match p.name.as_str() {
+                    "image" => item.image = p.data.to_vec(),
+                    "id" => item.id = p.text()?,
+                    "attrs" => item.attrs.extend(parse_json::<BTreeMap<String, String>>(
+                        p.text()?.as_bytes(),
+                    )?),
+                    _ => {
+                        let v = p.text()?;
+                        item.attrs.insert(p.name, v);
+                    }
+                }
+            }
+            item
+        }
+    };
+    check_text("id", &r.id, limits.max_id_chars, "limits.max_id_chars")?;
+    if r.id.trim() != r.id {
+        return Err(ApiError::invalid("id", "id has leading or trailing spaces"));
+    }
+    if r.image.is_empty() {
+        return Err(ApiError::invalid("image", "image is missing"));
+    }
+    if r.attrs.len() > limits.max_attrs {
+        return Err(ApiError::invalid(
+            "attrs",
+            format!(
+                "{} metadata fields: at most {} (limits.max_attrs)",
+                r.attrs.len(),
+                limits.max_attrs
+            ),
+        ));
+    }
+    for (k, v) in &r.attrs {
+        check_text("attrs", k, limits.max_attr_chars, "limits.max_attr_chars")?;
+        if v.chars().count() > limits.max_attr_chars || v.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "attrs",
+                format!(
+                    "attrs.{k}: at most {} characters, no control characters (limits.max_attr_chars)",
+                    limits.max_attr_chars
+                ),
+            ));
+        }
+    }
+    Ok(r)
+}
+
+/// Checks what the server limits before the run's own validation.
+pub fn generate_request(
+    bytes: &[u8],
+    limits: &ServeLimits,
+) -> Result<(GenerateRequest, bool), ApiError> {
+    let b: GenerateBody = parse_json(bytes)?;
+    let prompt = b.keywords.chars().count() + b.tone.as_deref().map_or(0, |t| t.chars().count());
+    if b.keywords.trim().is_empty() {
+        return Err(ApiError::invalid("keywords", "keywords is empty"));
+    }
+    if prompt > limits.max_prompt_chars {
+        return Err(ApiError::invalid(
+            "keywords",
+            format!(
+                "keywords and tone have {prompt} characters: at most {} (limits.max_prompt_chars)",
+                limits.max_prompt_chars
+            ),
+        ));
+    }
+    let n = b.n.unwrap_or(5.min(limits.max_n));
+    if n == 0 || n > limits.max_n {
+        return Err(ApiError::invalid(
+            "n",
+            format!(
+                "n = {n}: allowed 1..={} (limits.max_n, or the copy run's generate.max_n if lower)",
+                limits.max_n
+            ),
+        ));
+    }
+    let max_tokens = b.max_tokens.unwrap_or(limits.max_tokens);
+    if max_tokens == 0 || max_tokens > limits.max_tokens {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            format!(
+                "max_tokens = {max_tokens}: allowed 1..={} (limits.max_tokens, or the copy run's generate.max_new_tokens if lower)",
+                limits.max_tokens
+            ),
+        ));
+    }
+    let req = GenerateRequest {
+        keywords: b.keywords,
+        tone: b.tone,
+        n,
+        max_chars: b.max_chars,
+        temperature: b.temperature,
+        top_k: b.top_k,
+        top_p: b.top_p,
+        repetition_penalty: b.repetition_penalty,
+        seed: b.seed,
+        stop: b.stop,
+        banned: b.banned,
+        no_copy: b.no_copy,
+        keyword_boost: b.keyword_boost,
+        // The run's own limit applies when the request names none.
+        max_tokens: b.max_tokens,
+    };
+    Ok((req, b.stream))
+}
+
+/// Images (encoded) and decoding overrides of a caption request.
+pub fn caption_request(
+    body: Body,
+    limits: &ServeLimits,
+) -> Result<(Vec<Vec<u8>>, DecodeOverrides), ApiError> {
+    let (images, o) = match body {
+        Body::Json(bytes) => {
+            let r: CaptionRequest = parse_json(&bytes)?;
+            let images = r
+                .images
+                .iter()
+                .enumerate()
+                .map(|(i, t)| base64_image(&format!("images[{i}]"), t))
+                .collect::<Result<Vec<_>, _>>()?;
+            let o = DecodeOverrides {
+                beam: r.beam,
+                length_penalty: r.length_penalty,
+                min_tokens: r.min_tokens,
+                max_tokens: r.max_tokens,
+                no_repeat_ngram: r.no_repeat_ngram,
+            };
+            (images, o)
+        }
+        Body::Multipart(parts) => {
+            let mut images = Vec::new();
+            let mut o = DecodeOverrides::default();
+            for p in parts {
+                match p.name.as_str() {
+                    "image" | "images" => images.push(p.data.to_vec()),
+                    "beam" => o.beam = Some(parse_usize(&p)?),
+                    "min_tokens" => o.min_tokens = Some(parse_usize(&p)?),
+                    "max_tokens" => o.max_tokens = Some(parse_usize(&p)?),
+                    "no_repeat_ngram" => o.no_repeat_ngram = Some(parse_usize(&p)?),
+                    "length_penalty" => {
+                        let t = p.text()?;
+                        o.length_penalty = Some(t.trim().parse().map_err(|_| {
+                            ApiError::invalid("length_penalty", format!("length_penalty = {t:?}: expected a number"))
+                        })?)
+                    }
+                    other => {
+                        return Err(ApiError::invalid(
+                            other,
+                            format!("unknown part {other:?}: expected image, beam, length_penalty, min_tokens, max_tokens, no_repeat_ngram"),
+                        ))
+                    }
+                }
+            }
+            (images, o)
+        }
+    };
+    if images.is_empty() || images.len() > limits.max_images {
+        return Err(ApiError::invalid(
+            "images",
+            format!(
+                "{} images: allowed 1..={} (limits.max_images)",
+                images.len(),
+                limits.max_images
+            ),
+        ));
+    }
+    if let Some(t) = o.max_tokens {
+        if t > limits.max_tokens {
+            return Err(ApiError::invalid(
+                "max_tokens",
+                format!(
+                    "max_tokens = {t}: at most {} (limits.max_tokens)",
+                    limits.max_tokens
+                ),
+            ));
+        }
+    }
+    Ok((images, o))
+}
+
+/// `{"error": ...}` and friends are in [`crate::error::ErrorBody`]; these are the answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResponse {
+    pub results: Vec<SearchHit>,
+    pub took_ms: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchHit {
+    pub rank: usize,
+    pub id: String,
+    /// Cosine similarity.
+    pub score: f32,
+    pub title: Option<String>,
+    pub attrs: BTreeMap<String, String>,
+    /// Where the product image is served (absent when the server has none).
+    pub image_url: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ItemResponse {
+    pub id: String,
+    /// Items in the catalogue afterwards.
+    pub count: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GenerateResponse {
+    /// Best first when a scorer is loaded.
+    pub candidates: Vec<CandidateOut>,
+    pub requested: usize,
+    pub sampled: usize,
+    /// Rejected samples by reason.
+    pub rejected: BTreeMap<String, usize>,
+    /// Fewer than `requested` passed within the sampling budget.
+    pub budget_exhausted: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CandidateOut {
+    pub text: String,
+    pub keyword_coverage: f64,
+    /// Click-through score (with a scorer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+}
+
+impl From<vitrine_train::generate::GenerateOutput> for GenerateResponse {
+    fn from(o: vitrine_train::generate::GenerateOutput) -> Self {
+        Self {
+            candidates: o
+                .candidates
+                .into_iter()
+                .map(|c| CandidateOut {
+                    text: c.text,
+                    keyword_coverage: c.keyword_coverage,
+                    score: c.score,
+                })
+                .collect(),
+            requested: o.requested,
+            sampled: o.sampled,
+            rejected: o.rejected,
+            budget_exhausted: o.budget_exhausted,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CaptionResponse {
+    /// One per image, in request order.
+    pub captions: Vec<CaptionOut>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CaptionOut {
+    pub index: usize,
+    pub caption: Option<String>,
+    /// Why this image has no caption (it could not be decoded).
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ServeLimits {
+        ServeLimits {
+            max_k: 5,
+            max_filters: 2,
+            max_n: 3,
+            max_tokens: 10,
+            max_prompt_chars: 12,
+            ..ServeLimits::default()
+        }
+    }
+
+    fn json(v: serde_json::Value) -> Body {
+        Body::Json(Bytes::from(v.to_string()))
+    }
+
+    #[test]
+    fn search_k_and_filters_at_and_past_their_limits() {
+        let l = limits();
+        let ok = search_request(json(serde_json::json!({"id": "1", "k": 5})), &l).unwrap();
+        assert_eq!(ok.k, 5);
+        let e = search_request(json(serde_json::json!({"id": "1", "k": 6})), &l)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("limits.max_k"), "{e}");
+        let e = search_request(json(serde_json::json!({"id": "1", "k": 0})), &l)
+            .err()
+            .unwrap();
+        assert_eq!(e.body().field.as_deref(), Some("k"));
+        let two = serde_json::json!({"id": "1", "filters": {"a": ["x", "y"]}});
+        assert!(search_request(json(two), &l).is_ok());
+        let three = serde_json::json!({"id": "1", "filters": {"a": ["x", "y"], "b": "z"}});
+        let e = search_request(json(three), &l).err().unwrap();
+        assert!(e.to_string().contains("limits.max_filters"), "{e}");
+    }
+
+    #[test]
+    fn search_needs_exactly_one_query_and_valid_json() {
+        let l = limits();
+        let e = search_request(json(serde_json::json!({"k": 1})), &l)
+            .err()
+            .unwrap();
+        assert_eq!(e.status(), axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+        let both = serde_json::json!({"id": "1", "text": "red"});
+        assert!(search_request(json(both), &l).is_err());
+        let e = search_request(Body::Json(Bytes::from("{\"id\": ")), &l)
+            .err()
+            .unwrap();
+        assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
+        let e = search_request(json(serde_json::json!({"id": "1", "k": -1})), &l)
+            .err()
+            .unwrap();
+        assert_eq!(e.status(), axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+        let e = search_request(json(serde_json::json!({"id": "1", "kk": 1})), &l)
+            .err()
+            .unwrap();
+        assert_eq!(e.body().field.as_deref(), Some("kk"), "{e}");
+        let e = search_request(json(serde_json::json!({"image": "%%%"})), &l)
+            .err()
+            .unwrap();
+        assert_eq!(e.body().field.as_deref(), Some("image"));
+    }
+
+    #[test]
+    fn generate_limits_at_and_past() {
+        let l = limits();
+        let ok = |v: serde_json::Value| generate_request(v.to_string().as_bytes(), &l);
+        assert!(
+            ok(serde_json::json!({"keywords": "abcdefghijkl", "n": 3, "max_tokens": 10})).is_ok()
+        );
+        let e = ok(serde_json::json!({"keywords": "abcdefghijklm", "n": 1}))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("limits.max_prompt_chars"), "{e}");
+        let e = ok(serde_json::json!({"keywords": "a", "n": 4}))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("limits.max_n"), "{e}");
+        let e = ok(serde_json::json!({"keywords": "a", "n": 1, "max_tokens": 11}))
+            .err()
+            .unwrap();
+        assert_eq!(e.body().field.as_deref(), Some("max_tokens"));
+        let e = ok(serde_json::json!({"keywords": "  ", "n": 1}))
+            .err()
+            .unwrap();
+        assert_eq!(e.body().field.as_deref(), Some("keywords"));
+        let e = ok(serde_json::json!({"keywords": "a", "n": 1e30}))
+            .err()
+            .unwrap();
+        assert_eq!(e.status(), axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+        let (req, stream) =
+            ok(serde_json::json!({"keywords": "a", "n": 1, "stream": true})).unwrap();
+        assert!(stream);
+        assert_eq!(req.max_tokens, None, "the run's own default applies");
+    }
+
+    #[test]
+    fn item_ids_and_attrs_are_checked() {
+        let l = ServeLimits {
+            max_id_chars: 4,
+            max_attrs: 1,
+            ..limits()
+        };
+        let item = |v| add_item_request(json(v), &l);
+        assert!(item(serde_json::json!({"id": "abcd", "image": "iVBO"})).is_ok());
+        assert!(item(serde_json::json!({"id": "abcde", "image": "iVBO"})).is_err());
+        assert!(item(serde_json::json!({"id": "", "image": "iVBO"})).is_err());
+        assert!(item(serde_json::json!({"id": " a", "image": "iVBO"})).is_err());
+        assert!(item(serde_json::json!({"id": "a\u{7}", "image": "iVBO"})).is_err());
+        assert!(
+            item(serde_json::json!({"id": "a"})).is_err(),
+            "image is required"
+        );
+        let two =
+            serde_json::json!({"id": "a", "image": "iVBO", "title": "t", "attrs": {"c": "d"}});
+        let e = item(two).err().unwrap();
+        assert!(e.to_string().contains("limits.max_attrs"), "{e}");
+    }
+
+    #[test]
+    fn caption_image_count_at_and_past() {
+        let l = ServeLimits {
+            max_images: 2,
+            ..limits()
+        };
+        let b64 = "iVBO";
+        assert!(caption_request(json(serde_json::json!({"images": [b64, b64]})), &l).is_ok());
+        let e = caption_request(json(serde_json::json!({"images": [b64, b64, b64]})), &l)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("limits.max_images"), "{e}");
+        assert!(caption_request(json(serde_json::json!({"images": []})), &l).is_err());
+        let e = caption_request(
+            json(serde_json::json!({"images": [b64], "max_tokens": 11})),
+            &l,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.body().field.as_deref(), Some("max_tokens"));
+    }
+}

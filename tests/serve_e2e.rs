@@ -1,0 +1,772 @@
+//! `vitrine serve` over real HTTP on loopback: every endpoint, hostile inputs, capacity
+//! limits, dynamic batching, persistence across restarts, graceful shutdown, and the search
+//! page driven in headless Chromium. The tiny runs are trained once per test binary.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::http::{b64, get, multipart, post_json, read, send, sse_events, Reply, Server};
+use common::{
+    ok, s, train_copy, train_scorer, train_to, write_caption_config, write_catalogue, write_config,
+};
+use serde_json::json;
+
+struct Fixtures {
+    root: PathBuf,
+    index: PathBuf,
+    copy: PathBuf,
+    scorer: PathBuf,
+    caption: PathBuf,
+}
+
+fn fixtures() -> &'static Fixtures {
+    static F: OnceLock<Fixtures> = OnceLock::new();
+    F.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-e2e");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        write_catalogue(&root);
+        let search = root.join("search");
+        train_to(&write_config(&root, 4), &search, &[]);
+        let index = root.join("products.vtridx");
+        ok(&[
+            "index",
+            "build",
+            "--run",
+            s(&search),
+            "--out",
+            s(&index),
+            "--quiet",
+        ]);
+        let copy = train_copy(&root, "copy", 3);
+        let scorer = train_scorer(&root, "scorer", 1);
+        let caption = root.join("caption");
+        train_to(&write_caption_config(&root, 2, ""), &caption, &[]);
+        Fixtures {
+            root,
+            index,
+            copy,
+            scorer,
+            caption,
+        }
+    })
+}
+
+/// A private copy of the index (catalogue writes change it) in a fresh folder.
+fn own_index(name: &str) -> PathBuf {
+    let f = fixtures();
+    let dir = f.root.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("products.vtridx");
+    std::fs::copy(&f.index, &path).unwrap();
+    path
+}
+
+/// A serve config file with `limits` lines (TOML under `[limits]`) and `extra` top-level
+/// lines.
+fn config(name: &str, top: &str, limits: &str, batching: &str) -> PathBuf {
+    let path = fixtures().root.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!("{top}\n[limits]\n{limits}\n[batching]\n{batching}\n"),
+    )
+    .unwrap();
+    path
+}
+
+fn photo(id: u32) -> Vec<u8> {
+    read(&fixtures().root.join(format!("images/{id}.png")))
+}
+
+fn png(img: &image::RgbImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn ids(r: &Reply) -> Vec<String> {
+    r.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn expect(r: &Reply, status: u16, what: &str) {
+    assert_eq!(r.status, status, "{what}: {}", r.text());
+}
+
+#[test]
+fn every_endpoint_answers_over_http() {
+    let f = fixtures();
+    let index = own_index("endpoints");
+    let srv = Server::start(&[
+        "--search",
+        s(&index),
+        "--copy",
+        s(&f.copy),
+        "--scorer",
+        s(&f.scorer),
+        "--caption",
+        s(&f.caption),
+    ]);
+    expect(&get(&srv.url("/healthz")), 200, "healthz");
+    expect(&get(&srv.url("/readyz")), 200, "readyz");
+    let page = get(&srv.url("/"));
+    expect(&page, 200, "page");
+    assert!(
+        page.text().contains("<html") && !page.text().contains("https://"),
+        "self-contained page"
+    );
+
+    let info = get(&srv.url("/v1/info")).json();
+    assert_eq!(info["tasks"]["search"], true);
+    assert_eq!(info["tasks"]["scorer"], true);
+    assert_eq!(info["catalog"]["count"], 24);
+    assert_eq!(
+        info["catalog"]["columns"]["colour"],
+        json!(["dark", "light"])
+    );
+    assert_eq!(
+        info["limits"]["max_n"], 4,
+        "the copy run's generate.max_n is below the server's"
+    );
+
+    let doc = get(&srv.url("/openapi.json")).json();
+    assert!(doc["paths"]["/v1/generate"]["post"].is_object(), "{doc}");
+
+    // Search: a catalogue photo finds itself first, by JSON and by multipart.
+    let r = post_json(
+        &srv.url("/v1/search"),
+        &json!({"image": b64(&photo(203)), "k": 5}),
+    );
+    expect(&r, 200, "search json");
+    let hits = r.json()["results"].clone();
+    assert_eq!(hits.as_array().unwrap().len(), 5);
+    assert_eq!(hits[0]["id"], "203");
+    assert!(hits[0]["score"].as_f64().unwrap() > 0.999, "{hits}");
+    assert_eq!(hits[0]["title"], "Item 203 green-horizontal");
+    let (ct, body) = multipart(&[("image", Some("q.png"), &photo(203)), ("k", None, b"5")]);
+    let m = send("POST", &srv.url("/v1/search"), &ct, &body, &[]);
+    expect(&m, 200, "search multipart");
+    assert_eq!(ids(&m), ids(&r));
+    // By item id, with a filter.
+    let r = post_json(
+        &srv.url("/v1/search"),
+        &json!({"id": "203", "k": 24, "filters": {"colour": "dark"}}),
+    );
+    expect(&r, 200, "search by id");
+    let hits = r.json()["results"].as_array().unwrap().clone();
+    assert_eq!(hits.len(), 12, "half the catalogue is dark");
+    assert!(hits.iter().all(|h| h["attrs"]["colour"] == "dark"));
+    // The product image is served.
+    let url = hits[0]["image_url"].as_str().unwrap().to_string();
+    let img = get(&srv.url(&url));
+    expect(&img, 200, "image");
+    assert_eq!(img.header("content-type"), Some("image/png"));
+    assert_eq!(
+        img.body,
+        photo(hits[0]["id"].as_str().unwrap().parse().unwrap())
+    );
+
+    // Generate: n candidates, ranked by the scorer (best first).
+    let r = post_json(
+        &srv.url("/v1/generate"),
+        &json!({"keywords": "sandals", "n": 3, "seed": 1}),
+    );
+    expect(&r, 200, "generate");
+    let out = r.json();
+    let cands = out["candidates"].as_array().unwrap();
+    assert!(!cands.is_empty(), "{out}");
+    let scores: Vec<f64> = cands.iter().map(|c| c["score"].as_f64().unwrap()).collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "ranked: {scores:?}"
+    );
+    // Streamed: tokens, candidates, then the same final answer.
+    let st = post_json(
+        &srv.url("/v1/generate"),
+        &json!({"keywords": "sandals", "n": 3, "seed": 1, "stream": true}),
+    );
+    expect(&st, 200, "generate stream");
+    assert!(st
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = sse_events(&st.text());
+    let (last, done) = events.last().unwrap();
+    assert_eq!(last, "done", "{events:?}");
+    assert_eq!(done, &out, "streaming does not change the answer");
+    assert!(events.iter().any(|(e, _)| e == "token"));
+    // Each accepted candidate's text is what its sample streamed (stop/trim aside).
+    let streamed: Vec<String> = events
+        .iter()
+        .filter(|(e, _)| e == "candidate")
+        .map(|(_, d)| d["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(streamed.len(), cands.len());
+
+    // Caption: several images, one of them broken, which is reported and skipped.
+    let r = post_json(
+        &srv.url("/v1/caption"),
+        &json!({"images": [b64(&photo(100)), b64(b"not an image"), b64(&photo(201))], "beam": 1}),
+    );
+    expect(&r, 200, "caption");
+    let caps = r.json()["captions"].as_array().unwrap().clone();
+    assert_eq!(caps.len(), 3);
+    assert!(caps[0]["caption"].is_string() && caps[2]["caption"].is_string());
+    assert!(caps[1]["caption"].is_null());
+    assert!(
+        caps[1]["error"].as_str().unwrap().contains("decode"),
+        "{caps:?}"
+    );
+    let (ct, body) = multipart(&[("image", Some("a.png"), &photo(100)), ("beam", None, b"1")]);
+    let m = send("POST", &srv.url("/v1/caption"), &ct, &body, &[]);
+    expect(&m, 200, "caption multipart");
+    assert_eq!(
+        m.json()["captions"][0]["caption"],
+        caps[0]["caption"],
+        "same image, same caption"
+    );
+
+    let metrics = get(&srv.url("/metrics")).text();
+    for needle in [
+        "vitrine_http_requests_total{route=\"/v1/search\",status=\"200\"} 3",
+        "vitrine_http_request_duration_seconds_count{route=\"/v1/generate\"} 2",
+        "vitrine_batch_size_count{worker=\"search\"}",
+        "vitrine_batch_size_count{worker=\"caption\"} 2",
+        "vitrine_queue_depth{worker=\"generate\"} 0",
+        "vitrine_in_flight_requests 0",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
+    }
+}
+
+#[test]
+fn catalogue_writes_need_the_key_and_survive_a_restart() {
+    let index = own_index("catalogue");
+    let key_file = index.with_file_name("key");
+    let key = "k3y-0123456789abcdef";
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+    let args = ["--search", s(&index), "--api-key-file", s(&key_file)];
+    let new_photo = png(&common::synth_image(2, 777));
+    let add = json!({"id": "new-1", "image": b64(&new_photo), "title": "New scarf", "attrs": {"colour": "dark", "articleType": "blue-diagonal"}});
+    {
+        let srv = Server::start(&args);
+        let url = srv.url("/v1/catalog/items");
+        let body = add.to_string();
+        let r = send("POST", &url, "application/json", body.as_bytes(), &[]);
+        expect(&r, 401, "no key");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        let r = send(
+            "POST",
+            &url,
+            "application/json",
+            body.as_bytes(),
+            &[("Authorization", "Bearer wrong-key-0123456789")],
+        );
+        expect(&r, 403, "wrong key");
+        let bearer = format!("Bearer {key}");
+        let auth = [("Authorization", bearer.as_str())];
+        let r = send("POST", &url, "application/json", body.as_bytes(), &auth);
+        expect(&r, 201, "add");
+        assert_eq!(r.json()["count"], 25);
+        let r = send("POST", &url, "application/json", body.as_bytes(), &auth);
+        expect(&r, 409, "duplicate id");
+        // Multipart add, metadata from form fields, key in X-Api-Key.
+        let other = png(&common::synth_image(0, 778));
+        let (ct, mp) = multipart(&[
+            ("id", None, b"new-2"),
+            ("image", Some("p.png"), &other),
+            ("colour", None, b"light"),
+        ]);
+        let r = send("POST", &url, &ct, &mp, &[("X-Api-Key", key)]);
+        expect(&r, 201, "multipart add");
+        // Reads need no key; the new photo finds its item.
+        let r = post_json(
+            &srv.url("/v1/search"),
+            &json!({"image": b64(&new_photo), "k": 3}),
+        );
+        expect(&r, 200, "search");
+        assert_eq!(ids(&r)[0], "new-1");
+        assert_eq!(r.json()["results"][0]["title"], "New scarf");
+        let img = get(&srv.url("/v1/catalog/items/new-1/image"));
+        assert_eq!(img.body, new_photo);
+        let r = send("DELETE", &srv.url("/v1/catalog/items/nope"), "", b"", &auth);
+        expect(&r, 404, "unknown id");
+        let r = send("DELETE", &srv.url("/v1/catalog/items/new-2"), "", b"", &[]);
+        expect(&r, 401, "delete without key");
+        let r = send(
+            "DELETE",
+            &srv.url("/v1/catalog/items/new-2"),
+            "",
+            b"",
+            &auth,
+        );
+        expect(&r, 200, "delete");
+        assert_eq!(r.json()["count"], 25);
+    }
+    // A restart keeps the change: new-1 is there with its image, new-2 is gone.
+    let srv = Server::start(&args);
+    assert_eq!(get(&srv.url("/v1/info")).json()["catalog"]["count"], 25);
+    let r = post_json(&srv.url("/v1/search"), &json!({"id": "new-1", "k": 1}));
+    expect(&r, 200, "search after restart");
+    assert_eq!(
+        get(&srv.url("/v1/catalog/items/new-1/image")).body,
+        new_photo
+    );
+    expect(
+        &get(&srv.url("/v1/catalog/items/new-2/image")),
+        404,
+        "deleted image",
+    );
+    let r = post_json(&srv.url("/v1/search"), &json!({"id": "new-2", "k": 1}));
+    expect(&r, 404, "deleted item");
+}
+
+/// A PNG whose header declares `w`×`h` pixels, with an empty image data stream.
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    // An empty zlib stream: the decoder reaches the pixel data before it fails.
+    for (kind, data) in [
+        (&b"IHDR"[..], ihdr),
+        (
+            &b"IDAT"[..],
+            vec![0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+        ),
+        (&b"IEND"[..], Vec::new()),
+    ] {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut chunk = kind.to_vec();
+        chunk.extend_from_slice(&data);
+        out.extend_from_slice(&chunk);
+        out.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    }
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in data {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+#[test]
+fn hostile_inputs_get_clear_errors() {
+    let f = fixtures();
+    let index = own_index("hostile");
+    let cfg = config(
+        "hostile",
+        "",
+        "max_body_bytes = 4000\nmax_image_side = 64\nmax_image_pixels = 1024\nmax_k = 5\nmax_n = 3\nmax_prompt_chars = 40",
+        "",
+    );
+    let srv = Server::start(&[
+        "--config",
+        s(&cfg),
+        "--search",
+        s(&index),
+        "--copy",
+        s(&f.copy),
+    ]);
+    let search = srv.url("/v1/search");
+    let generate = srv.url("/v1/generate");
+
+    // Body at the limit is read (and judged on content); one byte more is 413.
+    let body_of = |len: usize| {
+        let mut v = json!({"id": "100", "k": 1, "filters": {}}).to_string();
+        v.insert_str(1, &" ".repeat(len - v.len()));
+        v
+    };
+    let at = body_of(4000);
+    assert_eq!(at.len(), 4000);
+    expect(
+        &send("POST", &search, "application/json", at.as_bytes(), &[]),
+        200,
+        "body at the limit",
+    );
+    let over = body_of(4001);
+    let r = send("POST", &search, "application/json", over.as_bytes(), &[]);
+    expect(&r, 413, "body one byte over");
+    assert!(r.error().contains("limits.max_body_bytes"), "{}", r.text());
+
+    // Image bomb: the header declares 100000x100000; refused before any pixel buffer.
+    let r = post_json(
+        &search,
+        &json!({"image": b64(&png_header_only(100_000, 100_000))}),
+    );
+    expect(&r, 422, "image bomb");
+    assert_eq!(r.json()["field"], "image");
+    assert!(r.error().contains("limits.max_width"), "{}", r.text());
+    // A real decompression bomb: 160,000 pixels in two kilobytes.
+    let mut bomb = std::io::Cursor::new(Vec::new());
+    image::GrayImage::new(400, 400)
+        .write_to(&mut bomb, image::ImageFormat::Png)
+        .unwrap();
+    let bomb = bomb.into_inner();
+    assert!(bomb.len() < 2800, "{} bytes", bomb.len());
+    let r = post_json(&search, &json!({"image": b64(&bomb)}));
+    expect(&r, 422, "decompression bomb");
+    assert!(r.error().contains("400x400"), "{}", r.text());
+    // Within the side limit but past the pixel limit (40x40 = 1600 > 1024).
+    let r = post_json(
+        &search,
+        &json!({"image": b64(&png(&image::RgbImage::new(40, 40)))}),
+    );
+    expect(&r, 422, "pixel limit");
+    assert!(r.error().contains("limits.max_pixels"), "{}", r.text());
+    // At the pixel limit (32x32 = 1024) it is searched.
+    let r = post_json(
+        &search,
+        &json!({"image": b64(&png(&image::RgbImage::new(32, 32))), "k": 1}),
+    );
+    expect(&r, 200, "at the pixel limit");
+    // Truncated image.
+    let whole = photo(100);
+    let r = post_json(&search, &json!({"image": b64(&whole[..whole.len() / 2])}));
+    expect(&r, 422, "truncated image");
+    assert!(r.error().contains("decode"), "{}", r.text());
+
+    // Wrong content type, invalid JSON, NaN, negative and huge numbers, empty text.
+    let r = send("POST", &search, "text/plain", b"{\"id\": \"100\"}", &[]);
+    expect(&r, 415, "content type");
+    let r = send(
+        "POST",
+        &generate,
+        "application/json",
+        b"{\"keywords\": \"a\",",
+        &[],
+    );
+    expect(&r, 400, "invalid JSON");
+    let r = send(
+        "POST",
+        &generate,
+        "application/json",
+        b"{\"keywords\": \"a\", \"temperature\": NaN}",
+        &[],
+    );
+    expect(&r, 400, "NaN is not JSON");
+    for (body, field) in [
+        (json!({"id": "100", "k": -1}), "k"),
+        (json!({"id": "100", "k": 6}), "k"),
+        (json!({"id": "100", "k": 1e300}), "k"),
+        (json!({"id": "  "}), "id"),
+        (json!({"id": "100", "filters": {"nope": "x"}}), "filters"),
+    ] {
+        let r = post_json(&search, &body);
+        expect(&r, 422, &body.to_string());
+        assert_eq!(r.json()["field"], field, "{body}: {}", r.text());
+    }
+    for (body, field) in [
+        (json!({"keywords": "sandals", "n": 4}), "n"),
+        (
+            json!({"keywords": "sandals", "temperature": -1.0}),
+            "temperature",
+        ),
+        (json!({"keywords": "sandals", "top_p": 1e308}), "top_p"),
+        (json!({"keywords": ""}), "keywords"),
+        (json!({"keywords": "x".repeat(41)}), "keywords"),
+        (
+            json!({"keywords": "sandals", "max_tokens": 0}),
+            "max_tokens",
+        ),
+    ] {
+        let r = post_json(&generate, &body);
+        expect(&r, 422, &body.to_string());
+        assert_eq!(r.json()["field"], field, "{body}: {}", r.text());
+    }
+    // One past u64::MAX.
+    let r = send(
+        "POST",
+        &generate,
+        "application/json",
+        br#"{"keywords": "sandals", "n": 18446744073709551616}"#,
+        &[],
+    );
+    expect(&r, 422, "n past u64");
+    assert_eq!(r.json()["field"], "n", "{}", r.text());
+    // Unknown item id; a task that is not served; an unknown route.
+    expect(
+        &post_json(&search, &json!({"id": "no-such-item"})),
+        404,
+        "unknown id",
+    );
+    let r = post_json(&srv.url("/v1/caption"), &json!({"images": [b64(&whole)]}));
+    expect(&r, 404, "caption not served");
+    assert!(r.error().contains("--caption"), "{}", r.text());
+    expect(&get(&srv.url("/v2/nothing")), 404, "unknown route");
+    // After all that the server still answers.
+    expect(&get(&srv.url("/readyz")), 200, "still up");
+}
+
+#[test]
+fn bursts_over_capacity_get_429_or_503_while_admitted_requests_succeed() {
+    let f = fixtures();
+    let cfg = config("burst", "", "max_concurrent = 2\nmax_queue = 1", "");
+    let srv = Server::start(&["--config", s(&cfg), "--copy", s(&f.copy)]);
+    let url = srv.url("/v1/generate");
+    let replies: Vec<Reply> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let url = url.clone();
+                sc.spawn(move || {
+                    post_json(&url, &json!({"keywords": "sandals", "n": 3, "seed": i}))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let refused: Vec<&Reply> = replies.iter().filter(|r| r.status != 200).collect();
+    assert!(ok >= 1, "some requests are admitted");
+    assert!(!refused.is_empty(), "12 at once exceed 2 in flight");
+    for r in &refused {
+        assert!(
+            r.status == 429 || r.status == 503,
+            "{}: {}",
+            r.status,
+            r.text()
+        );
+        assert_eq!(r.header("retry-after"), Some("1"), "{}", r.text());
+    }
+    for r in replies.iter().filter(|r| r.status == 200) {
+        assert!(!r.json()["candidates"].as_array().unwrap().is_empty());
+    }
+    // Capacity comes back once the burst is over.
+    let r = post_json(&url, &json!({"keywords": "sandals", "n": 1}));
+    expect(&r, 200, "after the burst");
+}
+
+#[test]
+fn dynamic_batches_give_the_unbatched_results() {
+    let index = own_index("batching");
+    let queries: Vec<u32> = vec![100, 103, 201, 204, 302, 305];
+    // One image per forward pass.
+    let single = config("single", "", "", "max_batch = 1\nmax_wait_ms = 0");
+    let srv = Server::start(&["--config", s(&single), "--search", s(&index)]);
+    let alone: Vec<serde_json::Value> = queries
+        .iter()
+        .map(|&q| {
+            post_json(
+                &srv.url("/v1/search"),
+                &json!({"image": b64(&photo(q)), "k": 6}),
+            )
+            .json()["results"]
+                .clone()
+        })
+        .collect();
+    drop(srv);
+    // Concurrent requests wait up to 2 s for each other and share a forward pass.
+    let batched = config("batched", "", "", "max_batch = 8\nmax_wait_ms = 2000");
+    let srv = Server::start(&["--config", s(&batched), "--search", s(&index)]);
+    let together: Vec<serde_json::Value> = std::thread::scope(|sc| {
+        let hs: Vec<_> = queries
+            .iter()
+            .map(|&q| {
+                let url = srv.url("/v1/search");
+                sc.spawn(move || {
+                    post_json(&url, &json!({"image": b64(&photo(q)), "k": 6})).json()["results"]
+                        .clone()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (a, b) in alone.iter().zip(&together) {
+        let (a, b) = (a.as_array().unwrap(), b.as_array().unwrap());
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x["id"], y["id"]);
+            let (sx, sy) = (x["score"].as_f64().unwrap(), y["score"].as_f64().unwrap());
+            assert!((sx - sy).abs() <= 1e-5, "{sx} vs {sy}");
+        }
+    }
+    let metrics = get(&srv.url("/metrics")).text();
+    // Six requests in fewer than six forward passes: some batch held more than one image.
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("vitrine_batch_size_bucket{worker=\"search\",le=\"1\"}"))
+        .unwrap();
+    let single_batches: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let total_line = metrics
+        .lines()
+        .find(|l| l.starts_with("vitrine_batch_size_count{worker=\"search\"}"))
+        .unwrap();
+    let batches: u64 = total_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(batches < 6 && single_batches < batches, "{metrics}");
+}
+
+#[test]
+fn a_client_that_disconnects_frees_its_slot() {
+    let f = fixtures();
+    let cfg = config("disconnect", "", "max_concurrent = 1", "");
+    let srv = Server::start(&["--config", s(&cfg), "--copy", s(&f.copy)]);
+    let addr = srv.base.trim_start_matches("http://").to_string();
+    // A streamed generation, abandoned after its first bytes.
+    let body = json!({"keywords": "sandals", "n": 3, "stream": true}).to_string();
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "POST /v1/generate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 64];
+    let n = conn.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    drop(conn);
+    // The only slot comes back: a new request is admitted within a few seconds.
+    let start = Instant::now();
+    loop {
+        let r = post_json(
+            &srv.url("/v1/generate"),
+            &json!({"keywords": "sandals", "n": 1}),
+        );
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "slot never freed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_then_exits() {
+    let f = fixtures();
+    let mut srv = Server::start(&["--copy", s(&f.copy)]);
+    let url = srv.url("/v1/generate");
+    let inflight = std::thread::spawn(move || {
+        post_json(&url, &json!({"keywords": "sandals", "n": 4, "seed": 3}))
+    });
+    // Wait until the request is being handled.
+    let start = Instant::now();
+    while !get(&srv.url("/metrics"))
+        .text()
+        .contains("vitrine_in_flight_requests 1")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "request never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    srv.terminate();
+    let r = inflight.join().unwrap();
+    expect(&r, 200, "in-flight request");
+    let status = srv.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "exit status {status}; stderr:\n{}",
+        srv.stderr()
+    );
+    assert!(srv.stderr().contains("shutting down"), "{}", srv.stderr());
+    assert_eq!(get(&srv.url("/healthz")).status, 0, "no longer listening");
+}
+
+#[test]
+fn a_model_that_cannot_load_stops_the_server_with_its_error() {
+    let f = fixtures();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--copy",
+            s(&f.root.join("no-such-run")),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-run"), "{err}");
+}
+
+/// The search page in headless Chromium: upload a catalogue photo, the same product comes
+/// first; the screenshot is kept as a test artifact.
+#[test]
+fn search_page_in_headless_chromium() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = repo.join("tests/browser/search_page.mjs");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let missing: Vec<&str> = [
+        (!Path::new(&chromium).exists()).then_some("chromium (apt-get install chromium)"),
+        (std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .is_err())
+        .then_some("node"),
+        (!repo
+            .join("tests/browser/node_modules/playwright-core")
+            .exists())
+        .then_some("playwright-core (npm ci --prefix tests/browser)"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "skipping the browser test: missing {}; scripts/setup.sh installs them",
+            missing.join(", ")
+        );
+        return;
+    }
+    let f = fixtures();
+    let index = own_index("browser");
+    let srv = Server::start(&["--search", s(&index), "--copy", s(&f.copy)]);
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("search-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = std::process::Command::new("node")
+        .arg(&script)
+        .env("VITRINE_URL", &srv.base)
+        .env("QUERY_IMAGE", f.root.join("images/305.png"))
+        .env("EXPECT_ID", "305")
+        .env("SCREENSHOT", &shot)
+        .env("CHROMIUM", &chromium)
+        .env("GENERATE", "1")
+        .env("KEYWORDS", "sandals")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{}\n{}\nserver:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        srv.stderr()
+    );
+    let png = read(&shot);
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "screenshot at {}",
+        shot.display()
+    );
+    eprintln!("screenshot: {}", shot.display());
+}

@@ -205,13 +205,33 @@ fn every_endpoint_answers_over_http() {
     assert_eq!(last, "done", "{events:?}");
     assert_eq!(done, &out, "streaming does not change the answer");
     assert!(events.iter().any(|(e, _)| e == "token"));
-    // Each accepted candidate's text is what its sample streamed (stop/trim aside).
-    let streamed: Vec<String> = events
-        .iter()
-        .filter(|(e, _)| e == "candidate")
-        .map(|(_, d)| d["text"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(streamed.len(), cands.len());
+    // Each accepted candidate is the text its sample streamed.
+    let mut samples: std::collections::BTreeMap<u64, String> = Default::default();
+    let mut accepted = 0;
+    for (e, d) in &events {
+        match e.as_str() {
+            "token" => samples
+                .entry(d["sample"].as_u64().unwrap())
+                .or_default()
+                .push_str(d["text"].as_str().unwrap()),
+            "candidate" => {
+                accepted += 1;
+                let streamed = &samples[&d["sample"].as_u64().unwrap()];
+                assert_eq!(streamed.trim(), d["text"].as_str().unwrap(), "{events:?}");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(accepted, cands.len());
+    // Samples that ended at once stream nothing.
+    assert!(samples.len() as u64 <= out["sampled"].as_u64().unwrap());
+    // A request the run's own limits refuse is a 422 before any event is sent.
+    let r = post_json(
+        &srv.url("/v1/generate"),
+        &json!({"keywords": "sandals", "top_p": 2.0, "stream": true}),
+    );
+    expect(&r, 422, "invalid streamed request");
+    assert_eq!(r.json()["field"], "top_p");
 
     // Caption: several images, one of them broken, which is reported and skipped.
     let r = post_json(
@@ -239,7 +259,8 @@ fn every_endpoint_answers_over_http() {
     let metrics = get(&srv.url("/metrics")).text();
     for needle in [
         "vitrine_http_requests_total{route=\"/v1/search\",status=\"200\"} 3",
-        "vitrine_http_request_duration_seconds_count{route=\"/v1/generate\"} 2",
+        "vitrine_http_request_duration_seconds_count{route=\"/v1/generate\"} 3",
+        "vitrine_http_requests_total{route=\"/v1/generate\",status=\"422\"} 1",
         "vitrine_batch_size_count{worker=\"search\"}",
         "vitrine_batch_size_count{worker=\"caption\"} 2",
         "vitrine_queue_depth{worker=\"generate\"} 0",
@@ -283,6 +304,33 @@ fn catalogue_writes_need_the_key_and_survive_a_restart() {
         assert_eq!(r.json()["count"], 25);
         let r = send("POST", &url, "application/json", body.as_bytes(), &auth);
         expect(&r, 409, "duplicate id");
+        // Ids up to limits.max_id_chars (128) characters, multi-byte ones included.
+        let long = |n: usize| json!({"id": "é".repeat(n), "image": b64(&new_photo)}).to_string();
+        let r = send(
+            "POST",
+            &url,
+            "application/json",
+            long(129).as_bytes(),
+            &auth,
+        );
+        expect(&r, 422, "id one past the limit");
+        assert!(r.error().contains("limits.max_id_chars"), "{}", r.text());
+        let r = send(
+            "POST",
+            &url,
+            "application/json",
+            long(128).as_bytes(),
+            &auth,
+        );
+        expect(&r, 201, "id at the limit");
+        let r = send(
+            "DELETE",
+            &srv.url(&format!("/v1/catalog/items/{}", "%C3%A9".repeat(128))),
+            "",
+            b"",
+            &auth,
+        );
+        expect(&r, 200, "delete the long id");
         // Multipart add, metadata from form fields, key in X-Api-Key.
         let other = png(&common::synth_image(0, 778));
         let (ct, mp) = multipart(&[
@@ -420,8 +468,8 @@ fn hostile_inputs_get_clear_errors() {
     );
     expect(&r, 422, "image bomb");
     assert_eq!(r.json()["field"], "image");
-    assert!(r.error().contains("limits.max_width"), "{}", r.text());
-    // A real decompression bomb: 160,000 pixels in two kilobytes.
+    assert!(r.error().contains("limits.max_image_side"), "{}", r.text());
+    // A real decompression bomb: 160,000 pixels in two kilobytes, refused from its header.
     let mut bomb = std::io::Cursor::new(Vec::new());
     image::GrayImage::new(400, 400)
         .write_to(&mut bomb, image::ImageFormat::Png)
@@ -437,7 +485,11 @@ fn hostile_inputs_get_clear_errors() {
         &json!({"image": b64(&png(&image::RgbImage::new(40, 40)))}),
     );
     expect(&r, 422, "pixel limit");
-    assert!(r.error().contains("limits.max_pixels"), "{}", r.text());
+    assert!(
+        r.error().contains("limits.max_image_pixels"),
+        "{}",
+        r.text()
+    );
     // At the pixel limit (32x32 = 1024) it is searched.
     let r = post_json(
         &search,
@@ -560,42 +612,79 @@ fn bursts_over_capacity_get_429_or_503_while_admitted_requests_succeed() {
     expect(&r, 200, "after the burst");
 }
 
+/// Search results and captions of each photo, asked one at a time or all at once.
+fn answers(
+    srv: &Server,
+    photos: &[u32],
+    together: bool,
+) -> Vec<(serde_json::Value, serde_json::Value)> {
+    let ask = |q: u32| {
+        let img = b64(&photo(q));
+        let hits = post_json(&srv.url("/v1/search"), &json!({"image": img, "k": 6}));
+        let cap = post_json(
+            &srv.url("/v1/caption"),
+            &json!({"images": [img], "beam": 2}),
+        );
+        expect(&hits, 200, "search");
+        expect(&cap, 200, "caption");
+        (
+            hits.json()["results"].clone(),
+            cap.json()["captions"][0]["caption"].clone(),
+        )
+    };
+    if !together {
+        return photos.iter().map(|&q| ask(q)).collect();
+    }
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = photos.iter().map(|&q| sc.spawn(move || ask(q))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// The number of forward passes of `worker` and how many of them held one image.
+fn batches(metrics: &str, worker: &str) -> (u64, u64) {
+    let value = |prefix: String| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(&prefix)).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    (
+        value(format!("vitrine_batch_size_count{{worker=\"{worker}\"}}")),
+        value(format!(
+            "vitrine_batch_size_bucket{{worker=\"{worker}\",le=\"1\"}}"
+        )),
+    )
+}
+
 #[test]
 fn dynamic_batches_give_the_unbatched_results() {
+    let f = fixtures();
     let index = own_index("batching");
-    let queries: Vec<u32> = vec![100, 103, 201, 204, 302, 305];
+    let photos: Vec<u32> = vec![100, 103, 201, 204, 302, 305];
     // One image per forward pass.
     let single = config("single", "", "", "max_batch = 1\nmax_wait_ms = 0");
-    let srv = Server::start(&["--config", s(&single), "--search", s(&index)]);
-    let alone: Vec<serde_json::Value> = queries
-        .iter()
-        .map(|&q| {
-            post_json(
-                &srv.url("/v1/search"),
-                &json!({"image": b64(&photo(q)), "k": 6}),
-            )
-            .json()["results"]
-                .clone()
-        })
-        .collect();
+    let srv = Server::start(&[
+        "--config",
+        s(&single),
+        "--search",
+        s(&index),
+        "--caption",
+        s(&f.caption),
+    ]);
+    let alone = answers(&srv, &photos, false);
     drop(srv);
-    // Concurrent requests wait up to 2 s for each other and share a forward pass.
+    // Concurrent requests wait up to 2 s for each other and share forward passes.
     let batched = config("batched", "", "", "max_batch = 8\nmax_wait_ms = 2000");
-    let srv = Server::start(&["--config", s(&batched), "--search", s(&index)]);
-    let together: Vec<serde_json::Value> = std::thread::scope(|sc| {
-        let hs: Vec<_> = queries
-            .iter()
-            .map(|&q| {
-                let url = srv.url("/v1/search");
-                sc.spawn(move || {
-                    post_json(&url, &json!({"image": b64(&photo(q)), "k": 6})).json()["results"]
-                        .clone()
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    for (a, b) in alone.iter().zip(&together) {
+    let srv = Server::start(&[
+        "--config",
+        s(&batched),
+        "--search",
+        s(&index),
+        "--caption",
+        s(&f.caption),
+    ]);
+    let together = answers(&srv, &photos, true);
+    for ((a, ca), (b, cb)) in alone.iter().zip(&together) {
+        assert_eq!(ca, cb, "batched captions equal unbatched ones");
         let (a, b) = (a.as_array().unwrap(), b.as_array().unwrap());
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(b) {
@@ -605,18 +694,11 @@ fn dynamic_batches_give_the_unbatched_results() {
         }
     }
     let metrics = get(&srv.url("/metrics")).text();
-    // Six requests in fewer than six forward passes: some batch held more than one image.
-    let line = metrics
-        .lines()
-        .find(|l| l.starts_with("vitrine_batch_size_bucket{worker=\"search\",le=\"1\"}"))
-        .unwrap();
-    let single_batches: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    let total_line = metrics
-        .lines()
-        .find(|l| l.starts_with("vitrine_batch_size_count{worker=\"search\"}"))
-        .unwrap();
-    let batches: u64 = total_line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(batches < 6 && single_batches < batches, "{metrics}");
+    for worker in ["search", "caption"] {
+        // Six requests in fewer than six forward passes: some held more than one image.
+        let (passes, singles) = batches(&metrics, worker);
+        assert!(passes < 6 && singles < passes, "{worker}: {metrics}");
+    }
 }
 
 #[test]
@@ -658,28 +740,52 @@ fn a_client_that_disconnects_frees_its_slot() {
 }
 
 #[test]
-fn sigterm_finishes_in_flight_requests_then_exits() {
+fn sigterm_drains_finishes_in_flight_requests_then_exits() {
     let f = fixtures();
-    let mut srv = Server::start(&["--copy", s(&f.copy)]);
-    let url = srv.url("/v1/generate");
-    let inflight = std::thread::spawn(move || {
-        post_json(&url, &json!({"keywords": "sandals", "n": 4, "seed": 3}))
-    });
-    // Wait until the request is being handled.
+    let cfg = config("shutdown", "shutdown_drain_ms = 1500", "", "");
+    let mut srv = Server::start(&["--config", s(&cfg), "--copy", s(&f.copy)]);
+    let addr = srv.base.trim_start_matches("http://").to_string();
+    // A request in flight: admitted, its body half sent.
+    let body = json!({"keywords": "sandals", "n": 2, "seed": 3}).to_string();
+    let (head, tail) = body.split_at(body.len() / 2);
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "POST /v1/generate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+        body.len()
+    )
+    .unwrap();
+    conn.flush().unwrap();
     let start = Instant::now();
     while !get(&srv.url("/metrics"))
         .text()
         .contains("vitrine_in_flight_requests 1")
     {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "request never started"
-        );
+        assert!(start.elapsed() < Duration::from_secs(30), "never admitted");
         std::thread::sleep(Duration::from_millis(5));
     }
     srv.terminate();
-    let r = inflight.join().unwrap();
-    expect(&r, 200, "in-flight request");
+    // Draining: still listening, not ready, new model requests refused.
+    let start = Instant::now();
+    while get(&srv.url("/readyz")).status != 503 {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "readyz stayed 200"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let r = post_json(
+        &srv.url("/v1/generate"),
+        &json!({"keywords": "sandals", "n": 1}),
+    );
+    expect(&r, 503, "new request while draining");
+    assert!(r.error().contains("shutting down"), "{}", r.text());
+    // The in-flight request still completes.
+    conn.write_all(tail.as_bytes()).unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"candidates\""), "{reply}");
     let status = srv.child.wait().unwrap();
     assert!(
         status.success(),
@@ -688,6 +794,32 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
     );
     assert!(srv.stderr().contains("shutting down"), "{}", srv.stderr());
     assert_eq!(get(&srv.url("/healthz")).status, 0, "no longer listening");
+}
+
+#[test]
+fn a_request_past_its_timeout_gets_503() {
+    let index = own_index("timeout");
+    // A lone search waits 2 s for batch company; the request may take 300 ms.
+    let cfg = config(
+        "timeout",
+        "",
+        "request_timeout_ms = 300",
+        "max_batch = 8\nmax_wait_ms = 2000",
+    );
+    let srv = Server::start(&["--config", s(&cfg), "--search", s(&index)]);
+    let t = Instant::now();
+    let r = post_json(&srv.url("/v1/search"), &json!({"id": "100"}));
+    expect(&r, 503, "timed out");
+    assert!(
+        t.elapsed() < Duration::from_millis(1900),
+        "answered at the timeout, not after the batch"
+    );
+    assert!(
+        r.error().contains("limits.request_timeout_ms"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.header("retry-after"), Some("1"));
 }
 
 #[test]
@@ -731,6 +863,12 @@ fn search_page_in_headless_chromium() {
     .flatten()
     .collect();
     if !missing.is_empty() {
+        // CI sets this: there a missing browser is a failure, not a skip.
+        assert!(
+            std::env::var_os("VITRINE_REQUIRE_BROWSER").is_none(),
+            "VITRINE_REQUIRE_BROWSER is set but {} missing",
+            missing.join(", ")
+        );
         eprintln!(
             "skipping the browser test: missing {}; scripts/setup.sh installs them",
             missing.join(", ")

@@ -27,7 +27,10 @@ pub struct ServeConfig {
     pub api_key_file: Option<PathBuf>,
     /// With an API key: every `/v1` route needs it, not only catalogue writes.
     pub require_key_for_reads: bool,
-    /// After SIGTERM/SIGINT, in-flight requests get this long to finish.
+    /// After SIGTERM/SIGINT the server keeps listening this long with `/readyz` at 503 and
+    /// new model requests refused, so a load balancer can move traffic away.
+    pub shutdown_drain_ms: u64,
+    /// Then it stops listening; in-flight requests get this long to finish.
     pub shutdown_grace_ms: u64,
     pub limits: ServeLimits,
     pub batching: BatchConfig,
@@ -43,6 +46,7 @@ impl Default for ServeConfig {
             caption: None,
             api_key_file: None,
             require_key_for_reads: false,
+            shutdown_drain_ms: 0,
             shutdown_grace_ms: 30_000,
             limits: ServeLimits::default(),
             batching: BatchConfig::default(),
@@ -83,9 +87,12 @@ pub struct ServeLimits {
     /// Model requests (search, catalogue writes, generate, caption) handled at once;
     /// more get 503 with Retry-After.
     pub max_concurrent: usize,
-    /// Jobs waiting per model worker; more get 429 with Retry-After.
+    /// Jobs waiting per model worker; more get 429 with Retry-After. Below
+    /// `max_concurrent`, so one slow task cannot take every admitted slot.
     pub max_queue: usize,
-    /// A request still unanswered after this long gets 503 (and its work is dropped).
+    /// A request whose body has not arrived after this long gets 408; one still unanswered
+    /// gets 503 (a queued job is then dropped, a running generation stopped; a started
+    /// forward pass completes).
     pub request_timeout_ms: u64,
     /// Metadata columns with more distinct values than this get no filter dropdown.
     pub max_filter_values: usize,
@@ -108,7 +115,7 @@ impl Default for ServeLimits {
             max_attrs: 32,
             max_attr_chars: 500,
             max_concurrent: 32,
-            max_queue: 64,
+            max_queue: 16,
             request_timeout_ms: 60_000,
             max_filter_values: 50,
         }

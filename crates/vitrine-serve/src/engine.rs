@@ -201,12 +201,15 @@ impl SearchJob {
 /// What a streamed generation sends.
 #[derive(Debug)]
 pub enum StreamEvent {
+    /// The request passed the run's validation; generation begins.
+    Started,
     Token {
         sample: usize,
         text: String,
     },
     Candidate {
         index: usize,
+        sample: usize,
         text: String,
         keyword_coverage: f64,
     },
@@ -236,14 +239,30 @@ impl GenSink {
                     text: text.to_string(),
                 })
                 .is_ok(),
-            (Self::Stream(tx), GenEvent::Candidate { index, candidate }) => tx
+            (
+                Self::Stream(tx),
+                GenEvent::Candidate {
+                    index,
+                    sample,
+                    candidate,
+                },
+            ) => tx
                 .send(StreamEvent::Candidate {
                     index,
+                    sample,
                     text: candidate.text.clone(),
                     keyword_coverage: candidate.keyword_coverage,
                 })
                 .is_ok(),
             _ => !self.closed(),
+        }
+    }
+
+    /// Tells a streaming client its request was accepted (its answer head can go out).
+    fn started(&self) -> bool {
+        match self {
+            Self::Stream(tx) => tx.send(StreamEvent::Started).is_ok(),
+            Self::Once(tx) => !tx.is_closed(),
         }
     }
 
@@ -402,22 +421,20 @@ fn load_err(what: String, source: TrainError) -> ServeError {
     ServeError::Load { what, source }
 }
 
-/// Uploaded images live beside the index: `index.vtridx` → `index.images/<hex id>.<ext>`.
-fn upload_path(dir: &Path, id: &str, ext: &str) -> PathBuf {
-    let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
-    dir.join(format!("{hex}.{ext}"))
+const UPLOAD_EXTS: [&str; 5] = ["png", "jpg", "gif", "bmp", "webp"];
+
+/// Uploaded images live beside the index: `index.vtridx` → `index.images/<digest>.<ext>`,
+/// named by a SHA-256 of the id so any id gives a short, safe file name.
+fn upload_stem(id: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(id.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
-fn id_of_upload(path: &Path) -> Option<String> {
-    let stem = path.file_stem()?.to_str()?;
-    if stem.len() % 2 != 0 {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..stem.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(stem.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
+fn upload_path(dir: &Path, id: &str, ext: &str) -> PathBuf {
+    dir.join(format!("{}.{ext}", upload_stem(id)))
 }
 
 struct SearchWorker<B: Backend> {
@@ -504,10 +521,19 @@ impl<B: Backend> SearchWorker<B> {
         let uploads = index_path.with_extension("images");
         let mut uploaded = HashMap::new();
         if let Ok(dir) = std::fs::read_dir(&uploads) {
+            let by_stem: HashMap<String, &str> = index
+                .items()
+                .iter()
+                .map(|it| (upload_stem(&it.id), it.id.as_str()))
+                .collect();
             for path in dir.filter_map(|e| e.ok().map(|e| e.path())) {
-                // Temp files of an interrupted save have other names and are skipped.
-                if let Some(id) = id_of_upload(&path).filter(|id| index.row_of(id).is_some()) {
-                    uploaded.insert(id, path);
+                // Temp files of an interrupted save and images of removed items match no id.
+                let id = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(|s| by_stem.get(s));
+                if let Some(id) = id {
+                    uploaded.insert(id.to_string(), path);
                 }
             }
         }
@@ -559,62 +585,75 @@ impl<B: Backend> SearchWorker<B> {
                 .into_iter()
                 .filter(|j| !j.abandoned())
                 .collect();
-            // One forward pass for every image in the batch.
-            let p = &self.encoder.config.preprocess;
-            let mut pixels = Vec::new();
-            for j in &jobs {
-                match j {
-                    SearchJob::Query {
-                        query: Query::Pixels(px),
-                        ..
-                    }
-                    | SearchJob::Add { pixels: px, .. } => pixels.extend_from_slice(px),
-                    _ => {}
-                }
+            if !guarded("search", || self.process(jobs, max_k, shared)) {
+                // The failed batch may have stopped between the index and its device copy.
+                let _ = guarded("search", || self.commit(self.index.clone(), shared));
             }
-            let images = pixels.len() / p.pixel_len().max(1);
-            let embeddings = if images > 0 {
-                shared.metrics.record_batch("search", images);
-                embed_pixels(
-                    &self.encoder.model,
-                    &pixels,
-                    p,
-                    images,
-                    &self.encoder.device,
-                    None,
-                )
-            } else {
-                Vec::new()
-            };
-            let dim = self.index.dim;
-            let mut rows = embeddings.chunks(dim);
-            for job in jobs {
-                let emb = if job.images() > 0 { rows.next() } else { None };
-                match job {
-                    SearchJob::Query {
-                        query,
-                        k,
-                        filter,
-                        reply,
-                    } => {
-                        let r = self.query(query, emb, k, max_k, &filter);
-                        let _ = reply.send(r);
+        }
+    }
+
+    fn process(&mut self, jobs: Vec<SearchJob>, max_k: usize, shared: &Shared) {
+        // One forward pass for every image in the batch.
+        let p = &self.encoder.config.preprocess;
+        let mut pixels = Vec::new();
+        for j in &jobs {
+            match j {
+                SearchJob::Query {
+                    query: Query::Pixels(px),
+                    ..
+                }
+                | SearchJob::Add { pixels: px, .. } => pixels.extend_from_slice(px),
+                _ => {}
+            }
+        }
+        let images = pixels.len() / p.pixel_len().max(1);
+        let embeddings = if images > 0 {
+            shared.metrics.record_batch("search", images);
+            embed_pixels(
+                &self.encoder.model,
+                &pixels,
+                p,
+                images,
+                &self.encoder.device,
+                None,
+            )
+        } else {
+            Vec::new()
+        };
+        let dim = self.index.dim;
+        let mut rows = embeddings.chunks(dim);
+        for job in jobs {
+            let emb = if job.images() > 0 { rows.next() } else { None };
+            match job {
+                SearchJob::Query {
+                    query,
+                    k,
+                    filter,
+                    reply,
+                } => {
+                    let r = self.query(query, emb, k, max_k, &filter);
+                    let _ = reply.send(r);
+                }
+                SearchJob::Add {
+                    id,
+                    attrs,
+                    image,
+                    ext,
+                    reply,
+                    ..
+                } => {
+                    // A client that gave up (timeout) was told to retry: do not write.
+                    if reply.is_closed() {
+                        continue;
                     }
-                    SearchJob::Add {
-                        id,
-                        attrs,
-                        image,
-                        ext,
-                        reply,
-                        ..
-                    } => {
-                        let r = match emb {
-                            Some(e) => self.add(id, attrs, e, &image, ext, shared),
-                            None => Err(ApiError::Internal("missing embedding".into())),
-                        };
-                        let _ = reply.send(r);
-                    }
-                    SearchJob::Delete { id, reply } => {
+                    let r = match emb {
+                        Some(e) => self.add(id, attrs, e, &image, ext, shared),
+                        None => Err(ApiError::Internal("missing embedding".into())),
+                    };
+                    let _ = reply.send(r);
+                }
+                SearchJob::Delete { id, reply } => {
+                    if !reply.is_closed() {
                         let _ = reply.send(self.delete(&id, shared));
                     }
                 }
@@ -666,6 +705,10 @@ impl<B: Backend> SearchWorker<B> {
             },
             emb,
         )?;
+        // A file left by an earlier item of this id (a failed removal) must not shadow this one.
+        for other in UPLOAD_EXTS.iter().filter(|e| **e != ext) {
+            let _ = std::fs::remove_file(upload_path(&self.uploads, &id, other));
+        }
         let path = upload_path(&self.uploads, &id, ext);
         vitrine_data::fsio::atomic_save(&path, image)
             .map_err(|e| ApiError::Internal(format!("saving the image: {e}")))?;
@@ -692,10 +735,12 @@ impl<B: Backend> SearchWorker<B> {
         Ok(self.index.len())
     }
 
+    /// Adopts an index already on disk: memory first, so a failure in the device copy
+    /// cannot leave memory behind the file.
     fn commit(&mut self, index: Index, shared: &Shared) {
-        self.device_index = DeviceIndex::new(&index, &self.encoder.device);
         self.index = index;
         self.publish(shared);
+        self.device_index = DeviceIndex::new(&self.index, &self.encoder.device);
     }
 }
 
@@ -732,17 +777,39 @@ fn generate_loop<B: Backend>(
         if job.sink.closed() {
             continue;
         }
-        let sink = &job.sink;
-        let result = (|| -> Result<GenerateOutput, ApiError> {
-            let checked = validate(&job.request, run, limits)?;
-            let mut out =
-                generate_observed(run, &checked, limits, device, &mut |ev| sink.event(ev))?;
-            if let Some(s) = scorer {
-                s.rank_candidates(&mut out.candidates, device)?;
-            }
-            Ok(out)
-        })();
-        job.sink.finish(result);
+        let _ = guarded("generate", || {
+            let sink = &job.sink;
+            let result = (|| -> Result<GenerateOutput, ApiError> {
+                let checked = validate(&job.request, run, limits)?;
+                if !sink.started() {
+                    return Err(ApiError::unavailable("the client went away"));
+                }
+                let mut out =
+                    generate_observed(run, &checked, limits, device, &mut |ev| sink.event(ev))?;
+                if let Some(s) = scorer {
+                    s.rank_candidates(&mut out.candidates, device)?;
+                }
+                Ok(out)
+            })();
+            job.sink.finish(result);
+        });
+    }
+}
+
+/// Runs one batch; a panic inside a backend is logged and costs only that batch (its
+/// clients get 500 when their reply channels drop), not the worker.
+fn guarded(worker: &str, f: impl FnOnce()) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(()) => true,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("panic");
+            eprintln!("serve: the {worker} worker failed on a batch: {msg}");
+            false
+        }
     }
 }
 
@@ -754,47 +821,51 @@ fn caption_loop<B: Backend>(
 ) {
     while let Some(first) = inbox.recv() {
         let jobs = inbox.batch(first, b, |j| j.images);
-        // Jobs batch together only with the same decoding settings.
-        let mut groups: Vec<(DecodeConfig, Vec<CaptionJob>)> = Vec::new();
-        for job in jobs {
-            if job.reply.is_closed() {
-                continue;
-            }
-            let o = job.decode.clone();
-            let cfg = run.decode_config(|c| {
-                c.beam = o.beam.unwrap_or(c.beam);
-                c.length_penalty = o.length_penalty.unwrap_or(c.length_penalty);
-                c.min_tokens = o.min_tokens.unwrap_or(c.min_tokens);
-                c.max_tokens = o.max_tokens.unwrap_or(c.max_tokens);
-                c.no_repeat_ngram = o.no_repeat_ngram.unwrap_or(c.no_repeat_ngram);
-            });
-            match cfg {
-                Err(e) => {
-                    let _ = job.reply.send(Err(e.into()));
-                }
-                Ok(cfg) => match groups.iter_mut().find(|(c, _)| *c == cfg) {
-                    Some((_, g)) => g.push(job),
-                    None => groups.push((cfg, vec![job])),
-                },
-            }
+        let _ = guarded("caption", || caption_batch(run, jobs, shared));
+    }
+}
+
+fn caption_batch<B: Backend>(run: &CaptionRun<B>, jobs: Vec<CaptionJob>, shared: &Shared) {
+    // Jobs batch together only with the same decoding settings.
+    let mut groups: Vec<(DecodeConfig, Vec<CaptionJob>)> = Vec::new();
+    for job in jobs {
+        if job.reply.is_closed() {
+            continue;
         }
-        for (cfg, jobs) in groups {
-            let pixels: Vec<u8> = jobs.iter().flat_map(|j| j.pixels.iter().copied()).collect();
-            let images: usize = jobs.iter().map(|j| j.images).sum();
-            shared.metrics.record_batch("caption", images);
-            match run.caption_pixels(&pixels, &cfg) {
-                Ok(captions) => {
-                    let mut captions = captions.into_iter();
-                    for job in jobs {
-                        let mine: Vec<String> = captions.by_ref().take(job.images).collect();
-                        let _ = job.reply.send(Ok(mine));
-                    }
+        let o = job.decode.clone();
+        let cfg = run.decode_config(|c| {
+            c.beam = o.beam.unwrap_or(c.beam);
+            c.length_penalty = o.length_penalty.unwrap_or(c.length_penalty);
+            c.min_tokens = o.min_tokens.unwrap_or(c.min_tokens);
+            c.max_tokens = o.max_tokens.unwrap_or(c.max_tokens);
+            c.no_repeat_ngram = o.no_repeat_ngram.unwrap_or(c.no_repeat_ngram);
+        });
+        match cfg {
+            Err(e) => {
+                let _ = job.reply.send(Err(e.into()));
+            }
+            Ok(cfg) => match groups.iter_mut().find(|(c, _)| *c == cfg) {
+                Some((_, g)) => g.push(job),
+                None => groups.push((cfg, vec![job])),
+            },
+        }
+    }
+    for (cfg, jobs) in groups {
+        let pixels: Vec<u8> = jobs.iter().flat_map(|j| j.pixels.iter().copied()).collect();
+        let images: usize = jobs.iter().map(|j| j.images).sum();
+        shared.metrics.record_batch("caption", images);
+        match run.caption_pixels(&pixels, &cfg) {
+            Ok(captions) => {
+                let mut captions = captions.into_iter();
+                for job in jobs {
+                    let mine: Vec<String> = captions.by_ref().take(job.images).collect();
+                    let _ = job.reply.send(Ok(mine));
                 }
-                Err(e) => {
-                    let e = ApiError::from(e);
-                    for job in jobs {
-                        let _ = job.reply.send(Err(e.clone()));
-                    }
+            }
+            Err(e) => {
+                let e = ApiError::from(e);
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.clone()));
                 }
             }
         }
@@ -806,16 +877,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upload_names_round_trip_any_id() {
-        for id in ["100", "a/b\\c", "..", "üñí cødé", "x.png"] {
-            let p = upload_path(Path::new("imgs"), id, "png");
-            assert_eq!(
-                p.parent(),
-                Some(Path::new("imgs")),
-                "{id}: stays in the folder"
-            );
-            assert_eq!(id_of_upload(&p).as_deref(), Some(id));
-        }
+    fn upload_names_are_short_and_distinct_for_any_id() {
+        let ids = ["100", "a/b\\c", "..", "üñí cødé", "x.png", &"é".repeat(500)];
+        let paths: std::collections::HashSet<PathBuf> = ids
+            .iter()
+            .map(|id| {
+                let p = upload_path(Path::new("imgs"), id, "png");
+                assert_eq!(
+                    p.parent(),
+                    Some(Path::new("imgs")),
+                    "{id}: stays in the folder"
+                );
+                assert_eq!(p.file_name().unwrap().len(), 64 + 4);
+                p
+            })
+            .collect();
+        assert_eq!(paths.len(), ids.len());
     }
 
     #[test]

@@ -103,6 +103,22 @@ impl AppState {
         }
     }
 
+    /// Reads the body within `limits.request_timeout_ms` (a slow upload must not hold its
+    /// slot forever).
+    async fn body(&self, req: Request, multipart: bool) -> Result<Body, ApiError> {
+        tokio::time::timeout(
+            self.limits.request_timeout(),
+            read_body(req, multipart, self.limits.max_body_bytes),
+        )
+        .await
+        .map_err(|_| {
+            ApiError::RequestTimeout(format!(
+                "the request body did not arrive within limits.request_timeout_ms = {} ms",
+                self.limits.request_timeout_ms
+            ))
+        })?
+    }
+
     /// Waits for a worker's answer within `limits.request_timeout_ms`.
     async fn wait<T>(&self, rx: oneshot::Receiver<Result<T, ApiError>>) -> Result<T, ApiError> {
         match tokio::time::timeout(self.limits.request_timeout(), rx).await {
@@ -233,7 +249,7 @@ async fn search(State(s): St, req: Request) -> Result<Json<SearchResponse>, ApiE
         .as_ref()
         .ok_or_else(|| not_served("search", "--search"))?;
     let _permit = s.admit()?;
-    let body = read_body(req, true, s.limits.max_body_bytes).await?;
+    let body = s.body(req, true).await?;
     let raw = search_request(body, &s.limits)?;
     let meta = s
         .engine
@@ -310,7 +326,7 @@ async fn add_item(
         .as_ref()
         .ok_or_else(|| not_served("the catalogue", "--search"))?;
     let _permit = s.admit()?;
-    let body = read_body(req, true, s.limits.max_body_bytes).await?;
+    let body = s.body(req, true).await?;
     let item = add_item_request(body, &s.limits)?;
     let meta = s
         .engine
@@ -400,7 +416,9 @@ async fn item_image(
 fn image_bytes(source: &ImageRef, limit: u64) -> Result<(Vec<u8>, &'static str), ApiError> {
     match source {
         ImageRef::File(path) => {
-            let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+            let size = std::fs::metadata(path)
+                .map_err(|e| ApiError::NotFound(format!("the image file cannot be read: {e}")))?
+                .len();
             if size > limit {
                 return Err(ApiError::NotFound(format!(
                     "the image is over limits.max_image_bytes = {limit}"
@@ -448,7 +466,7 @@ async fn generate(State(s): St, req: Request) -> Result<Response, ApiError> {
         .as_ref()
         .ok_or_else(|| not_served("generation", "--copy"))?;
     let permit = s.admit()?;
-    let Body::Json(bytes) = read_body(req, false, s.limits.max_body_bytes).await? else {
+    let Body::Json(bytes) = s.body(req, false).await? else {
         unreachable!("multipart is not accepted here")
     };
     let (request, stream) = generate_request(&bytes, &s.effective_limits())?;
@@ -461,13 +479,28 @@ async fn generate(State(s): St, req: Request) -> Result<Response, ApiError> {
         let out = s.wait(rx).await?;
         return Ok(Json(GenerateResponse::from(out)).into_response());
     }
-    let (tx, rx) = tmpsc::unbounded_channel();
+    let (tx, mut rx) = tmpsc::unbounded_channel();
     queue.submit(GenJob {
         request,
         sink: GenSink::Stream(tx),
     })?;
     let deadline = tokio::time::Instant::now() + s.limits.request_timeout();
     let timeout_ms = s.limits.request_timeout_ms;
+    // The run validates the request first: a refusal is a plain 422, not a 200 stream.
+    match tokio::time::timeout_at(deadline, rx.recv()).await {
+        Ok(Some(StreamEvent::Started)) => {}
+        Ok(Some(StreamEvent::Error(e))) => return Err(e),
+        Ok(_) => {
+            return Err(ApiError::Internal(
+                "the model worker failed on this request (see the server log)".into(),
+            ))
+        }
+        Err(_) => {
+            return Err(ApiError::unavailable(format!(
+                "no answer within limits.request_timeout_ms = {timeout_ms} ms"
+            )))
+        }
+    }
     // The permit lives as long as the stream: a client that disconnects drops both, and
     // the worker sees the closed channel and stops.
     let events = futures_util::stream::unfold(
@@ -504,18 +537,21 @@ fn error_event(message: &str) -> Event {
 fn sse_event(ev: StreamEvent) -> (Event, bool) {
     let json = |name: &str, v: serde_json::Value| Event::default().event(name).data(v.to_string());
     match ev {
+        // Sent once, before the stream starts; never seen here.
+        StreamEvent::Started => (Event::default().comment("started"), false),
         StreamEvent::Token { sample, text } => (
             json("token", serde_json::json!({"sample": sample, "text": text})),
             false,
         ),
         StreamEvent::Candidate {
             index,
+            sample,
             text,
             keyword_coverage,
         } => (
             json(
                 "candidate",
-                serde_json::json!({"index": index, "text": text, "keyword_coverage": keyword_coverage}),
+                serde_json::json!({"index": index, "sample": sample, "text": text, "keyword_coverage": keyword_coverage}),
             ),
             false,
         ),
@@ -542,7 +578,7 @@ async fn caption(State(s): St, req: Request) -> Result<Json<CaptionResponse>, Ap
         .as_ref()
         .ok_or_else(|| not_served("captioning", "--caption"))?;
     let _permit = s.admit()?;
-    let body = read_body(req, true, s.limits.max_body_bytes).await?;
+    let body = s.body(req, true).await?;
     let (images, overrides) = caption_request(body, &s.limits)?;
     let p = s
         .engine
@@ -732,16 +768,25 @@ pub fn serve<B: Backend>(config: ServeConfig, device: B::Device) -> Result<(), S
             }
         });
         let signal_stop = stop_tx.clone();
+        let (drain_shared, drain) = (shared.clone(), Duration::from_millis(config.shutdown_drain_ms));
         tokio::spawn(async move {
             shutdown_signal().await;
+            // Not ready, refusing new model requests, but still listening: load balancers
+            // see /readyz turn 503 and move traffic away before the listener closes.
+            drain_shared.shutting_down.store(true, Ordering::SeqCst);
+            eprintln!("vitrine serve: shutting down: draining for shutdown_drain_ms = {} ms", drain.as_millis());
+            tokio::time::sleep(drain).await;
             let _ = signal_stop.send(Some(String::new()));
         });
+        if config.search.is_some() && config.api_key_file.is_none() {
+            eprintln!("vitrine serve: warning: no --api-key-file: anyone who can reach {local} can change the catalogue");
+        }
         let mut graceful_rx = stop_rx.clone();
         let graceful_shared = shared.clone();
         let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
             let _ = graceful_rx.wait_for(|s| s.is_some()).await;
             graceful_shared.shutting_down.store(true, Ordering::SeqCst);
-            eprintln!("vitrine serve: shutting down: no new connections, finishing in-flight requests");
+            eprintln!("vitrine serve: closing the listener, finishing in-flight requests");
         });
         let grace = Duration::from_millis(config.shutdown_grace_ms);
         let result = tokio::select! {

@@ -321,18 +321,11 @@ pub fn search_request(body: Body, limits: &ServeLimits) -> Result<RawSearch, Api
         check_text("id", i, limits.max_id_chars, "limits.max_id_chars")?;
     }
     let k = check_k(k, limits)?;
-    let mut filter = Filter::default();
-    let mut clauses = 0;
-    for (column, value) in &filters {
-        let values = match value {
-            FilterValue::One(v) => std::slice::from_ref(v),
-            FilterValue::Any(v) => v.as_slice(),
-        };
-        for v in values {
-            filter.add(column, v);
-            clauses += 1;
-        }
-    }
+    let values = |v: &FilterValue| match v {
+        FilterValue::One(_) => 1,
+        FilterValue::Any(v) => v.len(),
+    };
+    let clauses: usize = filters.values().map(values).sum();
     if clauses > limits.max_filters {
         return Err(ApiError::invalid(
             "filters",
@@ -341,6 +334,13 @@ pub fn search_request(body: Body, limits: &ServeLimits) -> Result<RawSearch, Api
                 limits.max_filters
             ),
         ));
+    }
+    let mut filter = Filter::default();
+    for (column, value) in &filters {
+        match value {
+            FilterValue::One(v) => filter.add(column, v),
+            FilterValue::Any(vs) => vs.iter().for_each(|v| filter.add(column, v)),
+        }
     }
     Ok(RawSearch {
         image,
@@ -386,7 +386,32 @@ impl RawSearch {
 
 /// Decodes within the limits and preprocesses (no augmentation) for the model.
 pub fn pixels(bytes: &[u8], p: &Preprocess, limits: &ServeLimits) -> Result<Vec<u8>, ApiError> {
-    let img = decode_image(bytes, &limits.decode_limits())?;
+    use vitrine_data::DataError;
+    // The decoder's messages name its own limits; name the server's config keys instead.
+    let img = decode_image(bytes, &limits.decode_limits()).map_err(|e| match e {
+        DataError::ImageTooLarge { width, height, .. } => ApiError::invalid(
+            "image",
+            format!(
+                "the image is {width}x{height} pixels: at most {} per side (limits.max_image_side)",
+                limits.max_image_side
+            ),
+        ),
+        DataError::TooManyPixels { width, height, .. } => ApiError::invalid(
+            "image",
+            format!(
+                "the image is {width}x{height} pixels: at most {} in all (limits.max_image_pixels)",
+                limits.max_image_pixels
+            ),
+        ),
+        DataError::FileTooLarge { bytes, .. } => ApiError::invalid(
+            "image",
+            format!(
+                "the image is {bytes} bytes: at most {} (limits.max_image_bytes)",
+                limits.max_image_bytes
+            ),
+        ),
+        other => other.into(),
+    })?;
     Ok(to_pixels(&img, p, &Augment::default(), None))
 }
 

@@ -335,6 +335,8 @@ struct Row {
     too_long: bool,
     /// Per keyword: not used yet, started (variant, tokens matched), or used.
     keywords: Vec<KeywordState>,
+    /// The text reported to the observer so far.
+    reported: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -421,9 +423,10 @@ pub enum GenEvent<'a> {
     Step,
     /// Sample `sample` (numbered from 0 over the whole request) grew by `text`.
     Token { sample: usize, text: &'a str },
-    /// A sample passed the constraints and became candidate `index`.
+    /// Sample `sample` passed the constraints and became candidate `index`.
     Candidate {
         index: usize,
+        sample: usize,
         candidate: &'a Candidate,
     },
 }
@@ -464,6 +467,7 @@ fn sample_batch<B: Backend>(
             ended: false,
             too_long: false,
             keywords: vec![KeywordState::Unused; req.keyword_tokens.len()],
+            reported: String::new(),
         })
         .collect();
     let max_chars = req.constraints.max_chars;
@@ -495,7 +499,6 @@ fn sample_batch<B: Backend>(
             }
             row.ids.push(tok);
             next[r] = tok as i64;
-            let before = std::mem::take(&mut row.text);
             row.text = run.tokenizer.decode(&row.ids)?;
             keyword_advance(row, &req.keyword_tokens, tok, &req.brief);
             if let Some(cut) = req
@@ -512,16 +515,19 @@ fn sample_batch<B: Backend>(
                 row.done = true;
                 row.too_long = true;
             }
-            // A byte-level token may end inside a character: report text once it decodes
-            // to an extension of what was reported before.
-            if let Some(delta) = row.text.strip_prefix(before.as_str()) {
-                if !delta.is_empty()
-                    && !observer(GenEvent::Token {
-                        sample: first + r,
-                        text: delta,
-                    })
-                {
-                    return Err(cancelled());
+            // A byte-level token may end inside a character (decoded as U+FFFD): report
+            // text only once it is whole and extends what was reported.
+            if !row.text.ends_with('\u{FFFD}') {
+                if let Some(delta) = row.text.strip_prefix(row.reported.as_str()) {
+                    if !delta.is_empty()
+                        && !observer(GenEvent::Token {
+                            sample: first + r,
+                            text: delta,
+                        })
+                    {
+                        return Err(cancelled());
+                    }
+                    row.reported.clone_from(&row.text);
                 }
             }
         }
@@ -563,8 +569,9 @@ pub fn generate_observed<B: Backend>(
     while candidates.len() < req.n && sampled < budget {
         let rows = limits.batch_size.min(budget - sampled);
         let batch = sample_batch(run, req, rows, sampled, &mut rng, device, observer)?;
+        let first = sampled;
         sampled += rows;
-        for row in batch {
+        for (r, row) in batch.into_iter().enumerate() {
             let text = row.text.trim().to_string();
             let verdict = if row.too_long {
                 Some(Rejection::TooLong)
@@ -590,6 +597,7 @@ pub fn generate_observed<B: Backend>(
                     };
                     if !observer(GenEvent::Candidate {
                         index: candidates.len(),
+                        sample: first + r,
                         candidate: &candidate,
                     }) {
                         return Err(cancelled());
@@ -672,6 +680,7 @@ mod tests {
             ended: false,
             too_long: false,
             keywords: vec![KeywordState::Unused; n_keywords],
+            reported: String::new(),
         }
     }
 

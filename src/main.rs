@@ -16,6 +16,7 @@ use vitrine_train::caption::{
     captions_csv, list_images, train_caption, CaptionResult, CaptionRun, CaptionRunConfig,
 };
 use vitrine_train::config::{load_toml, SearchRunConfig};
+use vitrine_train::decode::DecodeOverrides;
 use vitrine_train::embed::progress_bar;
 use vitrine_train::generate::{generate, validate, GenerateRequest};
 use vitrine_train::lm::{train_lm, LmRun, LmRunConfig};
@@ -679,13 +680,14 @@ fn cmd_caption(a: CaptionArgs) -> Result<()> {
     let dev = a.device.device.open()?;
     let results = with_backend!(&dev, B, d, {
         let run = CaptionRun::<B>::load(&a.run, &d)?;
-        let cfg = run.decode_config(|c| {
-            c.beam = a.beam.unwrap_or(c.beam);
-            c.length_penalty = a.length_penalty.unwrap_or(c.length_penalty);
-            c.min_tokens = a.min_tokens.unwrap_or(c.min_tokens);
-            c.max_tokens = a.max_tokens.unwrap_or(c.max_tokens);
-            c.no_repeat_ngram = a.no_repeat_ngram.unwrap_or(c.no_repeat_ngram);
-        })?;
+        let overrides = DecodeOverrides {
+            beam: a.beam,
+            length_penalty: a.length_penalty,
+            min_tokens: a.min_tokens,
+            max_tokens: a.max_tokens,
+            no_repeat_ngram: a.no_repeat_ngram,
+        };
+        let cfg = run.decode_config(|c| overrides.apply(c))?;
         let bar = progress_bar(paths.len(), "caption", a.quiet);
         let out = run.caption_files(&paths, &cfg, Some(&bar))?;
         bar.finish_and_clear();

@@ -17,7 +17,7 @@ use vitrine_data::catalog::{Catalog, ImageRef};
 use vitrine_data::transform::Preprocess;
 use vitrine_index::{DeviceIndex, Filter, Index, IndexItem};
 use vitrine_train::caption::CaptionRun;
-use vitrine_train::decode::DecodeConfig;
+use vitrine_train::decode::{DecodeConfig, DecodeOverrides};
 use vitrine_train::embed::embed_pixels;
 use vitrine_train::generate::{
     generate_observed, validate, GenEvent, GenerateOutput, GenerateRequest,
@@ -287,16 +287,6 @@ pub struct GenJob {
     pub sink: GenSink,
 }
 
-/// Overrides of a caption run's decoding settings.
-#[derive(Debug, Clone, Default)]
-pub struct DecodeOverrides {
-    pub beam: Option<usize>,
-    pub length_penalty: Option<f64>,
-    pub min_tokens: Option<usize>,
-    pub max_tokens: Option<usize>,
-    pub no_repeat_ngram: Option<usize>,
-}
-
 pub struct CaptionJob {
     /// Preprocessed CHW u8 images, concatenated.
     pub pixels: Vec<u8>,
@@ -418,7 +408,10 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), ServeError
 }
 
 fn load_err(what: String, source: TrainError) -> ServeError {
-    ServeError::Load { what, source }
+    ServeError::Load {
+        what,
+        source: Box::new(source),
+    }
 }
 
 const UPLOAD_EXTS: [&str; 5] = ["png", "jpg", "gif", "bmp", "webp"];
@@ -832,14 +825,7 @@ fn caption_batch<B: Backend>(run: &CaptionRun<B>, jobs: Vec<CaptionJob>, shared:
         if job.reply.is_closed() {
             continue;
         }
-        let o = job.decode.clone();
-        let cfg = run.decode_config(|c| {
-            c.beam = o.beam.unwrap_or(c.beam);
-            c.length_penalty = o.length_penalty.unwrap_or(c.length_penalty);
-            c.min_tokens = o.min_tokens.unwrap_or(c.min_tokens);
-            c.max_tokens = o.max_tokens.unwrap_or(c.max_tokens);
-            c.no_repeat_ngram = o.no_repeat_ngram.unwrap_or(c.no_repeat_ngram);
-        });
+        let cfg = run.decode_config(|c| job.decode.apply(c));
         match cfg {
             Err(e) => {
                 let _ = job.reply.send(Err(e.into()));

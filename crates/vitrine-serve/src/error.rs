@@ -17,7 +17,7 @@ pub enum ServeError {
     Load {
         what: String,
         #[source]
-        source: TrainError,
+        source: Box<TrainError>,
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),

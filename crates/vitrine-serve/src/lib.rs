@@ -80,6 +80,21 @@ impl AppState {
         limits
     }
 
+    fn search_queue(&self) -> Result<&engine::Queue<SearchJob>, ApiError> {
+        self.engine
+            .search
+            .as_ref()
+            .ok_or_else(|| not_served("search and the catalogue", "--search"))
+    }
+
+    fn search_meta(&self) -> Result<&engine::SearchMeta, ApiError> {
+        self.engine
+            .shared
+            .search
+            .get()
+            .ok_or_else(|| ApiError::unavailable("the search model is loading"))
+    }
+
     /// Checks the API key where one is configured (`write`: catalogue changes).
     fn authorize(&self, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
         let Some(key) = &self.api_key else {
@@ -243,20 +258,11 @@ async fn info(State(s): St, headers: HeaderMap) -> Result<Json<Info>, ApiError> 
 async fn search(State(s): St, req: Request) -> Result<Json<SearchResponse>, ApiError> {
     let t = Instant::now();
     s.authorize(req.headers(), false)?;
-    let queue = s
-        .engine
-        .search
-        .as_ref()
-        .ok_or_else(|| not_served("search", "--search"))?;
+    let queue = s.search_queue()?;
     let _permit = s.admit()?;
     let body = s.body(req, true).await?;
     let raw = search_request(body, &s.limits)?;
-    let meta = s
-        .engine
-        .shared
-        .search
-        .get()
-        .ok_or_else(|| ApiError::unavailable("loading"))?;
+    let meta = s.search_meta()?;
     if raw.text.is_some() && !meta.text_queries {
         return Err(ApiError::invalid(
             "text",
@@ -320,20 +326,11 @@ async fn add_item(
     req: Request,
 ) -> Result<(StatusCode, Json<ItemResponse>), ApiError> {
     s.authorize(req.headers(), true)?;
-    let queue = s
-        .engine
-        .search
-        .as_ref()
-        .ok_or_else(|| not_served("the catalogue", "--search"))?;
+    let queue = s.search_queue()?;
     let _permit = s.admit()?;
     let body = s.body(req, true).await?;
     let item = add_item_request(body, &s.limits)?;
-    let meta = s
-        .engine
-        .shared
-        .search
-        .get()
-        .ok_or_else(|| ApiError::unavailable("loading"))?;
+    let meta = s.search_meta()?;
     let (p, limits) = (meta.preprocess.clone(), s.limits.clone());
     let (item, pixels) = blocking(move || {
         let px = pixels(&item.image, &p, &limits)?;
@@ -363,11 +360,7 @@ async fn delete_item(
     headers: HeaderMap,
 ) -> Result<Json<ItemResponse>, ApiError> {
     s.authorize(&headers, true)?;
-    let queue = s
-        .engine
-        .search
-        .as_ref()
-        .ok_or_else(|| not_served("the catalogue", "--search"))?;
+    let queue = s.search_queue()?;
     let _permit = s.admit()?;
     let (tx, rx) = oneshot::channel();
     queue.submit(SearchJob::Delete {

@@ -13,10 +13,11 @@ use utoipa::ToSchema;
 use vitrine_data::image_io::decode_image;
 use vitrine_data::transform::{to_pixels, Augment, Preprocess};
 use vitrine_index::Filter;
+use vitrine_train::decode::DecodeOverrides;
 use vitrine_train::generate::GenerateRequest;
 
 use crate::config::ServeLimits;
-use crate::engine::{DecodeOverrides, Query};
+use crate::engine::Query;
 use crate::error::ApiError;
 
 /// `POST /v1/search` as JSON. Exactly one of `image`, `id` and `text`.

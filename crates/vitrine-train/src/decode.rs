@@ -47,6 +47,26 @@ impl Default for DecodeConfig {
     }
 }
 
+/// Per-request changes to a run's decoding settings (CLI flags, server fields).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DecodeOverrides {
+    pub beam: Option<usize>,
+    pub length_penalty: Option<f64>,
+    pub min_tokens: Option<usize>,
+    pub max_tokens: Option<usize>,
+    pub no_repeat_ngram: Option<usize>,
+}
+
+impl DecodeOverrides {
+    pub fn apply(&self, c: &mut DecodeConfig) {
+        c.beam = self.beam.unwrap_or(c.beam);
+        c.length_penalty = self.length_penalty.unwrap_or(c.length_penalty);
+        c.min_tokens = self.min_tokens.unwrap_or(c.min_tokens);
+        c.max_tokens = self.max_tokens.unwrap_or(c.max_tokens);
+        c.no_repeat_ngram = self.no_repeat_ngram.unwrap_or(c.no_repeat_ngram);
+    }
+}
+
 /// Limits on what a request may ask of the decoder (`[limits]` in a caption run).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

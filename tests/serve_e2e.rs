@@ -273,6 +273,66 @@ fn every_endpoint_answers_over_http() {
     }
 }
 
+/// An index built with a CLIP model answers text queries over HTTP as the CLI does; an
+/// image-only index refuses them.
+#[test]
+fn text_queries_on_a_clip_index_match_the_cli() {
+    let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/clip");
+    let dir = fixtures().root.join("clip");
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("items.csv");
+    std::fs::write(&csv, "id,title\nimage0,first\nimage1,second\n").unwrap();
+    let index = dir.join("clip.vtridx");
+    ok(&[
+        "index",
+        "build",
+        "--run",
+        s(&clip),
+        "--out",
+        s(&index),
+        "--csv",
+        s(&csv),
+        "--images",
+        s(&clip),
+        "--image-pattern",
+        "{id}.png",
+        "--title-column",
+        "title",
+        "--quiet",
+    ]);
+    let text = "red summer dress";
+    let cli: serde_json::Value = serde_json::from_str(&ok(&[
+        "search",
+        "--index",
+        s(&index),
+        "-k",
+        "2",
+        "--json",
+        "--text",
+        text,
+    ]))
+    .unwrap();
+    let srv = Server::start(&["--search", s(&index)]);
+    assert_eq!(
+        get(&srv.url("/v1/info")).json()["tasks"]["text_search"],
+        true
+    );
+    let r = post_json(&srv.url("/v1/search"), &json!({"text": text, "k": 2}));
+    expect(&r, 200, "text search");
+    let (http, cli) = (r.json()["results"].clone(), cli[0].clone());
+    assert_eq!(http.as_array().unwrap().len(), 2);
+    for (h, c) in http.as_array().unwrap().iter().zip(cli.as_array().unwrap()) {
+        assert_eq!(h["id"], c["id"]);
+        let (a, b) = (h["score"].as_f64().unwrap(), c["score"].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
+    }
+    drop(srv);
+    let srv = Server::start(&["--search", s(&own_index("no-text"))]);
+    let r = post_json(&srv.url("/v1/search"), &json!({"text": text}));
+    expect(&r, 422, "text on an image-only index");
+    assert_eq!(r.json()["field"], "text");
+}
+
 #[test]
 fn catalogue_writes_need_the_key_and_survive_a_restart() {
     let index = own_index("catalogue");

@@ -322,29 +322,8 @@ fn image_preprocessing_matches_the_hf_image_processors() {
 /// score as the reference: cosine = logits_per_image / logit_scale, within 1e-4. Returns
 /// the index, or the command's error output when building it fails (e.g. no such device).
 fn clip_text_search_matches_reference(dir: &Path, device: &str) -> Result<PathBuf, String> {
-    let clip = fixture("clip");
-    let csv = dir.join("items.csv");
-    std::fs::write(&csv, "id,title\nimage0,first\nimage1,second\n").unwrap();
     let index = dir.join(format!("clip-{}.index", device.replace(':', "-")));
-    let o = vitrine(&[
-        "index",
-        "build",
-        "--run",
-        s(&clip),
-        "--out",
-        s(&index),
-        "--csv",
-        s(&csv),
-        "--images",
-        s(&clip),
-        "--image-pattern",
-        "{id}.png",
-        "--title-column",
-        "title",
-        "--quiet",
-        "--device",
-        device,
-    ]);
+    let o = common::build_clip_index(&fixture("clip"), dir, &index, device);
     if !o.status.success() {
         return Err(String::from_utf8_lossy(&o.stderr).into_owned());
     }

@@ -280,26 +280,13 @@ fn text_queries_on_a_clip_index_match_the_cli() {
     let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/clip");
     let dir = fixtures().root.join("clip");
     std::fs::create_dir_all(&dir).unwrap();
-    let csv = dir.join("items.csv");
-    std::fs::write(&csv, "id,title\nimage0,first\nimage1,second\n").unwrap();
     let index = dir.join("clip.vtridx");
-    ok(&[
-        "index",
-        "build",
-        "--run",
-        s(&clip),
-        "--out",
-        s(&index),
-        "--csv",
-        s(&csv),
-        "--images",
-        s(&clip),
-        "--image-pattern",
-        "{id}.png",
-        "--title-column",
-        "title",
-        "--quiet",
-    ]);
+    let built = common::build_clip_index(&clip, &dir, &index, "cpu");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     let text = "red summer dress";
     let cli: serde_json::Value = serde_json::from_str(&ok(&[
         "search",

@@ -438,3 +438,29 @@ batch_size = 4
     std::fs::write(&path, cfg).unwrap();
     path
 }
+
+/// `vitrine index build` of the CLIP fixture's two images (ids `image0`, `image1`, titled)
+/// with the fixture model `clip` on `device`; the CSV goes into `dir`.
+pub fn build_clip_index(clip: &Path, dir: &Path, index: &Path, device: &str) -> Output {
+    let csv = dir.join("items.csv");
+    std::fs::write(&csv, "id,title\nimage0,first\nimage1,second\n").unwrap();
+    vitrine(&[
+        "index",
+        "build",
+        "--run",
+        s(clip),
+        "--out",
+        s(index),
+        "--csv",
+        s(&csv),
+        "--images",
+        s(clip),
+        "--image-pattern",
+        "{id}.png",
+        "--title-column",
+        "title",
+        "--quiet",
+        "--device",
+        device,
+    ])
+}

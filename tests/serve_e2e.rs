@@ -223,8 +223,6 @@ fn every_endpoint_answers_over_http() {
         }
     }
     assert_eq!(accepted, cands.len());
-    // Samples that ended at once stream nothing.
-    assert!(samples.len() as u64 <= out["sampled"].as_u64().unwrap());
     // A request the run's own limits refuse is a 422 before any event is sent.
     let r = post_json(
         &srv.url("/v1/generate"),
@@ -789,7 +787,7 @@ fn a_client_that_disconnects_frees_its_slot() {
 #[test]
 fn sigterm_drains_finishes_in_flight_requests_then_exits() {
     let f = fixtures();
-    let cfg = config("shutdown", "shutdown_drain_ms = 1500", "", "");
+    let cfg = config("shutdown", "shutdown_drain_ms = 3000", "", "");
     let mut srv = Server::start(&["--config", s(&cfg), "--copy", s(&f.copy)]);
     let addr = srv.base.trim_start_matches("http://").to_string();
     // A request in flight: admitted, its body half sent.
@@ -812,11 +810,11 @@ fn sigterm_drains_finishes_in_flight_requests_then_exits() {
         std::thread::sleep(Duration::from_millis(5));
     }
     srv.terminate();
-    // Draining: still listening, not ready, new model requests refused.
+    // Draining: not ready, but still listening and serving.
     let start = Instant::now();
     while get(&srv.url("/readyz")).status != 503 {
         assert!(
-            start.elapsed() < Duration::from_secs(1),
+            start.elapsed() < Duration::from_secs(2),
             "readyz stayed 200"
         );
         std::thread::sleep(Duration::from_millis(5));
@@ -825,8 +823,7 @@ fn sigterm_drains_finishes_in_flight_requests_then_exits() {
         &srv.url("/v1/generate"),
         &json!({"keywords": "sandals", "n": 1}),
     );
-    expect(&r, 503, "new request while draining");
-    assert!(r.error().contains("shutting down"), "{}", r.text());
+    expect(&r, 200, "a request while draining is still served");
     // The in-flight request still completes.
     conn.write_all(tail.as_bytes()).unwrap();
     let mut reply = String::new();
@@ -844,13 +841,13 @@ fn sigterm_drains_finishes_in_flight_requests_then_exits() {
 }
 
 #[test]
-fn a_request_past_its_timeout_gets_503() {
+fn requests_past_their_timeouts_get_503_or_408() {
     let index = own_index("timeout");
     // A lone search waits 2 s for batch company; the request may take 300 ms.
     let cfg = config(
         "timeout",
         "",
-        "request_timeout_ms = 300",
+        "request_timeout_ms = 300\nbody_timeout_ms = 300",
         "max_batch = 8\nmax_wait_ms = 2000",
     );
     let srv = Server::start(&["--config", s(&cfg), "--search", s(&index)]);
@@ -867,6 +864,27 @@ fn a_request_past_its_timeout_gets_503() {
         r.text()
     );
     assert_eq!(r.header("retry-after"), Some("1"));
+    // A body that stops arriving: 408 after limits.body_timeout_ms.
+    let addr = srv.base.trim_start_matches("http://").to_string();
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "POST /v1/search HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"id\":"
+    )
+    .unwrap();
+    // The server may keep the connection open after answering: read until the answer.
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut reply = String::new();
+    let mut buf = [0u8; 1024];
+    while !reply.contains("limits.body_timeout_ms") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reply.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("limits.body_timeout_ms"), "{reply}");
 }
 
 #[test]

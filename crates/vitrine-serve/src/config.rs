@@ -90,9 +90,11 @@ pub struct ServeLimits {
     /// Jobs waiting per model worker; more get 429 with Retry-After. Below
     /// `max_concurrent`, so one slow task cannot take every admitted slot.
     pub max_queue: usize,
-    /// A request whose body has not arrived after this long gets 408; one still unanswered
-    /// gets 503 (a queued job is then dropped, a running generation stopped; a started
-    /// forward pass completes).
+    /// A request whose body has not arrived after this long gets 408 (its slot is taken
+    /// while the body arrives).
+    pub body_timeout_ms: u64,
+    /// A request still unanswered after this long gets 503 (a queued job is then dropped, a
+    /// running generation stopped; a started forward pass or catalogue write completes).
     pub request_timeout_ms: u64,
     /// Metadata columns with more distinct values than this get no filter dropdown.
     pub max_filter_values: usize,
@@ -116,6 +118,7 @@ impl Default for ServeLimits {
             max_attr_chars: 500,
             max_concurrent: 32,
             max_queue: 16,
+            body_timeout_ms: 10_000,
             request_timeout_ms: 60_000,
             max_filter_values: 50,
         }
@@ -193,6 +196,7 @@ impl ServeConfig {
             ("limits.max_attr_chars", l.max_attr_chars as u64),
             ("limits.max_concurrent", l.max_concurrent as u64),
             ("limits.max_queue", l.max_queue as u64),
+            ("limits.body_timeout_ms", l.body_timeout_ms),
             ("limits.request_timeout_ms", l.request_timeout_ms),
             ("batching.max_batch", self.batching.max_batch as u64),
         ];

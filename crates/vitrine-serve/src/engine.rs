@@ -140,12 +140,16 @@ pub struct Shared {
     /// Workers loaded so far, of `workers`.
     pub loaded: AtomicUsize,
     pub workers: usize,
+    /// SIGTERM seen: `/readyz` says 503 so traffic moves away, requests are still served.
+    pub draining: AtomicBool,
+    /// The listener is closing: new model requests get 503.
     pub shutting_down: AtomicBool,
 }
 
 impl Shared {
     pub fn ready(&self) -> bool {
         self.loaded.load(Ordering::SeqCst) == self.workers
+            && !self.draining.load(Ordering::SeqCst)
             && !self.shutting_down.load(Ordering::SeqCst)
     }
 }
@@ -326,6 +330,7 @@ pub fn start<B: Backend>(
         generate: OnceLock::new(),
         loaded: AtomicUsize::new(0),
         workers,
+        draining: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
     });
     let cap = config.limits.max_queue;
@@ -440,6 +445,8 @@ struct SearchWorker<B: Backend> {
     catalog_images: HashMap<String, ImageRef>,
     /// Images uploaded with `POST /v1/catalog/items`, by id.
     uploaded: HashMap<String, PathBuf>,
+    /// The device copy is being rebuilt (or its rebuild failed): do not search it.
+    device_stale: bool,
     max_filter_values: usize,
 }
 
@@ -534,6 +541,7 @@ impl<B: Backend> SearchWorker<B> {
             device_index: DeviceIndex::new(&index, device),
             uploads,
             uploaded,
+            device_stale: false,
             encoder,
             index,
             index_path,
@@ -578,9 +586,13 @@ impl<B: Backend> SearchWorker<B> {
                 .into_iter()
                 .filter(|j| !j.abandoned())
                 .collect();
-            if !guarded("search", || self.process(jobs, max_k, shared)) {
-                // The failed batch may have stopped between the index and its device copy.
-                let _ = guarded("search", || self.commit(self.index.clone(), shared));
+            let writes = jobs.iter().any(|j| !matches!(j, SearchJob::Query { .. }));
+            if !guarded("search", || self.process(jobs, max_k, shared))
+                && (writes || self.device_stale)
+            {
+                // A write may have stopped between the file, memory and the device copy:
+                // the file is the truth.
+                let _ = guarded("search", || self.reload(shared));
             }
         }
     }
@@ -662,6 +674,11 @@ impl<B: Backend> SearchWorker<B> {
         max_k: usize,
         filter: &Filter,
     ) -> Result<Vec<SearchResult>, ApiError> {
+        if self.device_stale {
+            return Err(ApiError::unavailable(
+                "the index's device copy is being rebuilt after a failure",
+            ));
+        }
         let q: Vec<f32> = match (query, emb) {
             (Query::Pixels(_), Some(e)) => e.to_vec(),
             (Query::Pixels(_), None) => return Err(ApiError::Internal("missing embedding".into())),
@@ -733,7 +750,16 @@ impl<B: Backend> SearchWorker<B> {
     fn commit(&mut self, index: Index, shared: &Shared) {
         self.index = index;
         self.publish(shared);
+        self.device_stale = true;
         self.device_index = DeviceIndex::new(&self.index, &self.encoder.device);
+        self.device_stale = false;
+    }
+
+    fn reload(&mut self, shared: &Shared) {
+        match Index::load(&self.index_path) {
+            Ok(index) => self.commit(index, shared),
+            Err(e) => eprintln!("serve: cannot reload {}: {e}", self.index_path.display()),
+        }
     }
 }
 

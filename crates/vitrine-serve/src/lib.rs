@@ -56,7 +56,8 @@ impl AppState {
         if shared.shutting_down.load(Ordering::SeqCst) {
             return Err(ApiError::unavailable("the server is shutting down"));
         }
-        if !shared.ready() {
+        // Not `ready()`: while draining, requests are still served.
+        if shared.loaded.load(Ordering::SeqCst) < shared.workers {
             return Err(ApiError::Unavailable {
                 message: "models are still loading: retry shortly (GET /readyz says when)".into(),
                 retry_after: 2,
@@ -118,18 +119,18 @@ impl AppState {
         }
     }
 
-    /// Reads the body within `limits.request_timeout_ms` (a slow upload must not hold its
-    /// slot forever).
+    /// Reads the body within `limits.body_timeout_ms` (a slow upload must not hold its
+    /// slot for long).
     async fn body(&self, req: Request, multipart: bool) -> Result<Body, ApiError> {
         tokio::time::timeout(
-            self.limits.request_timeout(),
+            Duration::from_millis(self.limits.body_timeout_ms),
             read_body(req, multipart, self.limits.max_body_bytes),
         )
         .await
         .map_err(|_| {
             ApiError::RequestTimeout(format!(
-                "the request body did not arrive within limits.request_timeout_ms = {} ms",
-                self.limits.request_timeout_ms
+                "the request body did not arrive within limits.body_timeout_ms = {} ms",
+                self.limits.body_timeout_ms
             ))
         })?
     }
@@ -176,7 +177,8 @@ async fn readyz(State(s): St) -> Response {
     let shared = &s.engine.shared;
     if shared.ready() {
         Json(serde_json::json!({"status": "ready"})).into_response()
-    } else if shared.shutting_down.load(Ordering::SeqCst) {
+    } else if shared.shutting_down.load(Ordering::SeqCst) || shared.draining.load(Ordering::SeqCst)
+    {
         ApiError::unavailable("shutting down").into_response()
     } else {
         ApiError::unavailable(format!(
@@ -764,9 +766,14 @@ pub fn serve<B: Backend>(config: ServeConfig, device: B::Device) -> Result<(), S
         let (drain_shared, drain) = (shared.clone(), Duration::from_millis(config.shutdown_drain_ms));
         tokio::spawn(async move {
             shutdown_signal().await;
-            // Not ready, refusing new model requests, but still listening: load balancers
-            // see /readyz turn 503 and move traffic away before the listener closes.
-            drain_shared.shutting_down.store(true, Ordering::SeqCst);
+            // Not ready, but still listening and serving: load balancers see /readyz turn
+            // 503 and move traffic away before the listener closes.
+            drain_shared.draining.store(true, Ordering::SeqCst);
+            tokio::spawn(async {
+                shutdown_signal().await;
+                eprintln!("vitrine serve: second signal: exiting now");
+                std::process::exit(130);
+            });
             eprintln!("vitrine serve: shutting down: draining for shutdown_drain_ms = {} ms", drain.as_millis());
             tokio::time::sleep(drain).await;
             let _ = signal_stop.send(Some(String::new()));

@@ -515,20 +515,15 @@ fn sample_batch<B: Backend>(
                 row.done = true;
                 row.too_long = true;
             }
-            // A byte-level token may end inside a character (decoded as U+FFFD): report
-            // text only once it is whole and extends what was reported.
-            if !row.text.ends_with('\u{FFFD}') {
-                if let Some(delta) = row.text.strip_prefix(row.reported.as_str()) {
-                    if !delta.is_empty()
-                        && !observer(GenEvent::Token {
-                            sample: first + r,
-                            text: delta,
-                        })
-                    {
-                        return Err(cancelled());
-                    }
-                    row.reported.clone_from(&row.text);
+            let delta = unreported(&row.text, &row.reported, &req.stop, false);
+            if !delta.is_empty() {
+                if !observer(GenEvent::Token {
+                    sample: first + r,
+                    text: delta,
+                }) {
+                    return Err(cancelled());
                 }
+                row.reported.push_str(delta);
             }
         }
         if out.iter().all(|r| r.done) || step + 1 == req.max_new_tokens {
@@ -537,7 +532,47 @@ fn sample_batch<B: Backend>(
         let t = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [rows, 1]), device);
         logits = run.model.forward_cached(t, &mut cache)?;
     }
+    // The rows are over: what was held back is final now.
+    for (r, row) in out.iter_mut().enumerate() {
+        let delta = unreported(&row.text, &row.reported, &req.stop, true);
+        if !delta.is_empty() {
+            if !observer(GenEvent::Token {
+                sample: first + r,
+                text: delta,
+            }) {
+                return Err(cancelled());
+            }
+            row.reported.push_str(delta);
+        }
+    }
     Ok(out)
+}
+
+/// The text of a row to report now, after `reported`: while the row runs, an incomplete
+/// character at the end (a byte-level token decodes it as U+FFFD) and a tail that may be
+/// the start of a stop string are held back; at the `end` everything left is reported.
+/// Text that no longer extends `reported` (cut by a stop string) reports nothing.
+fn unreported<'a>(text: &'a str, reported: &str, stops: &[String], end: bool) -> &'a str {
+    if !text.starts_with(reported) {
+        return "";
+    }
+    let mut upto = text.len();
+    if !end {
+        upto = text.trim_end_matches('\u{FFFD}').len();
+        let whole = &text[..upto];
+        let held = stops
+            .iter()
+            .filter_map(|s| {
+                (1..s.len())
+                    .rev()
+                    .filter(|&k| s.is_char_boundary(k))
+                    .find(|&k| whole.ends_with(&s[..k]))
+            })
+            .max()
+            .unwrap_or(0);
+        upto -= held;
+    }
+    text.get(reported.len()..upto).unwrap_or("")
 }
 
 /// Generates until `n` candidates pass the constraints or `budget_factor × n` are sampled.
@@ -736,6 +771,25 @@ mod tests {
         r.text = "About ZQ".into();
         keyword_advance(&mut r, &kw, 2, &brief);
         assert_eq!(r.keywords[0], KeywordState::Used);
+    }
+
+    #[test]
+    fn streamed_text_holds_back_partial_characters_and_stop_prefixes() {
+        let stop = vec!["END".to_string()];
+        // First token; an incomplete character waits for its next byte.
+        assert_eq!(unreported("Hi", "", &stop, false), "Hi");
+        assert_eq!(unreported("Hi caf\u{FFFD}", "Hi", &stop, false), " caf");
+        assert_eq!(unreported("Hi café", "Hi caf", &stop, false), "é");
+        // "E" may start "END": held; the stop then cuts the text, nothing more is sent.
+        assert_eq!(unreported("Hi café E", "Hi café", &stop, false), " ");
+        assert_eq!(unreported("Hi café ", "Hi café ", &stop, false), "");
+        // "EN" turned out not to be the stop: sent once it cannot be.
+        assert_eq!(unreported("Hi café ENx", "Hi café ", &stop, false), "ENx");
+        // At the end, everything left goes out, even an incomplete character.
+        assert_eq!(unreported("ab\u{FFFD}", "ab", &stop, true), "\u{FFFD}");
+        assert_eq!(unreported("abE", "ab", &stop, true), "E");
+        // Text cut below what was reported sends nothing.
+        assert_eq!(unreported("ab", "abc", &stop, true), "");
     }
 
     #[test]

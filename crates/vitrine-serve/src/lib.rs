@@ -139,15 +139,21 @@ impl AppState {
     async fn wait<T>(&self, rx: oneshot::Receiver<Result<T, ApiError>>) -> Result<T, ApiError> {
         match tokio::time::timeout(self.limits.request_timeout(), rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(ApiError::Internal(
-                "the model worker failed on this request (see the server log)".into(),
-            )),
-            Err(_) => Err(ApiError::unavailable(format!(
-                "no answer within limits.request_timeout_ms = {} ms",
-                self.limits.request_timeout_ms
-            ))),
+            Ok(Err(_)) => Err(worker_failed()),
+            Err(_) => Err(timed_out(self.limits.request_timeout_ms)),
         }
     }
+}
+
+/// The worker dropped the request's channel without answering (it panicked on the batch).
+fn worker_failed() -> ApiError {
+    ApiError::Internal("the model worker failed on this request (see the server log)".into())
+}
+
+fn timed_out(timeout_ms: u64) -> ApiError {
+    ApiError::unavailable(format!(
+        "no answer within limits.request_timeout_ms = {timeout_ms} ms"
+    ))
 }
 
 fn not_served(task: &str, flag: &str) -> ApiError {
@@ -485,16 +491,8 @@ async fn generate(State(s): St, req: Request) -> Result<Response, ApiError> {
     match tokio::time::timeout_at(deadline, rx.recv()).await {
         Ok(Some(StreamEvent::Started)) => {}
         Ok(Some(StreamEvent::Error(e))) => return Err(e),
-        Ok(_) => {
-            return Err(ApiError::Internal(
-                "the model worker failed on this request (see the server log)".into(),
-            ))
-        }
-        Err(_) => {
-            return Err(ApiError::unavailable(format!(
-                "no answer within limits.request_timeout_ms = {timeout_ms} ms"
-            )))
-        }
+        Ok(_) => return Err(worker_failed()),
+        Err(_) => return Err(timed_out(timeout_ms)),
     }
     // The permit lives as long as the stream: a client that disconnects drops both, and
     // the worker sees the closed channel and stops.
@@ -504,28 +502,18 @@ async fn generate(State(s): St, req: Request) -> Result<Response, ApiError> {
             if ended {
                 return None;
             }
-            let (event, end) = match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(ev)) => sse_event(ev),
-                Ok(None) => (error_event("the model worker failed on this request"), true),
-                Err(_) => (
-                    error_event(&format!(
-                        "no answer within limits.request_timeout_ms = {timeout_ms} ms"
-                    )),
-                    true,
-                ),
+            let ev = match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(ev)) => ev,
+                Ok(None) => StreamEvent::Error(worker_failed()),
+                Err(_) => StreamEvent::Error(timed_out(timeout_ms)),
             };
+            let (event, end) = sse_event(ev);
             Some((Ok::<_, Infallible>(event), (rx, permit, end)))
         },
     );
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
-}
-
-fn error_event(message: &str) -> Event {
-    Event::default()
-        .event("error")
-        .data(serde_json::json!({ "error": message }).to_string())
 }
 
 /// An SSE event, and whether it ends the stream.

@@ -339,6 +339,31 @@ struct Row {
     reported: String,
 }
 
+impl Row {
+    /// Tells the observer the text this row (sample `sample`) has grown by since it was last
+    /// told ([`unreported`]); `end`: the row is over.
+    fn report(
+        &mut self,
+        sample: usize,
+        stops: &[String],
+        end: bool,
+        observer: &mut Observer<'_>,
+    ) -> Result<()> {
+        let delta = unreported(&self.text, &self.reported, stops, end);
+        if delta.is_empty() {
+            return Ok(());
+        }
+        if !observer(GenEvent::Token {
+            sample,
+            text: delta,
+        }) {
+            return Err(cancelled());
+        }
+        self.reported.push_str(delta);
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum KeywordState {
     Unused,
@@ -515,16 +540,7 @@ fn sample_batch<B: Backend>(
                 row.done = true;
                 row.too_long = true;
             }
-            let delta = unreported(&row.text, &row.reported, &req.stop, false);
-            if !delta.is_empty() {
-                if !observer(GenEvent::Token {
-                    sample: first + r,
-                    text: delta,
-                }) {
-                    return Err(cancelled());
-                }
-                row.reported.push_str(delta);
-            }
+            row.report(first + r, &req.stop, false, observer)?;
         }
         if out.iter().all(|r| r.done) || step + 1 == req.max_new_tokens {
             break;
@@ -534,16 +550,7 @@ fn sample_batch<B: Backend>(
     }
     // The rows are over: what was held back is final now.
     for (r, row) in out.iter_mut().enumerate() {
-        let delta = unreported(&row.text, &row.reported, &req.stop, true);
-        if !delta.is_empty() {
-            if !observer(GenEvent::Token {
-                sample: first + r,
-                text: delta,
-            }) {
-                return Err(cancelled());
-            }
-            row.reported.push_str(delta);
-        }
+        row.report(first + r, &req.stop, true, observer)?;
     }
     Ok(out)
 }

@@ -70,6 +70,15 @@ pub type WgpuBackend = burn::backend::Wgpu;
 pub type CudaBackend = burn::backend::Cuda;
 
 impl DeviceArg {
+    /// The backend this device belongs to (devices of one training job share it).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Wgpu(_) => "wgpu",
+            Self::Cuda(_) => "cuda",
+        }
+    }
+
     /// Checks the device exists before any backend touches it (backends panic otherwise).
     pub fn open(&self) -> Result<Device> {
         match self {
@@ -138,6 +147,43 @@ fn open_cuda(index: usize) -> Result<Device> {
 #[cfg(not(feature = "cuda"))]
 fn open_cuda(index: usize) -> Result<Device> {
     bail!("device cuda:{index} unavailable: this vitrine binary was built without CUDA support; rebuild it with `cargo build --release --features cuda`, or use --device cpu/wgpu")
+}
+
+/// The concrete device of backend `Self` among opened devices (for `--devices`).
+pub trait PickDevice: burn::tensor::backend::Backend {
+    fn pick(device: &Device) -> Option<Self::Device>;
+
+    fn pick_all(devices: &[Device]) -> Result<Vec<Self::Device>> {
+        devices
+            .iter()
+            .map(|d| Self::pick(d).ok_or_else(|| anyhow::anyhow!("--devices mixes device kinds")))
+            .collect()
+    }
+}
+
+impl PickDevice for CpuBackend {
+    fn pick(device: &Device) -> Option<Self::Device> {
+        matches!(device, Device::Cpu).then_some(burn::backend::flex::FlexDevice)
+    }
+}
+
+impl PickDevice for WgpuBackend {
+    fn pick(device: &Device) -> Option<Self::Device> {
+        match device {
+            Device::Wgpu(d) => Some(d.clone()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl PickDevice for CudaBackend {
+    fn pick(device: &Device) -> Option<Self::Device> {
+        match device {
+            Device::Cuda(d) => Some(d.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// Runs `$body` with `$B` bound to the device's backend type (wrapped by `$wrap`, e.g.

@@ -268,6 +268,53 @@ struct TrainArgs {
     quiet: bool,
     #[command(flatten)]
     device: DeviceOpt,
+    #[command(flatten)]
+    dist: DistArgs,
+    /// Append every parameter after every step to this file (one JSON line per step;
+    /// with several workers, PATH.rankN per worker), for reproducibility checks.
+    #[arg(long, value_name = "PATH")]
+    param_trace: Option<PathBuf>,
+}
+
+/// Data-parallel training (Burn's collective engine): gradients are averaged across all
+/// workers every step; `train.batch_size` is the global batch, split evenly.
+#[derive(Args, Clone)]
+struct DistArgs {
+    /// Several local devices of one kind, one worker each: cuda:0,cuda:1 or cpu,cpu.
+    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
+    devices: Vec<DeviceArg>,
+    /// Processes (machines) in the job, one per node.
+    #[arg(long, default_value_t = 1)]
+    nodes: u32,
+    /// This process's index among the nodes (0 runs the coordinator and writes the run).
+    #[arg(long, default_value_t = 0)]
+    node_rank: u32,
+    /// Node 0's HOST:PORT as every node reaches it (node 0 listens on PORT).
+    #[arg(long, value_name = "HOST:PORT")]
+    coordinator: Option<String>,
+    /// Where the other nodes reach this node's tensor service (HOST:PORT; default on a
+    /// loopback coordinator: its host, port = coordinator port + 1 + node rank).
+    #[arg(long, value_name = "HOST:PORT")]
+    node_address: Option<String>,
+    /// Longest wait for the other workers at any step before failing with an error.
+    #[arg(long, default_value_t = vitrine_train::dist::DEFAULT_TIMEOUT_SECS)]
+    collective_timeout_secs: u64,
+    /// Allow --nodes > 1, which Burn 0.21 cannot complete (docs/distributed.md).
+    #[arg(long)]
+    experimental_multi_node: bool,
+}
+
+impl DistArgs {
+    fn cluster(&self) -> vitrine_train::dist::Cluster {
+        vitrine_train::dist::Cluster {
+            nodes: self.nodes,
+            node_rank: self.node_rank,
+            coordinator: self.coordinator.clone(),
+            node_address: self.node_address.clone(),
+            timeout: std::time::Duration::from_secs(self.collective_timeout_secs),
+            experimental_multi_node: self.experimental_multi_node,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -881,15 +928,63 @@ fn train_plan<C: serde::de::DeserializeOwned>(
         resume: a.resume.is_some(),
         stop_after_epochs: a.stop_after_epochs,
         quiet: a.quiet,
+        peer: None,
+        param_trace: a.param_trace.clone(),
     };
     Ok((config, run_dir, opts))
+}
+
+/// The devices `train` runs on: `--devices` (all of one kind) or `--device`.
+fn train_devices(a: &TrainArgs) -> Result<Vec<device::Device>> {
+    let args = if a.dist.devices.is_empty() {
+        vec![a.device.device.clone()]
+    } else {
+        a.dist.devices.clone()
+    };
+    let kinds: Vec<&str> = args.iter().map(DeviceArg::kind).collect();
+    if kinds.iter().any(|k| *k != kinds[0]) {
+        anyhow::bail!(
+            "--devices {}: all devices of one job must be of one kind (e.g. cuda:0,cuda:1)",
+            args.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+    args.iter().map(DeviceArg::open).collect()
+}
+
+/// Runs `$train` (an expression of `$opts: FitOptions` and `$d: device`) once per device
+/// of the job, each a data-parallel worker (`vitrine_train::dist::launch`); the result is
+/// rank 0's.
+macro_rules! launch_training {
+    ($a:expr, $opts:ident, $d:ident, $captures:expr, $train:expr) => {{
+        let devices = train_devices($a)?;
+        let cluster = $a.dist.cluster();
+        let captured = $captures;
+        let base_opts = $opts.clone();
+        with_backend!(&devices[0], B, _first, {
+            let devices = <B as device::PickDevice>::pick_all(&devices)?;
+            vitrine_train::dist::launch::<Autodiff<B>, _, _>(devices, &cluster, move |peer, $d| {
+                let mut $opts = base_opts.clone();
+                $opts.peer = peer;
+                let captured = captured.clone();
+                ($train)(captured, &$opts, &$d)
+            })
+        })
+    }};
 }
 
 fn cmd_train_lm(a: TrainArgs) -> Result<()> {
     let (config, run_dir, opts) = train_plan(&a, LmRunConfig::resolve_paths)?;
     let run = RunDir::new(&run_dir);
-    let dev = a.device.device.open()?;
-    let r = with_backend!(&dev, B, d, train_lm::<Autodiff<B>>(config, &run, &opts, &d))?;
+    let r = launch_training!(
+        &a,
+        opts,
+        d,
+        (config, run),
+        |(config, run): (_, RunDir), opts, d| { train_lm::<Autodiff<B>>(config, &run, opts, d) }
+    )?;
     eprintln!(
         "{} {}: {} epochs, {} steps, val loss {:.4} (perplexity {:.2}), {:.0} tokens/s, {:.1} s ({} parameters, vocab {})",
         if r.fit.stopped_early { "stopped (resumable)" } else { "trained" },
@@ -909,12 +1004,14 @@ fn cmd_train_lm(a: TrainArgs) -> Result<()> {
 fn cmd_train_score(a: TrainArgs) -> Result<()> {
     let (config, run_dir, opts) = train_plan(&a, ScoreRunConfig::resolve_paths)?;
     let run = RunDir::new(&run_dir);
-    let dev = a.device.device.open()?;
-    let r = with_backend!(
-        &dev,
-        B,
+    let r = launch_training!(
+        &a,
+        opts,
         d,
-        train_scorer::<Autodiff<B>>(config, &run, &opts, &d)
+        (config, run),
+        |(config, run): (_, RunDir), opts, d| {
+            train_scorer::<Autodiff<B>>(config, &run, opts, d)
+        }
     )?;
     let f = &r.fit;
     let dev_text = match (&r.dev, r.best_epoch) {
@@ -943,12 +1040,15 @@ fn cmd_train_score(a: TrainArgs) -> Result<()> {
 fn cmd_train_caption(a: TrainArgs) -> Result<()> {
     let (config, run_dir, opts) = train_plan(&a, CaptionRunConfig::resolve_paths)?;
     let run = RunDir::new(&run_dir);
-    let dev = a.device.device.open()?;
-    let r = with_backend!(
-        &dev,
-        B,
+    let skip_bad = a.skip_bad;
+    let r = launch_training!(
+        &a,
+        opts,
         d,
-        train_caption::<Autodiff<B>>(config, &run, &opts, a.skip_bad, &d)
+        (config, run),
+        |(config, run): (_, RunDir), opts, d| {
+            train_caption::<Autodiff<B>>(config, &run, opts, skip_bad, d)
+        }
     )?;
     let f = &r.fit;
     eprintln!(
@@ -972,16 +1072,19 @@ fn cmd_train_caption(a: TrainArgs) -> Result<()> {
 fn cmd_train_search(a: TrainArgs) -> Result<()> {
     let (config, run_dir, fit) = train_plan(&a, SearchRunConfig::resolve_paths)?;
     let run = RunDir::new(&run_dir);
-    let opts = TrainOptions {
+    let skip_bad = a.skip_bad;
+    let report = launch_training!(
+        &a,
         fit,
-        skip_bad: a.skip_bad,
-    };
-    let dev = a.device.device.open()?;
-    let report = with_backend!(
-        &dev,
-        B,
         d,
-        train_search::<Autodiff<B>>(config, &run, &opts, &d)
+        (config, run),
+        |(config, run): (_, RunDir), fit, d| {
+            let opts = TrainOptions {
+                fit: FitOptions::clone(fit),
+                skip_bad,
+            };
+            train_search::<Autodiff<B>>(config, &run, &opts, d)
+        }
     )?;
     let f = &report.fit;
     eprintln!(

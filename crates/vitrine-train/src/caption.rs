@@ -28,6 +28,7 @@ use vitrine_models::captioner::{Captioner, CaptionerConfig};
 
 use crate::config::absolutize;
 use crate::decode::{decode, CaptionLimits, DecodeConfig, Specials};
+use crate::dist::Shard;
 use crate::embed::{augmented_batch, batch_tensor, progress_bar};
 use crate::error::{io_err, Result, TrainError};
 use crate::lm::{
@@ -348,11 +349,12 @@ impl<B: AutodiffBackend> Task<B, Captioner<B>> for CaptionTask<'_, B> {
         model: &Captioner<B>,
         epoch: usize,
         batch: usize,
+        shard: Shard,
     ) -> Result<(Tensor<B, 1>, usize)> {
         let bs = self.config.train.batch_size;
         self.shuffle_for(epoch);
         let order = &self.epoch_order.as_ref().expect("shuffled above").1;
-        let idx = &order[batch * bs..(batch + 1) * bs];
+        let idx = shard.of(&order[batch * bs..(batch + 1) * bs]);
         let images = augmented_batch::<B>(
             &self.pixels,
             idx,
@@ -482,7 +484,10 @@ pub fn train_caption<B: AutodiffBackend>(
         None => (run.load_toml_config()?, None),
     };
     config.validate()?;
-    if !resume && run.config_path().exists() {
+    crate::dist::check_batch_size(config.train.batch_size, opts.world())?;
+    // Only rank 0 of data-parallel training writes the run directory.
+    let chief = opts.is_chief();
+    if chief && !resume && run.config_path().exists() {
         return Err(TrainError::Run {
             path: run.path.clone(),
             message:
@@ -512,9 +517,11 @@ pub fn train_caption<B: AutodiffBackend>(
         .token_id(EOS)
         .ok_or_else(|| TrainError::Invalid(format!("the tokenizer has no {EOS} token")))?;
     if !resume {
+        config.model.decoder.vocab_size = tokenizer.vocab_size();
+    }
+    if chief && !resume {
         run.create()?;
         tokenizer.save(&run.file(TOKENIZER_FILE))?;
-        config.model.decoder.vocab_size = tokenizer.vocab_size();
         run.save_toml_config(&config)?;
         if !opts.quiet && without_caption > 0 {
             eprintln!("note: {without_caption} items have an empty caption and are left out");
@@ -529,11 +536,12 @@ pub fn train_caption<B: AutodiffBackend>(
                 test_ids: ids(&test),
             },
         )?;
-    } else if run.load_json::<CaptionSplitRecord>(SPLIT_FILE)?.test_ids
-        != test
-            .iter()
-            .map(|&i| catalog.items[i].id.clone())
-            .collect::<Vec<_>>()
+    } else if resume
+        && run.load_json::<CaptionSplitRecord>(SPLIT_FILE)?.test_ids
+            != test
+                .iter()
+                .map(|&i| catalog.items[i].id.clone())
+                .collect::<Vec<_>>()
     {
         return Err(TrainError::Run {
             path: run.path.clone(),
@@ -541,7 +549,7 @@ pub fn train_caption<B: AutodiffBackend>(
                 "the catalogue's test split no longer matches {SPLIT_FILE} (items were added, removed or re-captioned since the run started): start a new run"
             ),
         });
-    } else if config.model.decoder.vocab_size != tokenizer.vocab_size() {
+    } else if resume && config.model.decoder.vocab_size != tokenizer.vocab_size() {
         return Err(TrainError::Run {
             path: run.path.clone(),
             message: format!(
@@ -552,7 +560,7 @@ pub fn train_caption<B: AutodiffBackend>(
         });
     }
 
-    let bar = progress_bar(train.len() + test.len(), "decode", opts.quiet);
+    let bar = progress_bar(train.len() + test.len(), "decode", opts.quiet());
     let p = &config.preprocess;
     let limits = &config.data.limits;
     let (train_kept, pixels) = decode_pixels(
@@ -575,7 +583,7 @@ pub fn train_caption<B: AutodiffBackend>(
     )?;
     bar.finish_and_clear();
     let unreadable = report.skipped - without_caption;
-    if !opts.quiet && unreadable > 0 {
+    if !opts.quiet() && unreadable > 0 {
         eprintln!(
             "warning: skipped {unreadable} unreadable images (--skip-bad); first: {}",
             report
@@ -598,7 +606,7 @@ pub fn train_caption<B: AutodiffBackend>(
     let seqs = encode(&train_kept)?;
     let test_seqs = encode(&test_kept)?;
 
-    B::seed(device, config.seed);
+    let seeded = crate::dist::seed_guard::<B>(device, config.seed);
     // A resumed run's weights come from its checkpoint (fit loads it), not from `init`.
     let mut model = match &init_dir {
         Some(dir) => {
@@ -613,6 +621,7 @@ pub fn train_caption<B: AutodiffBackend>(
             model.encoder = RunDir::new(path).load_encoder::<B>(&config.model.encoder, device)?;
         }
     }
+    drop(seeded);
     let parameters = burn::module::Module::num_params(&model);
     let mut task = CaptionTask::<B> {
         config: &config,
@@ -624,15 +633,20 @@ pub fn train_caption<B: AutodiffBackend>(
         epoch_order: None,
     };
     let (model, fit_summary) = fit(model, &mut task, &config.train, run, opts, device)?;
-    let (test_loss, _) = caption_loss(
-        &model.valid(),
-        &task.test_pixels,
-        &task.test_seqs,
-        p,
-        config.limits.batch_size,
-        device,
-    )?;
-    if !fit_summary.stopped_early {
+    // Rank 0 reports; the other workers' reports are not shown.
+    let (test_loss, _) = if chief {
+        caption_loss(
+            &model.valid(),
+            &task.test_pixels,
+            &task.test_seqs,
+            p,
+            config.limits.batch_size,
+            device,
+        )?
+    } else {
+        (f64::NAN, 0)
+    };
+    if chief && !fit_summary.stopped_early {
         save_module(model.valid(), &run.model_path())?;
     }
     let out = CaptionTrainReport {
@@ -646,7 +660,9 @@ pub fn train_caption<B: AutodiffBackend>(
         truncated_captions: truncated,
         encoder_init: config.init.encoder.clone(),
     };
-    run.save_json("train-report.json", &out)?;
+    if chief {
+        run.save_json("train-report.json", &out)?;
+    }
     Ok(out)
 }
 

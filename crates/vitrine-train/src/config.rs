@@ -19,6 +19,10 @@ pub enum LossKind {
     Supcon,
     /// Proxy-Anchor loss (Kim et al. 2020): one learned proxy per class.
     ProxyAnchor,
+    /// Normalised softmax (Zhai & Wu 2019): cross-entropy over cosine similarities to one
+    /// learned proxy per class, at `temperature`. A mean of per-example terms, so
+    /// data-parallel workers' averaged gradients are exactly the combined batch's.
+    NormSoftmax,
 }
 
 /// How batches are drawn.
@@ -37,7 +41,7 @@ pub struct TrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
     pub loss: LossKind,
-    /// SupCon temperature.
+    /// SupCon and norm-softmax temperature.
     pub temperature: f64,
     /// Proxy-Anchor scale (alpha) and margin (delta).
     pub proxy_alpha: f64,

@@ -27,6 +27,9 @@ pub enum TrainError {
     Diverged { step: usize, loss: f32 },
     #[error("{0}")]
     Invalid(String),
+    /// Data-parallel training: another worker stopped, cannot be reached, or disagrees.
+    #[error("distributed training: {0}")]
+    Collective(String),
     /// The caller stopped the work (e.g. its client went away).
     #[error("{0}")]
     Cancelled(String),

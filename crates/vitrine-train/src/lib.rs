@@ -5,6 +5,7 @@ pub mod caption;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
+pub mod dist;
 pub mod embed;
 pub mod error;
 pub mod generate;

@@ -22,6 +22,7 @@ use vitrine_data::text::{Tokenizer, EOS};
 use vitrine_models::gpt::{Gpt, GptConfig};
 
 use crate::config::absolutize;
+use crate::dist::Shard;
 use crate::error::{io_err, Result, TrainError};
 use crate::run::{save_module, RunDir};
 use crate::schedule::Schedule;
@@ -366,6 +367,22 @@ impl HostBatch {
         b
     }
 
+    /// This shard's rows (all of them for [`Shard::WHOLE`]), padded as in the whole batch.
+    pub fn shard(self, shard: Shard) -> Self {
+        if shard == Shard::WHOLE {
+            return self;
+        }
+        let r = shard.range(self.rows);
+        let cells = r.start * self.t..r.end * self.t;
+        HostBatch {
+            rows: r.len(),
+            t: self.t,
+            inputs: self.inputs[cells.clone()].to_vec(),
+            targets: self.targets[cells.clone()].to_vec(),
+            mask: self.mask[cells].to_vec(),
+        }
+    }
+
     pub fn tokens(&self) -> usize {
         self.mask.iter().filter(|&&m| m > 0.0).count()
     }
@@ -492,11 +509,13 @@ impl<B: AutodiffBackend> Task<B, Gpt<B>> for LmTask<'_, B> {
         model: &Gpt<B>,
         epoch: usize,
         batch: usize,
+        shard: Shard,
     ) -> Result<(Tensor<B, 1>, usize)> {
         let t = &self.config.train;
         let b = self
             .train
-            .batch(self.config.seed, epoch, batch, t.batch_size, t.block_size);
+            .batch(self.config.seed, epoch, batch, t.batch_size, t.block_size)
+            .shard(shard);
         let logits = model.forward(inputs::<B>(&b, &self.device))?;
         Ok((masked_cross_entropy(logits, &b, &self.device), b.tokens()))
     }
@@ -677,7 +696,10 @@ pub fn train_lm<B: AutodiffBackend>(
         }
     };
     config.validate()?;
-    if !resume && run.config_path().exists() {
+    crate::dist::check_batch_size(config.train.batch_size, opts.world())?;
+    // Only rank 0 of data-parallel training writes the run directory.
+    let chief = opts.is_chief();
+    if chief && !resume && run.config_path().exists() {
         return Err(TrainError::Run {
             path: run.path.clone(),
             message:
@@ -688,12 +710,14 @@ pub fn train_lm<B: AutodiffBackend>(
     let mut config = config;
     let prepared = prepare(&config, existing)?;
     if !resume {
-        run.create()?;
-        prepared.tokenizer.save(&run.file(TOKENIZER_FILE))?;
         config.model.vocab_size = prepared.tokenizer.vocab_size();
         if config.generate.keyword_case == KeywordCase::Auto {
             config.generate.keyword_case = prepared.keyword_case;
         }
+    }
+    if chief && !resume {
+        run.create()?;
+        prepared.tokenizer.save(&run.file(TOKENIZER_FILE))?;
         run.save_toml_config(&config)?;
         if config.is_copy() {
             let path = run.file(TRAIN_LINES_FILE);
@@ -701,7 +725,7 @@ pub fn train_lm<B: AutodiffBackend>(
             text.push('\n');
             atomic_save(&path, text.as_bytes()).map_err(io_err(&path))?;
         }
-    } else if config.model.vocab_size != prepared.tokenizer.vocab_size() {
+    } else if resume && config.model.vocab_size != prepared.tokenizer.vocab_size() {
         return Err(TrainError::Run {
             path: run.path.clone(),
             message: format!(
@@ -711,7 +735,7 @@ pub fn train_lm<B: AutodiffBackend>(
             ),
         });
     }
-    B::seed(device, config.seed);
+    let seeded = crate::dist::seed_guard::<B>(device, config.seed);
     // A resumed run's weights come from its checkpoint (fit loads it), not from `init`.
     let model = match &init_dir {
         // Pretrained weights; tokens the run added (brief markers) get new rows.
@@ -720,6 +744,7 @@ pub fn train_lm<B: AutodiffBackend>(
             .resize_vocab(config.model.vocab_size)?,
         None => config.model.init::<B>(device)?,
     };
+    drop(seeded);
     let parameters = burn::module::Module::num_params(&model);
     let valid = prepared.valid.eval_batches(
         config.train.batch_size,
@@ -733,8 +758,13 @@ pub fn train_lm<B: AutodiffBackend>(
         device: device.clone(),
     };
     let (model, fit_summary) = fit(model, &mut task, &config.loop_config(), run, opts, device)?;
-    let (val_loss, _) = eval_loss(&model.valid(), &task.valid, device)?;
-    if !fit_summary.stopped_early {
+    // Rank 0 reports; the other workers' reports are not shown.
+    let (val_loss, _) = if chief {
+        eval_loss(&model.valid(), &task.valid, device)?
+    } else {
+        (f64::NAN, 0)
+    };
+    if chief && !fit_summary.stopped_early {
         save_module(model, &run.model_path())?;
     }
     let report = LmTrainReport {
@@ -747,7 +777,9 @@ pub fn train_lm<B: AutodiffBackend>(
         parameters,
         truncated_examples: prepared.truncated,
     };
-    run.save_json("train-report.json", &report)?;
+    if chief {
+        run.save_json("train-report.json", &report)?;
+    }
     Ok(report)
 }
 
@@ -857,6 +889,19 @@ mod tests {
         assert_eq!(hb.targets, vec![6, 7, 8, 10, 0, 0]);
         assert_eq!(hb.mask, vec![1.0, 1.0, 1.0, 1.0, 0.0, 0.0]);
         assert_eq!(hb.tokens(), 4);
+    }
+
+    #[test]
+    fn host_batch_shards_are_its_rows_in_order() {
+        let rows: Vec<Vec<u32>> = (0..4).map(|i| vec![i, i + 10, i + 20]).collect();
+        let hb = HostBatch::from_rows(rows.iter().map(|r| r.as_slice()).collect());
+        let a = hb.clone().shard(Shard { index: 0, count: 2 });
+        let b = hb.clone().shard(Shard { index: 1, count: 2 });
+        assert_eq!((a.rows, a.t, b.rows), (2, 2, 2));
+        assert_eq!(a.tokens() + b.tokens(), hb.tokens());
+        assert_eq!([a.inputs, b.inputs].concat(), hb.inputs);
+        assert_eq!([a.targets, b.targets].concat(), hb.targets);
+        assert_eq!(hb.clone().shard(Shard::WHOLE), hb);
     }
 
     #[test]

@@ -48,6 +48,16 @@ pub fn supcon<B: Backend>(z: Tensor<B, 2>, labels: &[u32], tau: f64) -> Tensor<B
     per_anchor.sum().neg().div_scalar(anchors as f64)
 }
 
+/// [N, C] rows with a 1 at each label's class.
+fn one_hot<B: Backend>(labels: &[u32], c: usize, device: &B::Device) -> Tensor<B, 2> {
+    let n = labels.len();
+    let mut onehot = vec![0f32; n * c];
+    for (i, &l) in labels.iter().enumerate() {
+        onehot[i * c + l as usize] = 1.0;
+    }
+    Tensor::from_data(TensorData::new(onehot, [n, c]), device)
+}
+
 /// Proxy-Anchor loss (Kim et al. 2020). `z`: [N, D] normalised embeddings, `proxies`:
 /// [C, D] (normalised here), `alpha` scale, `delta` margin.
 pub fn proxy_anchor<B: Backend>(
@@ -57,17 +67,13 @@ pub fn proxy_anchor<B: Backend>(
     alpha: f64,
     delta: f64,
 ) -> Tensor<B, 1> {
-    let device = z.device();
-    let n = labels.len();
     let c = proxies.dims()[0];
-    let mut onehot = vec![0f32; n * c];
     let mut with_pos = vec![false; c];
-    for (i, &l) in labels.iter().enumerate() {
-        onehot[i * c + l as usize] = 1.0;
+    for &l in labels {
         with_pos[l as usize] = true;
     }
     let n_pos_classes = with_pos.iter().filter(|&&b| b).count().max(1);
-    let pos = Tensor::<B, 2>::from_data(TensorData::new(onehot, [n, c]), &device);
+    let pos = one_hot::<B>(labels, c, &z.device());
     let neg = pos.clone().neg().add_scalar(1.0);
     let cos = z.matmul(vitrine_models::l2_normalize(proxies).transpose()); // [N, C]
     let pos_exp = cos.clone().sub_scalar(delta).mul_scalar(-alpha).exp() * pos;
@@ -85,6 +91,27 @@ pub fn proxy_anchor<B: Backend>(
         .sum()
         .div_scalar(c as f64);
     pos_term + neg_term
+}
+
+/// Normalised softmax loss (Zhai & Wu 2019): mean over examples of the cross-entropy of
+/// cos(z, proxy_c) / `tau` over the C proxies. `z`: [N, D] normalised, `proxies`: [C, D]
+/// (normalised here). Per-example, unlike SupCon and Proxy-Anchor, so a batch split across
+/// workers gives the same mean gradient.
+pub fn norm_softmax<B: Backend>(
+    z: Tensor<B, 2>,
+    proxies: Tensor<B, 2>,
+    labels: &[u32],
+    tau: f64,
+) -> Tensor<B, 1> {
+    let n = labels.len();
+    let target = one_hot::<B>(labels, proxies.dims()[0], &z.device());
+    let logits = z
+        .matmul(vitrine_models::l2_normalize(proxies).transpose())
+        .div_scalar(tau); // [N, C]
+    (log_softmax(logits, 1) * target)
+        .sum()
+        .neg()
+        .div_scalar(n.max(1) as f64)
 }
 
 #[cfg(test)]
@@ -126,6 +153,22 @@ mod tests {
         )
         .into_scalar();
         assert!(good < bad, "{good} !< {bad}");
+    }
+
+    /// z0 at proxy 0, z1 orthogonal to both proxies; tau = 1.
+    /// Example 0: -log(e^1 / (e^1 + e^0)) = log(1 + e^-1); example 1 (class 1): logits
+    /// (0, 0): log 2. Mean of the two.
+    #[test]
+    fn norm_softmax_known_value_and_split_mean() {
+        let z = t(&[[1.0, 0.0], [0.0, 0.0]]);
+        let p = t(&[[2.0, 0.0], [0.0, -3.0]]);
+        let whole: f32 = norm_softmax(z.clone(), p.clone(), &[0, 1], 1.0).into_scalar();
+        let expected = ((1.0 + (-1.0f32).exp()).ln() + 2f32.ln()) / 2.0;
+        assert!((whole - expected).abs() < 1e-5, "{whole} vs {expected}");
+        // The mean of the halves' losses is the whole batch's: what data-parallel needs.
+        let a: f32 = norm_softmax(t(&[[1.0, 0.0]]), p.clone(), &[0], 1.0).into_scalar();
+        let b: f32 = norm_softmax(t(&[[0.0, 0.0]]), p, &[1], 1.0).into_scalar();
+        assert!(((a + b) / 2.0 - whole).abs() < 1e-6);
     }
 
     /// One sample of class 0 at its proxy, C = 2 proxies (1,0) and (0,1), alpha=1, delta=0:

@@ -30,6 +30,7 @@ use vitrine_data::text::Tokenizer;
 use vitrine_models::scorer::{Scorer, ScorerConfig};
 
 use crate::config::absolutize;
+use crate::dist::Shard;
 use crate::error::{Result, TrainError};
 use crate::generate::Candidate;
 use crate::lm::{build_tokenizer, LmRun, TokenizerSource, TOKENIZER_FILE};
@@ -377,6 +378,7 @@ impl<B: AutodiffBackend> Task<B, Scorer<B>> for ScoreTask<'_, B> {
         model: &Scorer<B>,
         epoch: usize,
         batch: usize,
+        shard: Shard,
     ) -> Result<(Tensor<B, 1>, usize)> {
         let bs = self.config.train.batch_size;
         let mut order: Vec<usize> = (0..self.train.groups.len()).collect();
@@ -395,7 +397,7 @@ impl<B: AutodiffBackend> Task<B, Scorer<B>> for ScoreTask<'_, B> {
                 rows.len() - 1
             }) as i64
         };
-        for &g in &order[batch * bs..(batch + 1) * bs] {
+        for &g in shard.of(&order[batch * bs..(batch + 1) * bs]) {
             for &(w, l, wt) in &self.train.groups[g] {
                 win.push(slot(w));
                 lose.push(slot(l));
@@ -492,7 +494,10 @@ pub fn train_scorer<B: AutodiffBackend>(
         None => run.load_toml_config()?,
     };
     config.validate()?;
-    if !resume && run.config_path().exists() {
+    crate::dist::check_batch_size(config.train.batch_size, opts.world())?;
+    // Only rank 0 of data-parallel training writes the run directory.
+    let chief = opts.is_chief();
+    if chief && !resume && run.config_path().exists() {
         return Err(TrainError::Run {
             path: run.path.clone(),
             message:
@@ -500,7 +505,7 @@ pub fn train_scorer<B: AutodiffBackend>(
                     .into(),
         });
     }
-    B::seed(device, config.seed);
+    let seeded = crate::dist::seed_guard::<B>(device, config.seed);
     let train_tests = read_ab_tests(&config.data.train)?;
     // Tokenizer and initial model: the run's own when resuming (the checkpoint then replaces
     // the weights), the init run's for a warm start, else fresh.
@@ -541,11 +546,12 @@ pub fn train_scorer<B: AutodiffBackend>(
             ),
         });
     }
-    if !resume {
+    if chief && !resume {
         run.create()?;
         tokenizer.save(&run.file(TOKENIZER_FILE))?;
         run.save_toml_config(&config)?;
     }
+    drop(seeded);
     let n_ctx = config.model.gpt.n_ctx;
     let (fit_tests, dev_tests) = dev_split(train_tests, config.train.dev_fraction, config.seed);
     let fit_enc = EncodedPairs::new(&fit_tests, &tokenizer, n_ctx)?;
@@ -572,6 +578,7 @@ pub fn train_scorer<B: AutodiffBackend>(
     let (model, fit_summary) = fit(model, &mut task, &config.loop_config(), run, opts, device)?;
     let best_epoch = task.best.as_ref().map(|b| b.epoch);
     let dev_metrics = match &task.dev {
+        _ if !chief => None,
         Some(dev) if !fit_summary.stopped_early => {
             // The kept model: the best dev epoch's weights.
             let bytes = std::fs::read(run.file(BEST_MODEL_FILE))
@@ -598,7 +605,9 @@ pub fn train_scorer<B: AutodiffBackend>(
         parameters,
         warm_start: config.init.as_ref().map(|p| p.display().to_string()),
     };
-    run.save_json("train-report.json", &report)?;
+    if chief {
+        run.save_json("train-report.json", &report)?;
+    }
     Ok(report)
 }
 

@@ -13,9 +13,10 @@ use vitrine_data::split::split_indices;
 use vitrine_models::ImageEncoder;
 
 use crate::config::{LossKind, Sampler, SearchRunConfig};
+use crate::dist::Shard;
 use crate::embed::{augmented_batch, progress_bar};
 use crate::error::{Result, TrainError};
-use crate::losses::{proxy_anchor, supcon};
+use crate::losses::{norm_softmax, proxy_anchor, supcon};
 use crate::run::{save_module, RunDir};
 use crate::trainer::{fit, FitOptions, FitSummary, Task};
 
@@ -153,14 +154,15 @@ impl<B: AutodiffBackend> Task<B, SearchModel<B>> for SearchTask<B> {
         model: &SearchModel<B>,
         epoch: usize,
         batch: usize,
+        shard: Shard,
     ) -> Result<(Tensor<B, 1>, usize)> {
         if self.epoch_batches.as_ref().is_none_or(|(e, _)| *e != epoch) {
             self.epoch_batches = Some((epoch, self.batches(epoch)));
         }
         let (_, batches) = self.epoch_batches.as_ref().expect("just set");
-        let idx = batches
+        let idx = shard.of(batches
             .get(batch)
-            .ok_or_else(|| TrainError::Invalid(format!("batch {batch} out of range")))?;
+            .ok_or_else(|| TrainError::Invalid(format!("batch {batch} out of range")))?);
         let x = augmented_batch::<B>(
             &self.pixels,
             idx,
@@ -181,10 +183,14 @@ impl<B: AutodiffBackend> Task<B, SearchModel<B>> for SearchTask<B> {
                 t.proxy_alpha,
                 t.proxy_margin,
             ),
-            (LossKind::ProxyAnchor, None) => {
-                return Err(TrainError::Invalid(
-                    "proxy-anchor loss needs proxies".into(),
-                ))
+            (LossKind::NormSoftmax, Some(proxies)) => norm_softmax(
+                z,
+                proxies.val().mul_scalar(t.proxy_lr_multiplier),
+                &labels,
+                t.temperature,
+            ),
+            (LossKind::ProxyAnchor | LossKind::NormSoftmax, None) => {
+                return Err(TrainError::Invalid("proxy losses need proxies".into()))
             }
         };
         Ok((loss, idx.len()))
@@ -217,6 +223,8 @@ pub fn train_search<B: AutodiffBackend>(
     // Weights of `init`, loaded once while the config is resolved (a resumed run's come
     // from its checkpoint instead).
     let mut pretrained = None;
+    // Only rank 0 of data-parallel training writes the run directory.
+    let chief = opts.fit.is_chief();
     let config = if opts.fit.resume {
         if !run.checkpoint_path().exists() {
             return Err(TrainError::Run {
@@ -236,7 +244,9 @@ pub fn train_search<B: AutodiffBackend>(
             pretrained = Some(pv.encoder);
         }
         config.validate()?;
-        if run.config_path().exists() {
+        // Before anything is written: a batch that does not split is a config error.
+        crate::dist::check_batch_size(config.train.batch_size, opts.fit.world())?;
+        if chief && run.config_path().exists() {
             return Err(TrainError::Run {
                 path: run.path.clone(),
                 message:
@@ -244,12 +254,12 @@ pub fn train_search<B: AutodiffBackend>(
                         .into(),
             });
         }
-        run.create()?;
-        run.save_config(&config)?;
+        if chief {
+            run.create()?;
+            run.save_config(&config)?;
+        }
         config
     };
-    B::seed(device, config.seed);
-
     let Prepared {
         catalog,
         mut report,
@@ -280,21 +290,23 @@ pub fn train_search<B: AutodiffBackend>(
             "metric learning needs at least 2 classes in the label column".into(),
         ));
     }
-    run.save_json("labels.json", &label_map)?;
-    run.save_json(
-        "split.json",
-        &SplitRecord {
-            holdout_fraction: config.split.holdout_fraction,
-            seed: config.split.seed,
-            train_items: train.len(),
-            holdout_ids: holdout
-                .iter()
-                .map(|&i| catalog.items[i].id.clone())
-                .collect(),
-        },
-    )?;
+    if chief {
+        run.save_json("labels.json", &label_map)?;
+        run.save_json(
+            "split.json",
+            &SplitRecord {
+                holdout_fraction: config.split.holdout_fraction,
+                seed: config.split.seed,
+                train_items: train.len(),
+                holdout_ids: holdout
+                    .iter()
+                    .map(|&i| catalog.items[i].id.clone())
+                    .collect(),
+            },
+        )?;
+    }
 
-    let bar = progress_bar(train.len(), "decode", opts.fit.quiet);
+    let bar = progress_bar(train.len(), "decode", opts.fit.quiet());
     let (kept, pixels) = decode_pixels(
         &catalog,
         &train,
@@ -315,7 +327,7 @@ pub fn train_search<B: AutodiffBackend>(
                 .expect("labelled above")
         })
         .collect();
-    if !opts.fit.quiet && report.skipped > 0 {
+    if !opts.fit.quiet() && report.skipped > 0 {
         eprintln!(
             "warning: skipped {} bad items (--skip-bad); first: {}",
             report.skipped,
@@ -323,15 +335,21 @@ pub fn train_search<B: AutodiffBackend>(
         );
     }
 
+    let seeded = crate::dist::seed_guard::<B>(device, config.seed);
     let encoder = match pretrained {
         Some(encoder) => encoder,
         None => config.model.init::<B>(device)?,
     };
-    let proxies = (config.train.loss == LossKind::ProxyAnchor).then(|| {
+    let proxies = matches!(
+        config.train.loss,
+        LossKind::ProxyAnchor | LossKind::NormSoftmax
+    )
+    .then(|| {
         let std = 1.0 / config.train.proxy_lr_multiplier;
         Initializer::Normal { mean: 0.0, std }
             .init([label_map.classes.len(), config.model.embed_dim()], device)
     });
+    drop(seeded);
     let model = SearchModel { encoder, proxies };
     let mut task = SearchTask::<B> {
         device: device.clone(),
@@ -349,7 +367,7 @@ pub fn train_search<B: AutodiffBackend>(
         &opts.fit,
         device,
     )?;
-    if !fit_summary.stopped_early {
+    if chief && !fit_summary.stopped_early {
         save_module(model.encoder.valid(), &run.model_path())?;
     }
     Ok(TrainReport {

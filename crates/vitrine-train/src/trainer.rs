@@ -2,9 +2,10 @@
 //! clipping, progress bar, `metrics.jsonl`, atomic checkpoints and exact resume.
 //!
 //! A task supplies batches as a pure function of (epoch, batch index), so resuming from
-//! a checkpoint replays exactly the batches an uninterrupted run would have seen.
+//! a checkpoint replays exactly the batches an uninterrupted run would have seen, and
+//! data-parallel workers ([`crate::dist`]) each take their own share of the same batch.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
 use burn::grad_clipping::GradientClippingConfig;
@@ -18,19 +19,28 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::checkpoint::{Checkpoint, TrainState};
+use crate::dist::{self, Peer, Shard};
 use crate::error::{Result, TrainError};
 use crate::run::{load_module_bytes, module_to_bytes, Rec, RunDir};
 use crate::schedule::Schedule;
 
 pub trait Task<B: AutodiffBackend, M> {
     fn batches_per_epoch(&self) -> usize;
-    /// Forward pass and loss of batch `batch` of `epoch`: (scalar loss, examples in it).
-    fn loss(&mut self, model: &M, epoch: usize, batch: usize) -> Result<(Tensor<B, 1>, usize)>;
+    /// Forward pass and loss of `shard` of batch `batch` of `epoch`: (scalar loss, examples
+    /// in it). The shards of one batch are disjoint and together are the whole batch.
+    fn loss(
+        &mut self,
+        model: &M,
+        epoch: usize,
+        batch: usize,
+        shard: Shard,
+    ) -> Result<(Tensor<B, 1>, usize)>;
     /// What `loss` counts (progress and metrics say "<unit>/s").
     fn unit(&self) -> &'static str {
         "examples"
     }
     /// Extra metrics after each epoch (e.g. validation loss), merged into `metrics.jsonl`.
+    /// In data-parallel training only rank 0 calls it.
     fn epoch_end(&mut self, _model: &M, _epoch: usize) -> Result<serde_json::Value> {
         Ok(serde_json::Value::Null)
     }
@@ -109,6 +119,27 @@ pub struct FitOptions {
     pub stop_after_epochs: Option<usize>,
     /// No progress bar or log lines.
     pub quiet: bool,
+    /// This worker's place in data-parallel training (None: the only worker).
+    pub peer: Option<Peer>,
+    /// Append every parameter after every step to this file (`dist::trace_path`).
+    pub param_trace: Option<std::path::PathBuf>,
+}
+
+impl FitOptions {
+    /// Whether this worker writes the run directory (the only one, or rank 0).
+    pub fn is_chief(&self) -> bool {
+        self.peer.as_ref().is_none_or(Peer::is_chief)
+    }
+
+    /// Workers in the job (1 without data parallelism).
+    pub fn world(&self) -> usize {
+        self.peer.as_ref().map_or(1, |p| p.world)
+    }
+
+    /// Progress bars and warnings: only the one worker that reports.
+    pub fn quiet(&self) -> bool {
+        self.quiet || !self.is_chief()
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -157,6 +188,10 @@ where
             task.unit()
         )));
     }
+    let world = opts.peer.as_ref().map_or(1, |p| p.world);
+    dist::check_batch_size(cfg.batch_size, world)?;
+    let shard = opts.peer.as_ref().map_or(Shard::WHOLE, Peer::shard);
+    let chief = opts.is_chief();
     let unit = task.unit();
     let unit_short = if unit == "tokens" { "tok" } else { "ex" };
     let total_steps = per_epoch * cfg.epochs;
@@ -191,10 +226,32 @@ where
         })?;
         optim = optim.load_record(record);
         state = ckpt.state;
-        run.truncate_metrics_after(state.step)?;
+        if chief {
+            run.truncate_metrics_after(state.step)?;
+        }
     }
+    if let Some(peer) = &opts.peer {
+        let plan = dist::Plan {
+            step: state.step,
+            total_steps,
+            batches_per_epoch: per_epoch,
+            stop_after_epochs: opts.stop_after_epochs,
+            loop_config: serde_json::to_string(cfg).unwrap_or_default(),
+        };
+        model = dist::start::<B, M>(peer, model, opts.resume, &plan)?;
+    }
+    let mut trace = match &opts.param_trace {
+        Some(base) => {
+            let path = dist::trace_path(base, opts.peer.as_ref());
+            let file = std::fs::File::create(&path).map_err(crate::error::io_err(&path))?;
+            Some((path, std::io::BufWriter::new(file)))
+        }
+        None => None,
+    };
 
-    let interactive = !opts.quiet && std::io::stderr().is_terminal();
+    // Workers other than rank 0 stay silent: rank 0 reports the global batch's figures.
+    let quiet = opts.quiet || !chief;
+    let interactive = !quiet && std::io::stderr().is_terminal();
     let bar = if interactive {
         ProgressBar::new(total_steps as u64)
     } else {
@@ -231,20 +288,31 @@ where
         let mut epoch_examples_now = 0usize;
         while state.batch_in_epoch < per_epoch {
             let lr = cfg.schedule.at(state.step, total_steps);
-            let (loss, examples) = task.loss(&model, state.epoch, state.batch_in_epoch)?;
+            let (loss, examples) = task.loss(&model, state.epoch, state.batch_in_epoch, shard)?;
             let loss_value: f32 = loss
                 .clone()
                 .into_data()
                 .iter::<f32>()
                 .next()
                 .unwrap_or(f32::NAN);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let shard_loss = loss_value;
+            // Every worker sees the global loss, so all of them stop together on a NaN.
+            let (grads, loss_value, examples) = match &opts.peer {
+                Some(peer) => {
+                    let r = dist::reduce_step::<B, M>(
+                        peer, &model, grads, loss_value, examples, state.step,
+                    )?;
+                    (r.grads, r.loss, r.examples)
+                }
+                None => (grads, loss_value, examples),
+            };
             if !loss_value.is_finite() {
                 return Err(TrainError::Diverged {
                     step: state.step,
                     loss: loss_value,
                 });
             }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
             state.step += 1;
             state.batch_in_epoch += 1;
@@ -257,8 +325,20 @@ where
                 "loss {loss_value:.4} | {rate:.0} {unit_short}/s | lr {lr:.2e}"
             ));
             bar.inc(1);
+            if let Some((path, out)) = &mut trace {
+                let line = json!({
+                    "step": state.step,
+                    "rank": opts.peer.as_ref().map_or(0, |p| p.rank),
+                    "shard_loss": shard_loss,
+                    "loss": loss_value,
+                    "values": dist::flat_values::<B, M>(&model),
+                });
+                writeln!(out, "{line}")
+                    .and_then(|_| out.flush())
+                    .map_err(crate::error::io_err(path))?;
+            }
             if !interactive
-                && !opts.quiet
+                && !quiet
                 && cfg.log_every_steps > 0
                 && state.step % cfg.log_every_steps == 0
             {
@@ -269,7 +349,8 @@ where
                     state.step
                 );
             }
-            if cfg.checkpoint_every_steps > 0
+            if chief
+                && cfg.checkpoint_every_steps > 0
                 && state.step % cfg.checkpoint_every_steps == 0
                 && state.batch_in_epoch < per_epoch
             {
@@ -278,7 +359,11 @@ where
         }
         let epoch_secs = epoch_started.elapsed().as_secs_f64();
         last_epoch_loss = state.epoch_loss_sum / state.epoch_examples.max(1) as f64;
-        let extra = task.epoch_end(&model, state.epoch)?;
+        let extra = if chief {
+            task.epoch_end(&model, state.epoch)?
+        } else {
+            serde_json::Value::Null
+        };
         let mut line = json!({
             "epoch": state.epoch + 1,
             "step": state.step,
@@ -301,8 +386,10 @@ where
                 }
             }
         }
-        run.append_metrics(&line)?;
-        if !opts.quiet {
+        if chief {
+            run.append_metrics(&line)?;
+        }
+        if !quiet {
             bar.suspend(|| {
                 eprintln!(
                     "epoch {}/{}: loss {last_epoch_loss:.4}{extra_text}, {:.0} {unit}/s, {epoch_secs:.1} s",
@@ -316,7 +403,9 @@ where
         state.batch_in_epoch = 0;
         state.epoch_loss_sum = 0.0;
         state.epoch_examples = 0;
-        save(&model, &optim, &state)?;
+        if chief {
+            save(&model, &optim, &state)?;
+        }
         if opts.stop_after_epochs.is_some_and(|n| state.epoch >= n) && state.epoch < cfg.epochs {
             stopped_early = true;
             break;

@@ -1,0 +1,844 @@
+//! Data-parallel training on Burn's collective engine (`burn-collective`).
+//!
+//! One process per node, one thread per local device. Every worker computes the loss of
+//! its own equal share of each global batch ([`Shard`]); the gradients of all workers are
+//! averaged with one all-reduce per step (flattened into a single vector, so a step costs
+//! one collective round, not one per parameter), and every worker applies the same update.
+//! Node 0 also runs the collective coordinator. Burn's collective calls have no deadline of
+//! their own, so each one runs on a helper thread and is given up after
+//! [`Cluster::timeout`]: a worker that died, or a coordinator nobody can reach, becomes a
+//! clear error on every other worker instead of a hang.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn_collective::{CollectiveConfig, CollectiveError, PeerId, ReduceOperation};
+
+use crate::error::{Result, TrainError};
+
+/// Seeds the backend and holds a process-wide lock until dropped. Burn's seeded RNG is
+/// shared by the process, so local workers (threads) that seed and initialise at once
+/// would interleave their draws; under this guard each gets the single-worker sequence.
+pub fn seed_guard<B: Backend>(device: &B::Device, seed: u64) -> std::sync::MutexGuard<'static, ()> {
+    static SEEDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = SEEDING.lock().unwrap_or_else(|e| e.into_inner());
+    B::seed(device, seed);
+    guard
+}
+
+/// Where this process sits in the cluster and how long it waits for the others.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    /// Processes (machines) in the job; 1 = this process only.
+    pub nodes: u32,
+    /// This process's index, 0..nodes. Node 0 runs the coordinator and its first device
+    /// is rank 0, the only worker that writes the run directory.
+    pub node_rank: u32,
+    /// HOST:PORT of the coordinator (node 0's address as the other nodes reach it).
+    pub coordinator: Option<String>,
+    /// HOST:PORT where the other nodes reach this one's tensor service. Default on a
+    /// loopback coordinator: its host, port (coordinator port + 1 + node rank).
+    pub node_address: Option<String>,
+    /// Longest wait for the other workers at any collective call (start-up included).
+    pub timeout: Duration,
+    /// Run several nodes although Burn 0.21's global all-reduce completes only once per
+    /// process (docs/distributed.md): for testing the wiring and for a fixed Burn.
+    pub experimental_multi_node: bool,
+}
+
+/// Default for [`Cluster::timeout`]: covers rank 0's validation and checkpoint between steps.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
+/// Most workers one job may have (ranks are u32 in Burn; this bounds memory and ports).
+pub const MAX_WORKERS: usize = 1024;
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self {
+            nodes: 1,
+            node_rank: 0,
+            coordinator: None,
+            node_address: None,
+            timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
+            experimental_multi_node: false,
+        }
+    }
+}
+
+/// One worker's place: global rank among `world` workers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peer {
+    pub rank: usize,
+    pub world: usize,
+    pub timeout: Duration,
+}
+
+impl Peer {
+    /// Rank 0 writes checkpoints, metrics and the final model; the others only compute.
+    pub fn is_chief(&self) -> bool {
+        self.rank == 0
+    }
+
+    pub fn shard(&self) -> Shard {
+        Shard {
+            index: self.rank,
+            count: self.world,
+        }
+    }
+}
+
+/// An equal, contiguous share of a global batch. Batches are a pure function of (epoch,
+/// batch index) and the seed, so the shards of one step are disjoint and together are
+/// exactly the batch a single worker would take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// The whole batch (single-worker training).
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// This shard's part of `items`; `items.len()` must be a multiple of `count`
+    /// ([`check_batch_size`] makes it so for every task's batches).
+    pub fn of<'a, T>(&self, items: &'a [T]) -> &'a [T] {
+        &items[self.range(items.len())]
+    }
+
+    /// Index range of this shard in a batch of `len` items (empty for a malformed shard).
+    pub fn range(&self, len: usize) -> std::ops::Range<usize> {
+        debug_assert!(self.count > 0 && self.index < self.count && len.is_multiple_of(self.count));
+        if self.count == 0 || self.index >= self.count {
+            return 0..0;
+        }
+        let n = len / self.count;
+        self.index * n..(self.index + 1) * n
+    }
+}
+
+/// The global batch must split into equal shares, or the mean of the workers' gradients
+/// would not be the gradient of the batch.
+pub fn check_batch_size(batch_size: usize, world: usize) -> Result<()> {
+    if world > 1 && !batch_size.is_multiple_of(world) {
+        return Err(TrainError::Invalid(format!(
+            "train.batch_size = {batch_size} does not split into {world} equal shares: the batch is the global batch across all workers, so it must be a multiple of the number of workers"
+        )));
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// Checks the flags together, before any worker starts.
+    pub fn validate(&self, local_devices: usize) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Invalid(m));
+        if local_devices == 0 {
+            return bad("--devices lists no device".into());
+        }
+        if self.nodes == 0 {
+            return bad("--nodes = 0 (allowed 1 or more)".into());
+        }
+        if self.node_rank >= self.nodes {
+            return bad(format!(
+                "--node-rank = {} with --nodes = {} (allowed 0..{})",
+                self.node_rank, self.nodes, self.nodes
+            ));
+        }
+        let world = self.nodes as usize * local_devices;
+        if world > MAX_WORKERS {
+            return bad(format!(
+                "{} nodes x {local_devices} devices = {world} workers (allowed up to {MAX_WORKERS})",
+                self.nodes
+            ));
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(86_400) {
+            return bad(format!(
+                "--collective-timeout-secs = {} (allowed 1..=86400)",
+                self.timeout.as_secs()
+            ));
+        }
+        if self.nodes > 1 && !self.experimental_multi_node {
+            return bad(format!(
+                "--nodes = {}: multi-node training does not work with Burn 0.21, whose global all-reduce never returns a second time in a process (see docs/distributed.md); use the devices of one machine (--devices), or pass --experimental-multi-node to try anyway",
+                self.nodes
+            ));
+        }
+        if self.nodes > 1 {
+            let coordinator = self.coordinator.as_deref().ok_or_else(|| {
+                TrainError::Invalid(format!(
+                    "--nodes = {} needs --coordinator HOST:PORT (node 0's address)",
+                    self.nodes
+                ))
+            })?;
+            host_port("--coordinator", coordinator)?;
+            host_port("--node-address", &self.node_address()?)?;
+        } else if self.coordinator.is_some() || self.node_address.is_some() {
+            return bad("--coordinator and --node-address need --nodes 2 or more".into());
+        }
+        Ok(())
+    }
+
+    /// This node's tensor-service address (see [`Cluster::node_address`]).
+    fn node_address(&self) -> Result<String> {
+        if let Some(a) = &self.node_address {
+            return Ok(a.clone());
+        }
+        let coordinator = self.coordinator.as_deref().unwrap_or_default();
+        let (host, port) = host_port("--coordinator", coordinator)?;
+        let loopback = (host.as_str(), port)
+            .to_socket_addrs()
+            .map(|mut a| a.all(|a: SocketAddr| a.ip().is_loopback()))
+            .unwrap_or(false);
+        if !loopback {
+            return Err(TrainError::Invalid(format!(
+                "--node-address HOST:PORT is needed when the coordinator ({coordinator}) is on another machine: the address where the other nodes reach this one"
+            )));
+        }
+        let port = port as u32 + 1 + self.node_rank;
+        if port > u16::MAX as u32 {
+            return Err(TrainError::Invalid(format!(
+                "--coordinator port {coordinator} leaves no default port for node {}: pass --node-address",
+                self.node_rank
+            )));
+        }
+        Ok(format!("{host}:{port}"))
+    }
+
+    fn collective_config(&self, local_devices: usize) -> Result<CollectiveConfig> {
+        let mut config = CollectiveConfig::default().with_num_devices(local_devices);
+        if self.nodes > 1 {
+            let coordinator = self.coordinator.clone().unwrap_or_default();
+            let node = self.node_address()?;
+            let (_, data_port) = host_port("--node-address", &node)?;
+            let address = |s: &str| {
+                burn_communication::Address::from_str(&format!("ws://{s}"))
+                    .map_err(|e| TrainError::Invalid(format!("address {s:?}: {e}")))
+            };
+            config = config
+                .with_num_nodes(self.nodes)
+                .with_global_address(address(&coordinator)?)
+                .with_node_address(address(&node)?)
+                .with_data_service_port(data_port);
+        }
+        Ok(config)
+    }
+}
+
+fn host_port(flag: &str, s: &str) -> Result<(String, u16)> {
+    let err = || {
+        TrainError::Invalid(format!(
+            "{flag} {s:?} is not HOST:PORT (e.g. 10.0.0.1:29500)"
+        ))
+    };
+    let (host, port) = s.rsplit_once(':').ok_or_else(err)?;
+    let port: u16 = port.parse().map_err(|_| err())?;
+    if host.is_empty() || port == 0 {
+        return Err(err());
+    }
+    Ok((host.to_string(), port))
+}
+
+/// Runs `work` once per local device, each as one worker of the cluster, and returns rank
+/// 0's result on node 0 (the first local worker's elsewhere). With one device on one node
+/// it is a plain call without any collective. The first error of any worker is returned
+/// at once: the others may be blocked in a collective call that can no longer complete.
+pub fn launch<B, R, F>(devices: Vec<B::Device>, cluster: &Cluster, work: F) -> Result<R>
+where
+    B: AutodiffBackend,
+    R: Send + 'static,
+    F: Fn(Option<Peer>, B::Device) -> Result<R> + Send + Sync + 'static,
+{
+    cluster.validate(devices.len())?;
+    if devices.len() == 1 && cluster.nodes == 1 {
+        let device = devices.into_iter().next().expect("one device");
+        return work(None, device);
+    }
+    let local = devices.len();
+    let world = cluster.nodes as usize * local;
+    let config = cluster.collective_config(local)?;
+    // Warnings and errors only: Burn's websocket layer otherwise logs every transfer.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(std::io::stderr)
+        .try_init();
+    if cluster.nodes > 1 && cluster.node_rank == 0 {
+        let (_, port) = host_port(
+            "--coordinator",
+            cluster.coordinator.as_deref().unwrap_or(""),
+        )?;
+        start_coordinator(port)?;
+    }
+    let work = Arc::new(work);
+    let (tx, rx) = mpsc::channel();
+    for (i, device) in devices.into_iter().enumerate() {
+        let peer = Peer {
+            rank: cluster.node_rank as usize * local + i,
+            world,
+            timeout: cluster.timeout,
+        };
+        let (work, tx, config) = (work.clone(), tx.clone(), config.clone());
+        std::thread::Builder::new()
+            .name(format!("worker-{}", peer.rank))
+            .spawn(move || {
+                // A panicking worker still reports, so the others need not wait for it.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_peer::<B, R, F>(&peer, device, config, &*work)
+                }))
+                .unwrap_or_else(|p| {
+                    let why = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(TrainError::Collective(format!(
+                        "worker {} panicked: {why}",
+                        peer.rank
+                    )))
+                });
+                let _ = tx.send((i, result));
+            })
+            .map_err(|e| TrainError::Invalid(format!("cannot start a worker thread: {e}")))?;
+    }
+    drop(tx);
+    let mut first = None;
+    for _ in 0..local {
+        match rx.recv() {
+            Ok((_, Err(e))) => return Err(e),
+            Ok((0, Ok(r))) => first = Some(r),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    first.ok_or_else(|| TrainError::Collective("a worker thread stopped without a result".into()))
+}
+
+fn run_peer<B, R, F>(
+    peer: &Peer,
+    device: B::Device,
+    config: CollectiveConfig,
+    work: &F,
+) -> Result<R>
+where
+    B: AutodiffBackend,
+    F: Fn(Option<Peer>, B::Device) -> Result<R>,
+{
+    let id = PeerId(peer.rank as u32);
+    let d = device.clone();
+    // Registration waits for every worker of every node: the first place a missing worker
+    // or an unreachable coordinator shows.
+    bounded(
+        peer,
+        "start-up (registering with the other workers)",
+        move || burn_collective::register::<B::InnerBackend>(id, d, config),
+    )?;
+    let result = work(Some(peer.clone()), device)?;
+    bounded(peer, "shut-down", move || {
+        burn_collective::finish_collective::<B::InnerBackend>(id)
+    })?;
+    Ok(result)
+}
+
+/// Node 0 hosts Burn's coordinator. It installs its own SIGINT/SIGTERM handlers, which
+/// replace the default "terminate": when it returns on a signal, the process exits as the
+/// signal would have made it.
+fn start_coordinator(port: u16) -> Result<()> {
+    // The coordinator only logs a port it cannot bind; find out first.
+    TcpListener::bind(("0.0.0.0", port)).map_err(|e| {
+        TrainError::Collective(format!(
+            "cannot listen for the other nodes on coordinator port {port}: {e}"
+        ))
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| TrainError::Collective(format!("cannot start the coordinator: {e}")))?;
+    std::thread::Builder::new()
+        .name("coordinator".into())
+        .spawn(move || {
+            runtime.block_on(burn_collective::start_global_orchestrator(port));
+            eprintln!(
+                "error: the collective coordinator on port {port} stopped (signal or network error); exiting"
+            );
+            std::process::exit(143);
+        })
+        .map_err(|e| TrainError::Collective(format!("cannot start the coordinator: {e}")))?;
+    Ok(())
+}
+
+/// Runs one blocking collective call on a helper thread and waits at most the peer's
+/// timeout for it. On timeout the helper stays blocked; the caller returns the error and
+/// the process ends with it.
+fn bounded<T: Send + 'static>(
+    peer: &Peer,
+    what: &str,
+    call: impl FnOnce() -> std::result::Result<T, CollectiveError> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("collective".into())
+        .spawn(move || {
+            let _ = tx.send(call());
+        })
+        .map_err(|e| TrainError::Collective(format!("cannot start a collective call: {e}")))?;
+    match rx.recv_timeout(peer.timeout) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(TrainError::Collective(format!(
+            "worker {} of {}: {what} failed in Burn's collective engine: {e:?}",
+            peer.rank, peer.world
+        ))),
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(TrainError::Collective(format!(
+            "worker {} of {}: no answer from the other workers within {} s during {what}: a worker stopped or cannot reach the coordinator (--collective-timeout-secs sets the wait)",
+            peer.rank,
+            peer.world,
+            peer.timeout.as_secs_f64()
+        ))),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(TrainError::Collective(format!(
+            "worker {} of {}: the collective engine failed during {what}",
+            peer.rank, peer.world
+        ))),
+    }
+}
+
+fn all_reduce<B: Backend>(
+    peer: &Peer,
+    what: &str,
+    x: Tensor<B, 1>,
+    op: ReduceOperation,
+) -> Result<Tensor<B, 1>> {
+    let id = PeerId(peer.rank as u32);
+    let primitive = x.into_primitive().tensor();
+    let out = bounded(peer, what, move || {
+        burn_collective::all_reduce::<B>(id, primitive, op)
+    })?;
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+}
+
+/// Every float tensor of a module (parameters and running statistics), flattened in the
+/// module's own order, which is the same on every worker.
+struct Flatten<B: Backend> {
+    parts: Vec<Tensor<B, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<B::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let n = param.shape().num_elements();
+        self.parts.push(param.val().inner().reshape([n]));
+    }
+}
+
+fn flatten<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> Tensor<B::InnerBackend, 1> {
+    let mut v = Flatten { parts: Vec::new() };
+    model.visit(&mut v);
+    Tensor::cat(v.parts, 0)
+}
+
+/// Every float tensor of a module, flattened (what `--param-trace` writes).
+pub fn flat_values<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> Vec<f32> {
+    flatten::<B, M>(model).into_data().iter::<f32>().collect()
+}
+
+/// Replaces every float tensor of a module by its slice of `flat` (the [`Flatten`] order).
+struct Unflatten<B: Backend> {
+    flat: Tensor<B, 1>,
+    offset: usize,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Unflatten<B::InnerBackend> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, old, mapper) = param.consume();
+        let shape = old.shape();
+        let n = shape.num_elements();
+        let part = self
+            .flat
+            .clone()
+            .slice(self.offset..self.offset + n)
+            .reshape(shape);
+        self.offset += n;
+        let value = Tensor::from_inner(part).set_require_grad(old.is_require_grad());
+        Param::from_mapped_value(id, value, mapper)
+    }
+}
+
+/// What every worker must agree on before the first step: its position and the shape of
+/// the job (steps, batches, parameters, loop config). Compared first, so a mismatch is a
+/// clear error rather than a shape error or a wait for a worker that already finished.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub step: usize,
+    pub total_steps: usize,
+    pub batches_per_epoch: usize,
+    pub stop_after_epochs: Option<usize>,
+    /// Serialised loop config (optimiser, schedule, batch size, epochs).
+    pub loop_config: String,
+}
+
+/// Before the first step: every worker compares its [`Plan`] and parameter count (and,
+/// when resuming, a hash of its parameters) with everyone else's; then, on a fresh start,
+/// every worker takes rank 0's initial parameters (Burn has no global broadcast, so the
+/// others contribute zeros to a sum).
+pub fn start<B: AutodiffBackend, M: AutodiffModule<B>>(
+    peer: &Peer,
+    model: M,
+    resumed: bool,
+    plan: &Plan,
+) -> Result<M> {
+    let flat = flatten::<B, M>(&model);
+    let count = flat.dims()[0];
+    let params = if resumed {
+        hash_f32(&flat.clone().into_data().iter::<f32>().collect::<Vec<_>>())
+    } else {
+        0
+    };
+    let plan_hash = hash_bytes(
+        format!(
+            "{}|{}|{:?}|{}",
+            plan.total_steps, plan.batches_per_epoch, plan.stop_after_epochs, plan.loop_config
+        )
+        .as_bytes(),
+    );
+    let mine: Vec<f32> = [plan.step as u64, count as u64, plan_hash, params]
+        .iter()
+        .flat_map(|&v| exact_pieces(v))
+        .collect();
+    let k = mine.len();
+    let mut slots = vec![0f32; k * peer.world];
+    slots[peer.rank * k..(peer.rank + 1) * k].copy_from_slice(&mine);
+    let device = model.devices().into_iter().next().unwrap_or_default();
+    // Every worker's fingerprint with one sum: each writes its own slot, the rest are 0.
+    let all = all_reduce(
+        peer,
+        "start-up (comparing workers)",
+        Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(slots, [k * peer.world]), &device),
+        ReduceOperation::Sum,
+    )?;
+    let all: Vec<f32> = all.into_data().iter::<f32>().collect();
+    for (rank, theirs) in all.chunks(k).enumerate() {
+        let what = if theirs[..4] != mine[..4] {
+            "is at another step"
+        } else if theirs[4..8] != mine[4..8] {
+            "has a model of another size"
+        } else if theirs[8..12] != mine[8..12] {
+            "has another number of steps, batches per epoch, --stop-after-epochs or [train] settings (other data or config)"
+        } else if theirs[12..] != mine[12..] {
+            "resumed other parameters"
+        } else {
+            continue;
+        };
+        return Err(TrainError::Collective(format!(
+            "worker {rank} {what} than worker {}: every worker must run the same config on the same data and resume from the same checkpoint (one shared --run-dir)",
+            peer.rank
+        )));
+    }
+    if resumed {
+        return Ok(model);
+    }
+    let mine = if peer.is_chief() {
+        flat
+    } else {
+        flat.zeros_like()
+    };
+    let flat = all_reduce(
+        peer,
+        "start-up (parameters from rank 0)",
+        mine,
+        ReduceOperation::Sum,
+    )?;
+    Ok(model.map(&mut Unflatten { flat, offset: 0 }))
+}
+
+fn hash_bytes(bytes: &[u8]) -> u64 {
+    // FNV-1a: stable across processes and machines (std's hasher is seeded per process).
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn hash_f32(values: &[f32]) -> u64 {
+    let bytes: Vec<u8> = values
+        .iter()
+        .flat_map(|v| v.to_bits().to_le_bytes())
+        .collect();
+    hash_bytes(&bytes)
+}
+
+/// A u64 as four 16-bit pieces: f32 holds each exactly, so a sum with zeros returns it.
+fn exact_pieces(v: u64) -> [f32; 4] {
+    [0, 16, 32, 48].map(|s| ((v >> s) & 0xFFFF) as f32)
+}
+
+/// What one step's all-reduce returns.
+pub struct Reduced {
+    pub grads: GradientsParams,
+    /// Mean loss over the whole global batch (weighted by examples).
+    pub loss: f32,
+    /// Examples in the whole global batch.
+    pub examples: usize,
+}
+
+/// Takes a module's gradients out of `grads` in module order; a parameter without one
+/// contributes zeros and a 0 presence flag.
+struct GatherGrads<'a, B: Backend> {
+    grads: &'a mut GradientsParams,
+    parts: Vec<Tensor<B, 1>>,
+    present: Vec<f32>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for GatherGrads<'_, B::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let n = param.shape().num_elements();
+        match self.grads.remove::<B::InnerBackend, D>(param.id) {
+            Some(g) => {
+                self.parts.push(g.reshape([n]));
+                self.present.push(1.0);
+            }
+            None => {
+                let device = param.val().inner().device();
+                self.parts.push(Tensor::zeros([n], &device));
+                self.present.push(0.0);
+            }
+        }
+    }
+}
+
+/// Puts the averaged gradients back, for every parameter some worker had one for.
+struct ScatterGrads<B: Backend> {
+    flat: Tensor<B, 1>,
+    present: Vec<f32>,
+    offset: usize,
+    index: usize,
+    grads: GradientsParams,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for ScatterGrads<B::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let shape = param.shape();
+        let n = shape.num_elements();
+        if self.present[self.index] > 0.0 {
+            let g = self
+                .flat
+                .clone()
+                .slice(self.offset..self.offset + n)
+                .reshape(shape);
+            self.grads.register::<B::InnerBackend, D>(param.id, g);
+        }
+        self.offset += n;
+        self.index += 1;
+    }
+}
+
+/// One all-reduce per step: every worker's gradients weighted by the examples (or tokens)
+/// its loss averages over, summed and divided by the whole batch's count, so shards of
+/// unequal size still give the gradient of the whole batch's mean; the batch's loss and size
+/// ride in the same vector.
+pub fn reduce_step<B: AutodiffBackend, M: AutodiffModule<B>>(
+    peer: &Peer,
+    model: &M,
+    mut grads: GradientsParams,
+    loss: f32,
+    examples: usize,
+    step: usize,
+) -> Result<Reduced> {
+    let mut gather = GatherGrads::<B::InnerBackend> {
+        grads: &mut grads,
+        parts: Vec::new(),
+        present: Vec::new(),
+    };
+    model.visit(&mut gather);
+    let GatherGrads { parts, present, .. } = gather;
+    let device = model.devices().into_iter().next().unwrap_or_default();
+    let params = present.len();
+    let weight = examples as f32;
+    let mut tail = present;
+    tail.extend([loss * weight, weight]);
+    let tail_len = tail.len();
+    let grads_flat = Tensor::cat(parts, 0).mul_scalar(weight);
+    let flat = Tensor::cat(
+        vec![
+            grads_flat,
+            Tensor::from_data(TensorData::new(tail, [tail_len]), &device),
+        ],
+        0,
+    );
+    let total = flat.dims()[0];
+    let flat = all_reduce(
+        peer,
+        &format!("step {} (gradient all-reduce)", step + 1),
+        flat,
+        ReduceOperation::Sum,
+    )?;
+    let tail: Vec<f32> = flat
+        .clone()
+        .slice(total - tail_len..total)
+        .into_data()
+        .iter::<f32>()
+        .collect();
+    let (loss_sum, n) = (tail[params], tail[params + 1]);
+    if !n.is_finite() || n <= 0.0 {
+        return Err(TrainError::Invalid(format!(
+            "step {}: the batch holds no examples or tokens on any worker",
+            step + 1
+        )));
+    }
+    let mut scatter = ScatterGrads::<B::InnerBackend> {
+        flat: flat.div_scalar(n),
+        present: tail[..params].to_vec(),
+        offset: 0,
+        index: 0,
+        grads: GradientsParams::new(),
+    };
+    model.visit(&mut scatter);
+    Ok(Reduced {
+        grads: scatter.grads,
+        loss: loss_sum / n,
+        examples: n.round() as usize,
+    })
+}
+
+/// `--param-trace PATH`: each worker appends `{"step", "rank", "values"}` per step to
+/// PATH (single worker) or PATH.rankN (several), for reproducibility checks.
+pub fn trace_path(base: &std::path::Path, peer: Option<&Peer>) -> PathBuf {
+    match peer {
+        Some(p) => {
+            let mut s = base.as_os_str().to_owned();
+            s.push(format!(".rank{}", p.rank));
+            PathBuf::from(s)
+        }
+        None => base.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_equal_disjoint_and_cover_the_batch() {
+        let batch: Vec<usize> = (10..22).collect();
+        let mut seen = Vec::new();
+        for index in 0..3 {
+            let part = Shard { index, count: 3 }.of(&batch);
+            assert_eq!(part.len(), 4);
+            assert_eq!(
+                Shard { index, count: 3 }.range(12),
+                index * 4..index * 4 + 4
+            );
+            seen.extend_from_slice(part);
+        }
+        assert_eq!(seen, batch);
+        assert_eq!(Shard::WHOLE.of(&batch), &batch[..]);
+        assert!(check_batch_size(12, 3).is_ok());
+        assert!(check_batch_size(12, 1).is_ok());
+        let e = check_batch_size(12, 5).unwrap_err().to_string();
+        assert!(
+            e.contains("train.batch_size = 12") && e.contains("5 equal shares"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cluster_flags_are_checked() {
+        let ok = Cluster::default();
+        assert!(ok.validate(1).is_ok());
+        assert!(ok.validate(2).is_ok());
+        assert!(ok.validate(0).is_err());
+        let two = Cluster {
+            nodes: 2,
+            node_rank: 1,
+            coordinator: Some("127.0.0.1:29500".into()),
+            experimental_multi_node: true,
+            ..Cluster::default()
+        };
+        assert!(Cluster {
+            experimental_multi_node: false,
+            ..two.clone()
+        }
+        .validate(1)
+        .unwrap_err()
+        .to_string()
+        .contains("--experimental-multi-node"));
+        assert!(two.validate(1).is_ok());
+        assert_eq!(two.node_address().unwrap(), "127.0.0.1:29502");
+        let e = |c: Cluster| c.validate(2).unwrap_err().to_string();
+        assert!(e(Cluster {
+            node_rank: 2,
+            ..two.clone()
+        })
+        .contains("--node-rank = 2"));
+        assert!(e(Cluster {
+            nodes: 0,
+            ..two.clone()
+        })
+        .contains("--nodes = 0"));
+        assert!(e(Cluster {
+            coordinator: None,
+            ..two.clone()
+        })
+        .contains("needs --coordinator"));
+        assert!(e(Cluster {
+            coordinator: Some("127.0.0.1".into()),
+            ..two.clone()
+        })
+        .contains("not HOST:PORT"));
+        assert!(e(Cluster {
+            coordinator: Some("10.0.0.1:29500".into()),
+            ..two.clone()
+        })
+        .contains("--node-address HOST:PORT is needed"));
+        assert!(Cluster {
+            coordinator: Some("10.0.0.1:29500".into()),
+            node_address: Some("10.0.0.2:29501".into()),
+            ..two.clone()
+        }
+        .validate(1)
+        .is_ok());
+        assert!(e(Cluster {
+            coordinator: Some("127.0.0.1:29500".into()),
+            ..Cluster::default()
+        })
+        .contains("need --nodes 2"));
+        // The timeout: at its limits and just past them.
+        let t = |s: u64| Cluster {
+            timeout: Duration::from_secs(s),
+            ..Cluster::default()
+        };
+        assert!(t(1).validate(1).is_ok());
+        assert!(t(86_400).validate(1).is_ok());
+        assert!(e(t(0)).contains("--collective-timeout-secs = 0"));
+        assert!(e(t(86_401)).contains("--collective-timeout-secs = 86401"));
+        // Workers: at the limit and one past it.
+        let n = |nodes: u32| Cluster {
+            nodes,
+            coordinator: Some("127.0.0.1:29500".into()),
+            experimental_multi_node: true,
+            ..Cluster::default()
+        };
+        assert!(n(512).validate(2).is_ok());
+        assert!(e(n(513)).contains("1026 workers (allowed up to 1024)"));
+    }
+
+    #[test]
+    fn fingerprints_tell_values_apart_and_survive_f32() {
+        let a = hash_f32(&[1.0, 2.0, 3.0]);
+        assert_eq!(a, hash_f32(&[1.0, 2.0, 3.0]));
+        assert_ne!(a, hash_f32(&[1.0, 2.0, 3.000001]));
+        assert_ne!(hash_bytes(b"epochs=2"), hash_bytes(b"epochs=3"));
+        // Every piece is an integer below 2^16, so f32 holds it exactly and a sum of one
+        // slot with zeros gives it back unchanged; the pieces rebuild the u64.
+        for v in [0, 1, u64::MAX, a, 123_456_789_012] {
+            let p = exact_pieces(v);
+            assert!(p.iter().all(|x| x.fract() == 0.0 && *x < 65_536.0));
+            let back = p
+                .iter()
+                .enumerate()
+                .fold(0u64, |acc, (i, x)| acc | ((*x as u64) << (16 * i)));
+            assert_eq!(back, v);
+        }
+    }
+}

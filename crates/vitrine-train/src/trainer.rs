@@ -188,8 +188,7 @@ where
             task.unit()
         )));
     }
-    let world = opts.peer.as_ref().map_or(1, |p| p.world);
-    dist::check_batch_size(cfg.batch_size, world)?;
+    dist::check_batch_size(cfg.batch_size, opts.world())?;
     let shard = opts.peer.as_ref().map_or(Shard::WHOLE, Peer::shard);
     let chief = opts.is_chief();
     let unit = task.unit();
@@ -250,7 +249,7 @@ where
     };
 
     // Workers other than rank 0 stay silent: rank 0 reports the global batch's figures.
-    let quiet = opts.quiet || !chief;
+    let quiet = opts.quiet();
     let interactive = !quiet && std::io::stderr().is_terminal();
     let bar = if interactive {
         ProgressBar::new(total_steps as u64)

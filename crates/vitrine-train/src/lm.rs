@@ -696,17 +696,9 @@ pub fn train_lm<B: AutodiffBackend>(
         }
     };
     config.validate()?;
-    crate::dist::check_batch_size(config.train.batch_size, opts.world())?;
+    opts.check_start(run, config.train.batch_size, !resume)?;
     // Only rank 0 of data-parallel training writes the run directory.
     let chief = opts.is_chief();
-    if chief && !resume && run.config_path().exists() {
-        return Err(TrainError::Run {
-            path: run.path.clone(),
-            message:
-                "already holds a run: pass --resume to continue it, or choose another --run-dir"
-                    .into(),
-        });
-    }
     let mut config = config;
     let prepared = prepare(&config, existing)?;
     if !resume {

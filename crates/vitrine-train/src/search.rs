@@ -244,16 +244,7 @@ pub fn train_search<B: AutodiffBackend>(
             pretrained = Some(pv.encoder);
         }
         config.validate()?;
-        // Before anything is written: a batch that does not split is a config error.
-        crate::dist::check_batch_size(config.train.batch_size, opts.fit.world())?;
-        if chief && run.config_path().exists() {
-            return Err(TrainError::Run {
-                path: run.path.clone(),
-                message:
-                    "already holds a run: pass --resume to continue it, or choose another --run-dir"
-                        .into(),
-            });
-        }
+        opts.fit.check_start(run, config.train.batch_size, true)?;
         if chief {
             run.create()?;
             run.save_config(&config)?;

@@ -140,6 +140,21 @@ impl FitOptions {
     pub fn quiet(&self) -> bool {
         self.quiet || !self.is_chief()
     }
+
+    /// What every trainer checks before it writes anything: the global batch splits over the
+    /// workers, and a fresh run's directory holds no run yet (rank 0 owns the directory).
+    pub fn check_start(&self, run: &RunDir, batch_size: usize, fresh: bool) -> Result<()> {
+        dist::check_batch_size(batch_size, self.world())?;
+        if fresh && self.is_chief() && run.config_path().exists() {
+            return Err(TrainError::Run {
+                path: run.path.clone(),
+                message:
+                    "already holds a run: pass --resume to continue it, or choose another --run-dir"
+                        .into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

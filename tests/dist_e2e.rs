@@ -214,6 +214,21 @@ fn train_single(config: &Path, run: &Path, trace: &Path) {
     ]);
 }
 
+/// Trains the single-worker reference run `dir/single` on `config` and checks both ranks'
+/// parameter traces (`trace_base.rank0`, `.rank1`) against its trace after each of 6 steps.
+fn assert_two_ranks_match_single_worker(config: &Path, dir: &Path, trace_base: &Path) {
+    let single_trace = dir.join("single-trace");
+    train_single(config, &dir.join("single"), &single_trace);
+    assert_traces_match(
+        &[
+            with_suffix(trace_base, ".rank0"),
+            with_suffix(trace_base, ".rank1"),
+        ],
+        &single_trace,
+        6,
+    );
+}
+
 #[test]
 #[ignore = "Burn 0.21's global (multi-node) all-reduce completes only once per process: see docs/distributed.md"]
 fn two_worker_processes_on_loopback_match_one_worker_on_the_whole_batch() {
@@ -244,16 +259,7 @@ fn two_worker_processes_on_loopback_match_one_worker_on_the_whole_batch() {
         "one metrics line per epoch, from rank 0 only"
     );
 
-    let single_trace = dir.join("single-trace");
-    train_single(&config, &dir.join("single"), &single_trace);
-    assert_traces_match(
-        &[
-            with_suffix(&trace_base, ".rank0"),
-            with_suffix(&trace_base, ".rank1"),
-        ],
-        &single_trace,
-        6,
-    );
+    assert_two_ranks_match_single_worker(&config, dir, &trace_base);
     // The epoch losses rank 0 logs are the whole batch's, as the single worker's are.
     let single_metrics = std::fs::read_to_string(dir.join("single/metrics.jsonl")).unwrap();
     let loss = |s: &str| -> Vec<f64> {
@@ -288,16 +294,7 @@ fn two_local_cpu_devices_in_one_process_match_one_worker() {
         trace_base.to_str().unwrap(),
         "--quiet",
     ]);
-    let single_trace = dir.join("single-trace");
-    train_single(&config, &dir.join("single"), &single_trace);
-    assert_traces_match(
-        &[
-            with_suffix(&trace_base, ".rank0"),
-            with_suffix(&trace_base, ".rank1"),
-        ],
-        &single_trace,
-        6,
-    );
+    assert_two_ranks_match_single_worker(&config, dir, &trace_base);
 }
 
 #[test]

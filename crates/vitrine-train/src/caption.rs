@@ -613,7 +613,7 @@ pub fn train_caption<B: AutodiffBackend>(
             model.encoder = RunDir::new(path).load_encoder::<B>(&config.model.encoder, device)?;
         }
     }
-    drop(seeded);
+    let model = seeded.finish(model);
     let parameters = burn::module::Module::num_params(&model);
     let mut task = CaptionTask::<B> {
         config: &config,

@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
@@ -23,14 +23,37 @@ use burn_collective::{CollectiveConfig, CollectiveError, PeerId, ReduceOperation
 
 use crate::error::{Result, TrainError};
 
-/// Seeds the backend and holds a process-wide lock until dropped. Burn's seeded RNG is
-/// shared by the process, so local workers (threads) that seed and initialise at once
-/// would interleave their draws; under this guard each gets the single-worker sequence.
-pub fn seed_guard<B: Backend>(device: &B::Device, seed: u64) -> std::sync::MutexGuard<'static, ()> {
+/// Seeds the backend and holds a process-wide lock until [`Seeded::finish`]. Burn's seeded
+/// RNG is shared by the process, so local workers (threads) that seed and initialise at once
+/// would interleave their draws; under this lock each gets the single-worker sequence.
+pub fn seed_guard<B: Backend>(device: &B::Device, seed: u64) -> Seeded {
     static SEEDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let guard = SEEDING.lock().unwrap_or_else(|e| e.into_inner());
     B::seed(device, seed);
-    guard
+    Seeded(guard)
+}
+
+/// The seeding lock of [`seed_guard`].
+pub struct Seeded(std::sync::MutexGuard<'static, ()>);
+
+impl Seeded {
+    /// Draws every parameter of `module` and then releases the lock. Burn initialises a
+    /// parameter on its first access, not in `init`: without this the draws would happen
+    /// later, outside the lock, interleaved with the other local workers'.
+    pub fn finish<B: Backend, M: Module<B>>(self, module: M) -> M {
+        module.visit(&mut Materialise);
+        drop(self.0);
+        module
+    }
+}
+
+struct Materialise;
+
+impl<B: Backend> ModuleVisitor<B> for Materialise {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        // `val` runs a lazy parameter's initialiser once and keeps the tensor.
+        let _ = param.val();
+    }
 }
 
 /// Where this process sits in the cluster and how long it waits for the others.

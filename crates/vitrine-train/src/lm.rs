@@ -736,7 +736,7 @@ pub fn train_lm<B: AutodiffBackend>(
             .resize_vocab(config.model.vocab_size)?,
         None => config.model.init::<B>(device)?,
     };
-    drop(seeded);
+    let model = seeded.finish(model);
     let parameters = burn::module::Module::num_params(&model);
     let valid = prepared.valid.eval_batches(
         config.train.batch_size,

@@ -543,7 +543,7 @@ pub fn train_scorer<B: AutodiffBackend>(
         tokenizer.save(&run.file(TOKENIZER_FILE))?;
         run.save_toml_config(&config)?;
     }
-    drop(seeded);
+    let model = seeded.finish(model);
     let n_ctx = config.model.gpt.n_ctx;
     let (fit_tests, dev_tests) = dev_split(train_tests, config.train.dev_fraction, config.seed);
     let fit_enc = EncodedPairs::new(&fit_tests, &tokenizer, n_ctx)?;

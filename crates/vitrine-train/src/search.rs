@@ -340,8 +340,7 @@ pub fn train_search<B: AutodiffBackend>(
         Initializer::Normal { mean: 0.0, std }
             .init([label_map.classes.len(), config.model.embed_dim()], device)
     });
-    drop(seeded);
-    let model = SearchModel { encoder, proxies };
+    let model = seeded.finish(SearchModel { encoder, proxies });
     let mut task = SearchTask::<B> {
         device: device.clone(),
         pixels,

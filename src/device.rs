@@ -57,6 +57,7 @@ impl std::fmt::Display for DeviceArg {
 }
 
 /// The backend and device a command runs on, after the probe said it exists.
+#[derive(Clone)]
 pub enum Device {
     Cpu,
     Wgpu(burn::backend::wgpu::WgpuDevice),
@@ -186,30 +187,20 @@ impl PickDevice for CudaBackend {
     }
 }
 
-/// Runs `$body` with `$B` bound to the device's backend type (wrapped by `$wrap`, e.g.
-/// `burn::backend::Autodiff`) and `$dev` to its device.
-#[macro_export]
-macro_rules! with_backend {
-    ($device:expr, $B:ident, $dev:ident, $body:expr) => {
-        match $device {
-            $crate::device::Device::Cpu => {
-                type $B = $crate::device::CpuBackend;
-                let $dev = burn::backend::flex::FlexDevice;
-                $body
-            }
-            $crate::device::Device::Wgpu(d) => {
-                type $B = $crate::device::WgpuBackend;
-                let $dev = d.clone();
-                $body
-            }
-            #[cfg(feature = "cuda")]
-            $crate::device::Device::Cuda(d) => {
-                type $B = $crate::device::CudaBackend;
-                let $dev = d.clone();
-                $body
-            }
-        }
-    };
+/// Work written once for every backend: [`on`] runs it on the backend of an opened device.
+pub trait OnBackend {
+    type Output;
+    fn run<B: PickDevice>(self, device: B::Device) -> Result<Self::Output>;
+}
+
+/// Runs `job` on `device`'s backend.
+pub fn on<J: OnBackend>(device: &Device, job: J) -> Result<J::Output> {
+    match device {
+        Device::Cpu => job.run::<CpuBackend>(burn::backend::flex::FlexDevice),
+        Device::Wgpu(d) => job.run::<WgpuBackend>(d.clone()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => job.run::<CudaBackend>(d.clone()),
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,13 @@ use std::path::Path;
 
 use burn::backend::Flex;
 use burn::tensor::Tensor;
-use common::{ok, s, train_to, vitrine, write_caption_config, write_catalogue, write_config};
-use vitrine_train::caption::{CaptionRun, CaptionSplitRecord};
-use vitrine_train::pipeline::Encoder;
+use common::{
+    assert_run_files, assert_succeeded, eval_json, field_strs, metric_column, ok, outcome, resume,
+    s, train_caption, train_full_and_stopped, train_search, train_to, trained_run, vitrine,
+    write_caption_config, write_catalogue,
+};
+use vitrine_infer::caption::{CaptionRun, CaptionSplitRecord};
+use vitrine_infer::search::Encoder;
 
 /// The catalogue plus one item whose caption is empty (left out of the task).
 fn catalogue(dir: &Path) {
@@ -27,18 +31,17 @@ fn catalogue(dir: &Path) {
 fn caption_run_trains_captions_files_and_evaluates() {
     let dir = tempfile::tempdir().unwrap();
     catalogue(dir.path());
-    let config = write_caption_config(dir.path(), 4, "");
-    let run = dir.path().join("cap");
-    train_to(&config, &run, &[]);
-    for f in [
-        "config.toml",
-        "model.mpk",
-        "tokenizer.json",
-        "split.json",
-        "metrics.jsonl",
-    ] {
-        assert!(run.join(f).exists(), "{f} missing");
-    }
+    let run = train_caption(dir.path(), "cap", 4, "");
+    assert_run_files(
+        &run,
+        &[
+            "config.toml",
+            "model.mpk",
+            "tokenizer.json",
+            "split.json",
+            "metrics.jsonl",
+        ],
+    );
     // 24 captioned items (the empty caption is left out): 6 test, 18 train, disjoint.
     let split: CaptionSplitRecord =
         serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
@@ -60,11 +63,7 @@ fn caption_run_trains_captions_files_and_evaluates() {
     let (a, b) = (images.join("100.png"), images.join("200.png"));
     let args = ["caption", "--run", s(&run), s(&a), s(&bad), s(&b), "--json"];
     let out = vitrine(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = v.as_array().unwrap();
     assert_eq!(rows.len(), 3);
@@ -104,26 +103,10 @@ fn caption_run_trains_captions_files_and_evaluates() {
     assert_eq!(lines.len(), 1 + 25, "{csv}");
 
     // Evaluation: greedy, beam 3 and the nearest-neighbour baseline under a search run.
-    write_config(dir.path(), 2);
-    let search = dir.path().join("search");
-    train_to(&dir.path().join("tiny.toml"), &search, &[]);
-    let report = ok(&[
-        "eval",
-        "caption",
-        "--run",
-        s(&run),
-        "--search-run",
-        s(&search),
-        "--json",
-    ]);
-    let r: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let search = train_search(dir.path(), "search", 2);
+    let r = eval_json("caption", &run, &["--search-run", s(&search)]);
     assert_eq!(r["test_images"], 6);
-    let methods: Vec<&str> = r["methods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["method"].as_str().unwrap())
-        .collect();
+    let methods = field_strs(&r["methods"], "method");
     assert_eq!(methods, ["greedy", "beam 3", "nearest neighbour"]);
     for m in r["methods"].as_array().unwrap() {
         let sc = &m["scores"];
@@ -145,17 +128,12 @@ fn caption_run_trains_captions_files_and_evaluates() {
 #[test]
 fn frozen_encoder_keeps_the_search_runs_weights() {
     let dir = tempfile::tempdir().unwrap();
-    write_catalogue(dir.path());
-    write_config(dir.path(), 1);
-    let search = dir.path().join("search");
-    train_to(&dir.path().join("tiny.toml"), &search, &[]);
+    let search = trained_run(dir.path(), 1, "search");
     let init = format!(
         "[init]\nencoder = \"{}\"\nfreeze_encoder = true",
         search.display()
     );
-    let config = write_caption_config(dir.path(), 2, &init);
-    let run = dir.path().join("cap");
-    train_to(&config, &run, &[]);
+    let run = train_caption(dir.path(), "cap", 2, &init);
 
     let device = Default::default();
     let cap = CaptionRun::<Flex>::load(&run, &device).unwrap();
@@ -166,15 +144,7 @@ fn frozen_encoder_keeps_the_search_runs_weights() {
     let diff: f32 = (a - b).abs().max().into_scalar();
     assert!(diff < 1e-6, "the frozen encoder moved by {diff}");
     // The decoder did train: its loss fell.
-    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let losses: Vec<f64> = metrics
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect();
+    let losses = metric_column(&run, "loss");
     assert!(losses[1] < losses[0], "{losses:?}");
 }
 
@@ -182,9 +152,7 @@ fn frozen_encoder_keeps_the_search_runs_weights() {
 fn bad_requests_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     write_catalogue(dir.path());
-    let config = write_caption_config(dir.path(), 1, "");
-    let run = dir.path().join("cap");
-    train_to(&config, &run, &[]);
+    let run = train_caption(dir.path(), "cap", 1, "");
     let img = dir.path().join("images/100.png");
     // At the limits (max_beam 4, context 32 - 1 = 31 tokens): fine. Just past: errors.
     ok(&[
@@ -202,18 +170,16 @@ fn bad_requests_are_clear_errors() {
         ("--max-tokens", "32", "max_tokens = 32"),
         ("--length-penalty", "NaN", "length_penalty"),
     ] {
-        let out = vitrine(&["caption", "--run", s(&run), s(&img), flag, value]);
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
+        let (good, err) = outcome(&["caption", "--run", s(&run), s(&img), flag, value]);
+        assert!(!good);
         assert!(err.contains(needle) && err.contains("allowed"), "{err}");
         assert!(!err.contains("panicked"), "{err}");
     }
     // Only unreadable inputs: a failure that names them, not a panic.
     let junk = dir.path().join("junk.jpg");
     std::fs::write(&junk, b"not an image").unwrap();
-    let out = vitrine(&["caption", "--run", s(&run), s(&junk)]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (good, err) = outcome(&["caption", "--run", s(&run), s(&junk)]);
+    assert!(!good);
     assert!(
         err.contains("junk.jpg") && !err.contains("panicked"),
         "{err}"
@@ -221,9 +187,9 @@ fn bad_requests_are_clear_errors() {
     // A run of another task is refused by name.
     let search_like = dir.path().join("not-a-run");
     std::fs::create_dir_all(&search_like).unwrap();
-    let out = vitrine(&["caption", "--run", s(&search_like), s(&img)]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("config.toml"));
+    let (good, err) = outcome(&["caption", "--run", s(&search_like), s(&img)]);
+    assert!(!good);
+    assert!(err.contains("config.toml"));
 }
 
 #[test]
@@ -231,15 +197,13 @@ fn a_stopped_run_resumes_to_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
     write_catalogue(dir.path());
     let config = write_caption_config(dir.path(), 2, "");
-    let straight = dir.path().join("straight");
-    train_to(&config, &straight, &[]);
-    let stopped = dir.path().join("stopped");
-    train_to(&config, &stopped, &["--stop-after-epochs", "1"]);
+    let (straight, stopped) = (dir.path().join("straight"), dir.path().join("stopped"));
+    train_full_and_stopped(&config, &straight, &stopped);
     assert!(
         !stopped.join("model.mpk").exists(),
         "a stopped run has no final model"
     );
-    ok(&["train", "--resume", s(&stopped), "--quiet"]);
+    resume(&stopped);
     // Same weights (the files differ only in parameter ids): same logits.
     let device = Default::default();
     let a = CaptionRun::<Flex>::load(&straight, &device).unwrap();
@@ -262,8 +226,7 @@ fn a_stopped_run_resumes_to_the_same_model() {
     let text = std::fs::read_to_string(&csv).unwrap();
     let fewer: String = text.lines().take(20).map(|l| format!("{l}\n")).collect();
     std::fs::write(&csv, fewer).unwrap();
-    let out = vitrine(&["train", "--resume", s(&again), "--quiet"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (good, err) = outcome(&["train", "--resume", s(&again), "--quiet"]);
+    assert!(!good);
     assert!(err.contains("no longer matches"), "{err}");
 }

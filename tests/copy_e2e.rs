@@ -5,45 +5,31 @@ mod common;
 
 use std::path::Path;
 
-use common::{ok, s, train_copy as train, train_to, vitrine, write_copy_config as write_config};
+use common::{
+    assert_run_files, eval_json, field_strs, generate_json, metric_column, ok, outcome, resume, s,
+    train_copy as train, train_full_and_stopped, write_copy_config as write_config,
+};
 
-fn generate_json(run: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec!["generate", "--run", s(run), "--json"];
-    args.extend_from_slice(extra);
-    serde_json::from_str(&ok(&args)).unwrap()
-}
+/// What a trained copy run's folder holds.
+const RUN_FILES: [&str; 5] = [
+    "config.toml",
+    "tokenizer.json",
+    "model.mpk",
+    "metrics.jsonl",
+    "train-lines.txt",
+];
 
 fn texts(v: &serde_json::Value) -> Vec<String> {
-    v["candidates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["text"].as_str().unwrap().to_string())
-        .collect()
+    let texts = field_strs(&v["candidates"], "text");
+    texts.into_iter().map(String::from).collect()
 }
 
 #[test]
 fn train_generate_evaluate() {
     let dir = tempfile::tempdir().unwrap();
     let run = train(dir.path(), "run", 40);
-    for f in [
-        "config.toml",
-        "tokenizer.json",
-        "model.mpk",
-        "metrics.jsonl",
-        "train-lines.txt",
-    ] {
-        assert!(run.join(f).exists(), "{f} missing");
-    }
-    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let val: Vec<f64> = metrics
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["val_loss"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect();
+    assert_run_files(&run, &RUN_FILES);
+    let val = metric_column(&run, "val_loss");
     assert_eq!(val.len(), 40);
     assert!(val[39] < val[0], "validation loss should fall: {val:?}");
 
@@ -112,8 +98,7 @@ fn train_generate_evaluate() {
     assert_eq!(out["sampled"], 6, "budget_factor 3 x n 2");
     assert!(texts(&out).is_empty());
 
-    let report: serde_json::Value =
-        serde_json::from_str(&ok(&["eval", "copy", "--run", s(&run), "--json"])).unwrap();
+    let report = eval_json("copy", &run, &[]);
     let ppl = report["val_perplexity"].as_f64().unwrap();
     assert!(ppl.is_finite() && ppl > 1.0 && ppl < 300.0, "{ppl}");
     let g = &report["generation"];
@@ -133,9 +118,8 @@ fn invalid_requests_are_clear_errors() {
             args.extend_from_slice(&["-n", "1"]);
         }
         args.extend_from_slice(extra);
-        let o = vitrine(&args);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "{extra:?} should fail");
+        let (good, err) = outcome(&args);
+        assert!(!good, "{extra:?} should fail");
         assert!(err.contains(needle), "{extra:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     };
@@ -176,9 +160,9 @@ fn invalid_requests_are_clear_errors() {
         "missing.txt",
     );
     // A missing run is a clear error.
-    let o = vitrine(&["generate", "--run", s(&dir.path().join("nope"))]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no config.toml"));
+    let (good, err) = outcome(&["generate", "--run", s(&dir.path().join("nope"))]);
+    assert!(!good);
+    assert!(err.contains("no config.toml"));
 }
 
 /// Stopping after one epoch and resuming gives exactly the uninterrupted run.
@@ -187,20 +171,12 @@ fn resumed_copy_run_matches_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let config = write_config(d, 3);
-    let full = d.join("full");
-    let parts = d.join("parts");
-    train_to(&config, &full, &[]);
-    train_to(&config, &parts, &["--stop-after-epochs", "1"]);
-    ok(&["train", "--resume", s(&parts), "--quiet"]);
+    let (full, parts) = (d.join("full"), d.join("parts"));
+    train_full_and_stopped(&config, &full, &parts);
+    resume(&parts);
     let read = |p: &Path| -> Vec<(f64, f64)> {
-        std::fs::read_to_string(p.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                (v["loss"].as_f64().unwrap(), v["val_loss"].as_f64().unwrap())
-            })
-            .collect()
+        let loss = metric_column(p, "loss");
+        loss.into_iter().zip(metric_column(p, "val_loss")).collect()
     };
     assert_eq!(read(&full), read(&parts));
     let args = ["--keywords", "bags", "-n", "2", "--seed", "1"];

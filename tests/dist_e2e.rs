@@ -14,18 +14,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{write_catalogue, write_config};
+use common::{catalogue_and_config, metric_column, ok, s, train_args, write_catalogue};
+use tempfile::TempDir;
 
-/// The tiny search recipe with the per-example loss (norm-softmax), so that two workers on
-/// half-batches must match one worker on the whole batch.
-fn recipe(dir: &Path, epochs: usize) -> PathBuf {
-    write_catalogue(dir);
-    let path = write_config(dir, epochs);
+/// A fresh folder with the catalogue and the tiny search recipe with the per-example loss
+/// (norm-softmax), so that two workers on half-batches must match one worker on the whole
+/// batch.
+fn recipe(epochs: usize) -> (TempDir, PathBuf) {
+    let (tmp, path) = catalogue_and_config(epochs);
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("[train]\n", "[train]\nloss = \"norm-softmax\"\n");
     std::fs::write(&path, text).unwrap();
-    path
+    (tmp, path)
 }
 
 /// A port nothing listens on right now.
@@ -53,6 +54,15 @@ fn ports() -> Ports {
             };
         }
     }
+}
+
+/// A two-node cluster's setup: a fresh folder with `recipe(epochs)`, three free ports and
+/// the shared run folder `dp`.
+fn cluster(epochs: usize) -> (TempDir, PathBuf, Ports, PathBuf) {
+    let (tmp, config) = recipe(epochs);
+    let p = ports();
+    let run = tmp.path().join("dp");
+    (tmp, config, p, run)
 }
 
 /// `vitrine train` as node `rank` of 2 on loopback.
@@ -200,18 +210,8 @@ fn assert_traces_match(workers: &[PathBuf], single: &Path, steps: usize) {
 }
 
 fn train_single(config: &Path, run: &Path, trace: &Path) {
-    common::ok(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--run-dir",
-        run.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--param-trace",
-        trace.to_str().unwrap(),
-        "--quiet",
-    ]);
+    let extra = ["--device", "cpu", "--param-trace", s(trace), "--quiet"];
+    ok(&train_args(config, run, &extra));
 }
 
 /// Trains the single-worker reference run `dir/single` on `config` and checks both ranks'
@@ -232,12 +232,9 @@ fn assert_two_ranks_match_single_worker(config: &Path, dir: &Path, trace_base: &
 #[test]
 #[ignore = "Burn 0.21's global (multi-node) all-reduce completes only once per process: see docs/distributed.md"]
 fn two_worker_processes_on_loopback_match_one_worker_on_the_whole_batch() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, config, p, run) = cluster(2);
     let dir = tmp.path();
-    let config = recipe(dir, 2);
-    let p = ports();
     let trace_base = dir.join("dp-trace");
-    let run = dir.join("dp");
     let w0 = worker(&config, &run, &p, 0, 60, Some(&trace_base));
     let w1 = worker(&config, &run, &p, 1, 60, Some(&trace_base));
     let (o0, o1) = (
@@ -261,50 +258,32 @@ fn two_worker_processes_on_loopback_match_one_worker_on_the_whole_batch() {
 
     assert_two_ranks_match_single_worker(&config, dir, &trace_base);
     // The epoch losses rank 0 logs are the whole batch's, as the single worker's are.
-    let single_metrics = std::fs::read_to_string(dir.join("single/metrics.jsonl")).unwrap();
-    let loss = |s: &str| -> Vec<f64> {
-        s.lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                    .as_f64()
-                    .unwrap()
-            })
-            .collect()
-    };
-    for (a, b) in loss(&metrics).iter().zip(loss(&single_metrics)) {
+    let single_loss = metric_column(&dir.join("single"), "loss");
+    for (a, b) in metric_column(&run, "loss").iter().zip(single_loss) {
         assert!((a - b).abs() < 1e-5, "epoch loss {a} vs single {b}");
     }
 }
 
 #[test]
 fn two_local_cpu_devices_in_one_process_match_one_worker() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, config) = recipe(2);
     let dir = tmp.path();
-    let config = recipe(dir, 2);
     let trace_base = dir.join("local-trace");
-    common::ok(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--run-dir",
-        dir.join("local").to_str().unwrap(),
+    let extra = [
         "--devices",
         "cpu,cpu",
         "--param-trace",
-        trace_base.to_str().unwrap(),
+        s(&trace_base),
         "--quiet",
-    ]);
+    ];
+    ok(&train_args(&config, &dir.join("local"), &extra));
     assert_two_ranks_match_single_worker(&config, dir, &trace_base);
 }
 
 #[test]
 #[ignore = "Burn 0.21's global (multi-node) all-reduce completes only once per process: see docs/distributed.md"]
 fn a_killed_worker_stops_the_other_within_the_timeout_and_the_checkpoint_survives() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let config = recipe(dir, 100_000);
-    let p = ports();
-    let run = dir.join("dp");
+    let (_tmp, config, p, run) = cluster(100_000);
     let timeout = 5;
     let mut w0 = worker(&config, &run, &p, 0, timeout, None);
     let mut w1 = worker(&config, &run, &p, 1, timeout, None);
@@ -342,12 +321,13 @@ fn a_killed_worker_stops_the_other_within_the_timeout_and_the_checkpoint_survive
     );
     // The last complete checkpoint is intact: one worker resumes from it.
     let done = std::fs::read_to_string(&metrics).unwrap().lines().count();
-    common::ok(&[
+    let more = (done + 1).to_string();
+    ok(&[
         "train",
         "--resume",
-        run.to_str().unwrap(),
+        s(&run),
         "--stop-after-epochs",
-        &(done + 1).to_string(),
+        &more,
         "--quiet",
     ]);
     let after = std::fs::read_to_string(&metrics).unwrap().lines().count();
@@ -356,13 +336,10 @@ fn a_killed_worker_stops_the_other_within_the_timeout_and_the_checkpoint_survive
 
 #[test]
 fn a_worker_that_cannot_reach_the_coordinator_fails_within_the_timeout() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let config = recipe(dir, 1);
-    let p = ports();
+    let (_tmp, config, p, run) = cluster(1);
     let started = Instant::now();
     // Node 1 alone: nobody runs the coordinator.
-    let o = worker(&config, &dir.join("dp"), &p, 1, 2, None)
+    let o = worker(&config, &run, &p, 1, 2, None)
         .wait_with_output()
         .unwrap();
     let out = text(&o);
@@ -376,14 +353,10 @@ fn a_worker_that_cannot_reach_the_coordinator_fails_within_the_timeout() {
 
 #[test]
 fn bad_cluster_flags_are_clear_errors() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let config = recipe(dir, 1);
-    let c = config.to_str().unwrap();
-    let run = dir.join("r");
-    let r = run.to_str().unwrap();
+    let (tmp, config) = recipe(1);
+    let run = tmp.path().join("r");
     let fails = |args: &[&str], needle: &str| {
-        let mut all = vec!["train", "--config", c, "--run-dir", r, "--quiet"];
+        let mut all = train_args(&config, &run, &["--quiet"]);
         all.extend_from_slice(args);
         let o = common::vitrine(&all);
         let out = text(&o);
@@ -442,14 +415,11 @@ fn every_task_trains_on_two_local_workers_and_resumes_on_one() {
     ];
     for (name, config) in &configs {
         let run = dir.join(name);
-        common::train_to(
-            config,
-            &run,
-            &["--devices", "cpu,cpu", "--stop-after-epochs", "1"],
-        );
+        let two = ["--devices", "cpu,cpu", "--stop-after-epochs", "1"];
+        common::train_to(config, &run, &two);
         let metrics = || std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
         assert_eq!(metrics().lines().count(), 1, "{name}: one line from rank 0");
-        common::ok(&["train", "--resume", common::s(&run), "--quiet"]);
+        common::resume(&run);
         assert_eq!(metrics().lines().count(), 2, "{name}: resumed to the end");
         assert!(run.join("model.mpk").exists(), "{name}");
     }

@@ -8,7 +8,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{ok, s, vitrine, write_copy_corpus};
+use common::{
+    assert_failed_with, assert_succeeded, build_index, caption_data_toml, caption_limits_toml,
+    copy_data_toml, generate_json, index_build_args, metric_column, ok, outcome, resume, s,
+    search_data_toml, search_json, train_args, train_in, train_output, train_to, train_toml,
+    write_catalogue, write_copy_corpus, write_file,
+};
 use vitrine_models::hf::{HostTensor, Weights};
 
 fn fixture(name: &str) -> PathBuf {
@@ -17,62 +22,36 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The tokenizer section's keys for a pretrained checkpoint's own tokenizer.
+const PRETRAINED: &str = "kind = \"pretrained\"";
+
+/// A tiny copy recipe that starts from `init`, over `write_copy_corpus`'s files in `dir`.
 fn copy_config(dir: &Path, name: &str, init: &str, tokenizer: &str, epochs: usize) -> PathBuf {
     let cfg = format!(
-        r#"task = "copy"
-seed = 3
-init = "{init}"
-
-[data]
-format = "copy"
-[data.train]
-csv = "{train}"
-[data.valid]
-csv = "{valid}"
-
-[tokenizer]
-{tokenizer}
-
-[train]
-epochs = {epochs}
-batch_size = 8
-block_size = 32
-log_every_steps = 0
-
-[train.schedule]
-lr = 1e-3
-warmup_steps = 2
-
-[generate]
-max_n = 4
-max_chars = 100
-max_brief_chars = 40
-batch_size = 4
-budget_factor = 3
-max_new_tokens = 16
-"#,
-        train = dir.join("train.csv").display(),
-        valid = dir.join("valid.csv").display(),
+        "task = \"copy\"\nseed = 3\ninit = \"{init}\"\n\n{}\n[tokenizer]\n{tokenizer}\n\n{}\n{}",
+        copy_data_toml(dir),
+        train_toml(epochs, 8, "block_size = 32\n", "1e-3", 2),
+        common::generate_toml(16),
     );
-    let path = dir.join(name);
-    std::fs::write(&path, cfg).unwrap();
-    path
+    write_file(dir, name, &cfg)
 }
 
 fn train(config: &Path, run: &Path, env: &[(&str, &Path)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitrine"));
-    cmd.args([
-        "train",
-        "--config",
-        s(config),
-        "--run-dir",
-        s(run),
-        "--quiet",
-    ]);
+    cmd.args(train_args(config, run, &["--quiet"]));
     for (k, v) in env {
         cmd.env(k, v);
     }
     cmd.output().unwrap()
+}
+
+/// Writes the recipe `text` as `dir/<file>` and trains `dir/run` from it: (the recipe, the
+/// run, the run's saved `config.toml`).
+fn train_recipe(dir: &Path, file: &str, text: &str) -> (PathBuf, PathBuf, String) {
+    let config = write_file(dir, file, text);
+    let run = train_in(dir, "run", &config);
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    (config, run, saved)
 }
 
 fn tensor(file: &Path, name: &str) -> HostTensor {
@@ -82,15 +61,7 @@ fn tensor(file: &Path, name: &str) -> HostTensor {
 }
 
 fn val_losses(run: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["val_loss"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect()
+    metric_column(run, "val_loss")
 }
 
 #[test]
@@ -98,14 +69,9 @@ fn fine_tune_gpt2_from_pretrained_then_export_and_reload() {
     let dir = tempfile::tempdir().unwrap();
     write_copy_corpus(dir.path());
     let gpt2 = fixture("gpt2");
-    let cfg = copy_config(dir.path(), "ft.toml", s(&gpt2), "kind = \"pretrained\"", 4);
+    let cfg = copy_config(dir.path(), "ft.toml", s(&gpt2), PRETRAINED, 4);
     let run = dir.path().join("ft");
-    let out = train(&cfg, &run, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&train(&cfg, &run, &[]));
 
     // The architecture came from the checkpoint's config.json.
     let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
@@ -119,19 +85,7 @@ fn fine_tune_gpt2_from_pretrained_then_export_and_reload() {
         val[3] < val[0],
         "fine-tuning should lower the validation loss: {val:?}"
     );
-    let gen: serde_json::Value = serde_json::from_str(&ok(&[
-        "generate",
-        "--run",
-        s(&run),
-        "--keywords",
-        "sandals",
-        "-n",
-        "2",
-        "--json",
-        "--seed",
-        "1",
-    ]))
-    .unwrap();
+    let gen = generate_json(&run, &["--keywords", "sandals", "-n", "2", "--seed", "1"]);
     // Four epochs on a 16-wide model rarely finish a line in 16 tokens; generation itself
     // must run from the fine-tuned weights and account for every sample.
     assert!(gen["sampled"].as_u64().unwrap() >= 2, "{gen}");
@@ -166,13 +120,8 @@ fn fine_tune_gpt2_from_pretrained_then_export_and_reload() {
     assert!(wte.shape[0] > v0, "{:?} vs {v0}", wte.shape);
 
     // The exported folder is itself a valid init (the loader reads what export wrote).
-    let cfg2 = copy_config(dir.path(), "again.toml", s(&hf), "kind = \"pretrained\"", 1);
-    let out = train(&cfg2, &dir.path().join("again"), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let cfg2 = copy_config(dir.path(), "again.toml", s(&hf), PRETRAINED, 1);
+    assert_succeeded(&train(&cfg2, &dir.path().join("again"), &[]));
 }
 
 /// `hf:<repo>` resolves from an already-filled cache with HF_HUB_OFFLINE=1 (no network);
@@ -191,41 +140,16 @@ fn hub_names_resolve_from_an_offline_cache() {
     }
     let home = dir.path().join("hf-home");
     let offline = Path::new("1");
-    let cfg = copy_config(
-        dir.path(),
-        "hub.toml",
-        "hf:acme/tiny-gpt2",
-        "kind = \"pretrained\"",
-        1,
-    );
-    let out = train(
-        &cfg,
-        &dir.path().join("hub"),
-        &[("HF_HOME", &home), ("HF_HUB_OFFLINE", offline)],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Trains `dir/<name>` from `init` against the offline cache.
+    let offline_train = |name: &str, init: &str| {
+        let cfg = copy_config(dir.path(), &format!("{name}.toml"), init, PRETRAINED, 1);
+        let env = [("HF_HOME", home.as_path()), ("HF_HUB_OFFLINE", offline)];
+        train(&cfg, &dir.path().join(name), &env)
+    };
+    assert_succeeded(&offline_train("hub", "hf:acme/tiny-gpt2"));
 
-    let cfg = copy_config(
-        dir.path(),
-        "absent.toml",
-        "hf:acme/absent",
-        "kind = \"pretrained\"",
-        1,
-    );
-    let out = train(
-        &cfg,
-        &dir.path().join("absent"),
-        &[("HF_HOME", &home), ("HF_HUB_OFFLINE", offline)],
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("not in the Hugging Face cache"),
-        "{err}"
-    );
+    let absent = offline_train("absent", "hf:acme/absent");
+    assert_failed_with(&absent, "not in the Hugging Face cache");
 }
 
 #[test]
@@ -240,33 +164,15 @@ fn mismatched_init_setups_are_refused() {
             "kind = \"pretrained\"",
         ),
         // A CLIP checkpoint is not a GPT-2.
-        (
-            s(&fixture("clip")).to_string(),
-            "kind = \"pretrained\"",
-            "is not GPT-2",
-        ),
+        (s(&fixture("clip")).to_string(), PRETRAINED, "is not GPT-2"),
         // Not a model folder.
-        (
-            s(dir.path()).to_string(),
-            "kind = \"pretrained\"",
-            "no config.json",
-        ),
+        (s(dir.path()).to_string(), PRETRAINED, "no config.json"),
     ];
     for (i, (init, tok, want)) in cases.iter().enumerate() {
         let cfg = copy_config(dir.path(), &format!("bad{i}.toml"), init, tok, 1);
-        let out = vitrine(&[
-            "train",
-            "--config",
-            s(&cfg),
-            "--run-dir",
-            s(&dir.path().join(format!("bad{i}"))),
-            "--quiet",
-        ]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains(want),
-            "case {i}: {err}"
-        );
+        let run = dir.path().join(format!("bad{i}"));
+        let (good, err) = outcome(&train_args(&cfg, &run, &["--quiet"]));
+        assert!(!good && err.contains(want), "case {i}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
 }
@@ -325,7 +231,7 @@ fn clip_text_search_matches_reference(dir: &Path, device: &str) -> Result<PathBu
     let index = dir.join(format!("clip-{}.index", device.replace(':', "-")));
     let o = common::build_clip_index(&fixture("clip"), dir, &index, device);
     if !o.status.success() {
-        return Err(String::from_utf8_lossy(&o.stderr).into_owned());
+        return Err(common::stderr(&o));
     }
     let r = reference("clip");
     let texts: Vec<String> = r["texts"]
@@ -334,20 +240,11 @@ fn clip_text_search_matches_reference(dir: &Path, device: &str) -> Result<PathBu
         .iter()
         .map(|t| t.as_str().unwrap().to_string())
         .collect();
-    let mut args = vec![
-        "search",
-        "--index",
-        s(&index),
-        "-k",
-        "2",
-        "--json",
-        "--device",
-        device,
-    ];
+    let mut args = vec!["-k", "2", "--device", device];
     for t in &texts {
         args.extend(["--text", t.as_str()]);
     }
-    let results: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    let results = search_json(&index, &args);
     // logits_per_image [image, text] = scale * cosine.
     let logits = floats(&r["logits_per_image"]);
     let scale = r["logit_scale"].as_f64().unwrap() as f32;
@@ -377,17 +274,7 @@ fn clip_index_answers_text_queries_with_the_reference_scores() {
     let csv = dir.path().join("items.csv");
     let index = clip_text_search_matches_reference(dir.path(), "cpu").unwrap();
     // An image query still works on the same index: each image finds itself first.
-    let out = ok(&[
-        "search",
-        "--index",
-        s(&index),
-        "--image",
-        s(&clip.join("image1.png")),
-        "-k",
-        "1",
-        "--json",
-    ]);
-    let hits: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let hits = search_json(&index, &["--image", s(&clip.join("image1.png")), "-k", "1"]);
     assert_eq!(hits[0][0]["id"], "image1");
     assert!((hits[0][0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
 
@@ -401,24 +288,19 @@ fn clip_index_answers_text_queries_with_the_reference_scores() {
         ),
     ] {
         let index = dir.path().join("q.index");
-        ok(&[
-            "index",
-            "build",
-            "--run",
-            s(idx_run),
-            "--out",
-            s(&index),
+        let images = [
             "--csv",
             s(&csv),
             "--images",
             s(&clip),
             "--image-pattern",
             "{id}.png",
-            "--quiet",
-        ]);
-        let out = vitrine(&["search", "--index", s(&index), "--text", text]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(want), "{err}");
+        ];
+        let mut args = index_build_args(idx_run, &index, &images);
+        args.push("--quiet");
+        ok(&args);
+        let (good, err) = outcome(&["search", "--index", s(&index), "--text", text]);
+        assert!(!good && err.contains(want), "{err}");
     }
 }
 
@@ -427,67 +309,25 @@ fn clip_index_answers_text_queries_with_the_reference_scores() {
 #[test]
 fn search_run_fine_tunes_a_pretrained_clip_image_tower() {
     let dir = tempfile::tempdir().unwrap();
-    common::write_catalogue(dir.path());
+    write_catalogue(dir.path());
+    let init = fixture("clip");
     let cfg = format!(
-        r#"task = "search"
-seed = 3
-init = "{init}"
-
-[data]
-format = "csv"
-csv = "{csv}"
-images = "{images}"
-image_pattern = "{{id}}.png"
-label_column = "articleType"
-title_column = "title"
-
-[split]
-holdout_fraction = 0.25
-seed = 1
-
-[train]
-epochs = 2
-batch_size = 6
-log_every_steps = 0
-
-[train.schedule]
-lr = 1e-3
-warmup_steps = 1
-"#,
-        init = s(&fixture("clip")),
-        csv = dir.path().join("styles.csv").display(),
-        images = dir.path().join("images").display(),
+        "task = \"search\"\nseed = 3\ninit = \"{}\"\n\n{}\n{}",
+        s(&init),
+        search_data_toml(dir.path()),
+        train_toml(2, 6, "", "1e-3", 1),
     );
-    let config = dir.path().join("clip-ft.toml");
-    std::fs::write(&config, cfg).unwrap();
-    let run = dir.path().join("run");
-    common::train_to(&config, &run, &[]);
-    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let (_, run, saved) = train_recipe(dir.path(), "clip-ft.toml", &cfg);
     assert!(
         saved.contains("pre_norm = true") && saved.contains("resize = \"crop\""),
         "{saved}"
     );
     let index = dir.path().join("ft.index");
-    ok(&[
-        "index",
-        "build",
-        "--run",
-        s(&run),
-        "--out",
-        s(&index),
-        "--quiet",
-    ]);
-    let hits: serde_json::Value = serde_json::from_str(&ok(&[
-        "search",
-        "--index",
-        s(&index),
-        "--image",
-        s(&dir.path().join("images/100.png")),
-        "-k",
-        "1",
-        "--json",
-    ]))
-    .unwrap();
+    build_index(&run, &index);
+    let hits = search_json(
+        &index,
+        &["--image", s(&dir.path().join("images/100.png")), "-k", "1"],
+    );
     assert_eq!(hits[0][0]["id"], "100");
 }
 
@@ -495,54 +335,15 @@ warmup_steps = 1
 #[test]
 fn caption_run_fine_tunes_a_pretrained_vit_gpt2() {
     let dir = tempfile::tempdir().unwrap();
-    common::write_catalogue(dir.path());
+    write_catalogue(dir.path());
     let cfg = format!(
-        r#"task = "caption"
-seed = 4
-
-[data]
-format = "csv"
-csv = "{csv}"
-images = "{images}"
-image_pattern = "{{id}}.png"
-title_column = "title"
-
-[split]
-test_fraction = 0.25
-seed = 2
-
-[tokenizer]
-kind = "pretrained"
-
-[init]
-model = "{init}"
-
-[train]
-epochs = 3
-batch_size = 6
-log_every_steps = 0
-
-[train.schedule]
-lr = 1e-3
-warmup_steps = 2
-
-[decode]
-beam = 1
-max_tokens = 12
-
-[limits]
-max_beam = 4
-batch_size = 4
-"#,
-        init = s(&fixture("vit-gpt2")),
-        csv = dir.path().join("styles.csv").display(),
-        images = dir.path().join("images").display(),
+        "task = \"caption\"\nseed = 4\n\n{}\n[tokenizer]\n{PRETRAINED}\n\n[init]\nmodel = \"{}\"\n\n{}\n{}",
+        caption_data_toml(dir.path()),
+        s(&fixture("vit-gpt2")),
+        train_toml(3, 6, "", "1e-3", 2),
+        caption_limits_toml(1),
     );
-    let config = dir.path().join("vg.toml");
-    std::fs::write(&config, cfg).unwrap();
-    let run = dir.path().join("run");
-    common::train_to(&config, &run, &[]);
-    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let (config, run, saved) = train_recipe(dir.path(), "vg.toml", &cfg);
     assert!(
         saved.contains("cross_attention = true") && saved.contains("arch = \"vit\""),
         "{saved}"
@@ -562,19 +363,8 @@ batch_size = 4
         .unwrap()
         .replace("kind = \"pretrained\"", "kind = \"bpe\"\nvocab_size = 300");
     std::fs::write(&config, bad).unwrap();
-    let o = vitrine(&[
-        "train",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&dir.path().join("bad")),
-        "--quiet",
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("tokenizer.kind = \"pretrained\""),
-        "{err}"
-    );
+    let o = train_output(&config, &dir.path().join("bad"), &["--quiet"]);
+    assert_failed_with(&o, "tokenizer.kind = \"pretrained\"");
 }
 
 /// The same on the wgpu backend (lavapipe in CI): CLIP's towers on a second backend.
@@ -601,21 +391,12 @@ fn resuming_an_init_run_needs_only_its_checkpoint() {
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         std::fs::copy(fixture("gpt2").join(f), model.join(f)).unwrap();
     }
-    let cfg = copy_config(dir.path(), "r.toml", s(&model), "kind = \"pretrained\"", 3);
+    let cfg = copy_config(dir.path(), "r.toml", s(&model), PRETRAINED, 3);
     let run = dir.path().join("r");
-    ok(&[
-        "train",
-        "--config",
-        s(&cfg),
-        "--run-dir",
-        s(&run),
-        "--quiet",
-        "--stop-after-epochs",
-        "1",
-    ]);
+    train_to(&cfg, &run, &["--stop-after-epochs", "1"]);
     assert_eq!(val_losses(&run).len(), 1);
     std::fs::remove_dir_all(&model).unwrap();
-    ok(&["train", "--resume", s(&run), "--quiet"]);
+    resume(&run);
     assert_eq!(val_losses(&run).len(), 3);
     assert!(run.join("model.mpk").is_file());
 }

@@ -9,7 +9,19 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{ok, s, train_copy, train_scorer, train_to, vitrine, write_score_config};
+use common::{
+    assert_run_files, eval_json, ok, outcome, resume, s, train_copy, train_full_and_stopped,
+    train_in, train_output, train_scorer, write_file, write_score_config,
+};
+
+/// What a trained scorer's run folder holds.
+const RUN_FILES: [&str; 5] = [
+    "model.mpk",
+    "best-model.mpk",
+    "best.json",
+    "tokenizer.json",
+    "train-report.json",
+];
 
 /// `vitrine score --run RUN EXTRA…` with `input` on stdin: (success, stdout, stderr).
 fn score(run: &Path, input: &[u8], extra: &[&str]) -> (bool, String, String) {
@@ -33,25 +45,13 @@ fn score(run: &Path, input: &[u8], extra: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn eval_json(run: &Path) -> serde_json::Value {
-    serde_json::from_str(&ok(&["eval", "score", "--run", s(run), "--json"])).unwrap()
-}
-
 #[test]
 fn scorer_learns_the_planted_rule_and_ranks_deterministically() {
     let dir = tempfile::tempdir().unwrap();
     let run = train_scorer(dir.path(), "run", 12);
-    for f in [
-        "model.mpk",
-        "best-model.mpk",
-        "best.json",
-        "tokenizer.json",
-        "train-report.json",
-    ] {
-        assert!(run.join(f).exists(), "{f} missing");
-    }
+    assert_run_files(&run, &RUN_FILES);
 
-    let e = eval_json(&run);
+    let e = eval_json("score", &run, &[]);
     // 24 validation tests; per test 6 variant pairs, of which 1 repeats a headline and 5 count.
     assert_eq!(e["tests"], 24);
     assert_eq!(e["variants"], 96);
@@ -108,23 +108,21 @@ fn score_input_limits_and_bad_lines_are_clear_errors() {
         err.contains("line 2: 61 characters") && err.contains("limits.max_chars = 60"),
         "{err}"
     );
+    // Refused input, with an error that says why.
+    let refused = |input: &[u8], why: &str| {
+        let (good, _, err) = score(&run, input, &[]);
+        assert!(!good && err.contains(why), "{err}");
+    };
     // max_lines = 5.
     assert!(score(&run, b"a\nb\nc\nd\ne\n", &[]).0);
-    let (good, _, err) = score(&run, b"a\nb\nc\nd\ne\nf\n", &[]);
-    assert!(
-        !good && err.contains("6 lines, more than limits.max_lines = 5"),
-        "{err}"
+    refused(
+        b"a\nb\nc\nd\ne\nf\n",
+        "6 lines, more than limits.max_lines = 5",
     );
     // Nothing to score, control characters, invalid UTF-8.
-    let (good, _, err) = score(&run, b"\n  \n", &[]);
-    assert!(!good && err.contains("no lines to score"), "{err}");
-    let (good, _, err) = score(&run, b"ok\nbad\x07bell\n", &[]);
-    assert!(
-        !good && err.contains("line 2: contains a control character"),
-        "{err}"
-    );
-    let (good, _, err) = score(&run, b"caf\xe9\n", &[]);
-    assert!(!good && err.contains("UTF-8"), "{err}");
+    refused(b"\n  \n", "no lines to score");
+    refused(b"ok\nbad\x07bell\n", "line 2: contains a control character");
+    refused(b"caf\xe9\n", "UTF-8");
 }
 
 #[test]
@@ -156,20 +154,14 @@ fn generate_rank_with_sorts_candidates_by_score() {
     assert!(!scores.is_empty());
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
     // The scores are the scorer's own for those lines.
-    let texts: Vec<&str> = v["candidates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["text"].as_str().unwrap())
-        .collect();
+    let texts = common::field_strs(&v["candidates"], "text");
     let (good, json, err) = score(&scorer, (texts.join("\n") + "\n").as_bytes(), &["--json"]);
     assert!(good, "{err}");
     let direct: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert!((direct[0]["score"].as_f64().unwrap() - scores[0]).abs() < 1e-4);
     // A run that is not a scorer is refused before sampling.
-    let o = vitrine(&["generate", "--run", s(&copy), "--rank-with", s(&copy)]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let (good, err) = outcome(&["generate", "--run", s(&copy), "--rank-with", s(&copy)]);
+    assert!(!good);
     assert!(
         err.contains("a \"copy\" run") && err.contains("task \"score\""),
         "{err}"
@@ -177,28 +169,17 @@ fn generate_rank_with_sorts_candidates_by_score() {
 
     // Warm start from the copy run: its tokenizer and trunk, a fresh head.
     let config = write_score_config(dir.path(), 1, &format!("init = \"{}\"", copy.display()));
-    let warm = dir.path().join("warm");
-    train_to(&config, &warm, &[]);
+    let warm = train_in(dir.path(), "warm", &config);
     assert_eq!(
         std::fs::read(warm.join("tokenizer.json")).unwrap(),
         std::fs::read(copy.join("tokenizer.json")).unwrap()
     );
     // Warm-starting from a scorer (not a copy run) is refused.
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        std::fs::read_to_string(&config)
-            .unwrap()
-            .replace(&copy.display().to_string(), &scorer.display().to_string()),
-    )
-    .unwrap();
-    let o = vitrine(&[
-        "train",
-        "--config",
-        s(&bad),
-        "--run-dir",
-        s(&dir.path().join("bad")),
-    ]);
+    let bad = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&copy.display().to_string(), &scorer.display().to_string());
+    let bad = write_file(dir.path(), "bad.toml", &bad);
+    let o = train_output(&bad, &dir.path().join("bad"), &[]);
     assert!(!o.status.success());
 }
 
@@ -206,12 +187,10 @@ fn generate_rank_with_sorts_candidates_by_score() {
 fn resumed_scorer_matches_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_score_config(dir.path(), 3, "");
-    let full = dir.path().join("full");
-    train_to(&config, &full, &[]);
-    let part = dir.path().join("part");
-    train_to(&config, &part, &["--stop-after-epochs", "1"]);
+    let (full, part) = (dir.path().join("full"), dir.path().join("part"));
+    train_full_and_stopped(&config, &full, &part);
     assert!(!part.join("model.mpk").exists());
-    ok(&["train", "--resume", s(&part), "--quiet"]);
+    resume(&part);
     let input =
         b"Summer sale on bags today free\nNew season scarves\nLast chance for watches today only\n";
     let a = score(&full, input, &["--json"]);
@@ -260,16 +239,9 @@ fn bad_scorer_configs_are_refused() {
         ),
     ] {
         assert!(text.contains(from), "{from:?}");
-        let path = dir.path().join("bad.toml");
-        std::fs::write(&path, text.replace(from, to)).unwrap();
-        let o = vitrine(&[
-            "train",
-            "--config",
-            s(&path),
-            "--run-dir",
-            s(&dir.path().join("bad")),
-        ]);
-        let err = String::from_utf8_lossy(&o.stderr);
+        let path = write_file(dir.path(), "bad.toml", &text.replace(from, to));
+        let o = train_output(&path, &dir.path().join("bad"), &[]);
+        let err = common::stderr(&o);
         assert!(!o.status.success() && err.contains(needle), "{to:?}: {err}");
     }
 }

@@ -10,56 +10,31 @@ fn train_eval_index_search_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let run = trained_run(d, 4, "run");
-    for f in [
-        "config.toml",
-        "model.mpk",
-        "labels.json",
-        "split.json",
-        "metrics.jsonl",
-        "checkpoints/last.ckpt",
-    ] {
-        assert!(run.join(f).exists(), "{f} missing from the run");
-    }
+    assert_run_files(
+        &run,
+        &[
+            "config.toml",
+            "model.mpk",
+            "labels.json",
+            "split.json",
+            "metrics.jsonl",
+            "checkpoints/last.ckpt",
+        ],
+    );
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 4, "one metrics line per epoch");
 
     // Evaluation: the three classes are trivially separable.
-    let report: serde_json::Value = serde_json::from_str(&ok(&[
-        "eval",
-        "search",
-        "--run",
-        s(&run),
-        "--json",
-        "--quiet",
-    ]))
-    .unwrap();
+    let report = eval_json("search", &run, &["--quiet"]);
     let r1 = report["metrics"]["recall"][0][1].as_f64().unwrap();
     assert!(r1 >= 0.8, "Recall@1 {r1} on separable synthetic classes");
     assert!(run.join("eval.json").exists());
 
     // Index the catalogue and query with one of its own photos: the item itself is first.
     let index = d.join("catalog.index");
-    ok(&[
-        "index",
-        "build",
-        "--run",
-        s(&run),
-        "--out",
-        s(&index),
-        "--quiet",
-    ]);
+    build_index(&run, &index);
     let query = d.join("images/201.png");
-    let hits: serde_json::Value = serde_json::from_str(&ok(&[
-        "search",
-        "--index",
-        s(&index),
-        "--image",
-        s(&query),
-        "-k",
-        "5",
-        "--json",
-    ]))
-    .unwrap();
+    let hits = search_json(&index, &["--image", s(&query), "-k", "5"]);
     let hits = hits[0].as_array().unwrap();
     assert_eq!(hits.len(), 5);
     assert_eq!(hits[0]["id"], "201");
@@ -67,57 +42,23 @@ fn train_eval_index_search_round_trip() {
     assert_eq!(hits[0]["title"], "Item 201 green-horizontal");
 
     // Filters are exact and applied before top-k: only "light" items come back.
-    let hits: serde_json::Value = serde_json::from_str(&ok(&[
-        "search",
-        "--index",
-        s(&index),
-        "--id",
-        "201",
-        "-k",
-        "50",
-        "--filter",
-        "colour=light",
-        "--json",
-    ]))
-    .unwrap();
+    let hits = search_json(
+        &index,
+        &["--id", "201", "-k", "50", "--filter", "colour=light"],
+    );
     let hits = hits[0].as_array().unwrap();
     assert_eq!(hits.len(), 12, "12 light items in the catalogue");
     assert!(hits.iter().all(|h| h["attrs"]["colour"] == "light"));
-    let text = ok(&[
-        "search",
-        "--index",
-        s(&index),
-        "--id",
-        "201",
-        "--filter",
-        "colour=none",
-    ]);
+    let filtered = |f: &'static str| ["search", "--index", s(&index), "--id", "201", "--filter", f];
+    let text = ok(&filtered("colour=none"));
     assert!(text.contains("no item passes the filters"), "{text}");
-    let bad = vitrine(&[
-        "search",
-        "--index",
-        s(&index),
-        "--id",
-        "201",
-        "--filter",
-        "size=M",
-    ]);
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown filter column"));
+    let (good, err) = outcome(&filtered("size=M"));
+    assert!(!good);
+    assert!(err.contains("unknown filter column"));
 
     // Remove and re-add items without a rebuild.
     ok(&["index", "remove", "--index", s(&index), "201", "202"]);
-    let hits: serde_json::Value = serde_json::from_str(&ok(&[
-        "search",
-        "--index",
-        s(&index),
-        "--image",
-        s(&query),
-        "-k",
-        "30",
-        "--json",
-    ]))
-    .unwrap();
+    let hits = search_json(&index, &["--image", s(&query), "-k", "30"]);
     assert_eq!(hits[0].as_array().unwrap().len(), 22);
     assert!(hits[0].as_array().unwrap().iter().all(|h| h["id"] != "201"));
     let missing = vitrine(&["index", "remove", "--index", s(&index), "nope"]);
@@ -133,62 +74,30 @@ fn train_eval_index_search_round_trip() {
         "id,colour,articleType,title\n201,light,green-horizontal,Item 201 back\n",
     )
     .unwrap();
-    ok(&[
-        "index",
-        "add",
-        "--index",
-        s(&index),
-        "--csv",
-        s(&extra.join("new.csv")),
-        "--images",
-        s(&extra.join("images")),
-        "--image-pattern",
-        "{id}.png",
-        "--title-column",
-        "title",
-        "--quiet",
-    ]);
-    let hits: serde_json::Value = serde_json::from_str(&ok(&[
-        "search",
-        "--index",
-        s(&index),
-        "--image",
-        s(&query),
-        "-k",
-        "1",
-        "--json",
-    ]))
-    .unwrap();
+    let (csv, images) = (extra.join("new.csv"), extra.join("images"));
+    let add = |title: &[&'static str]| {
+        let mut args = vec!["index", "add", "--index", s(&index), "--csv", s(&csv)];
+        args.extend_from_slice(&["--images", s(&images), "--image-pattern", "{id}.png"]);
+        args.extend_from_slice(title);
+        args.push("--quiet");
+        args
+    };
+    ok(&add(&["--title-column", "title"]));
+    let hits = search_json(&index, &["--image", s(&query), "-k", "1"]);
     assert_eq!(hits[0][0]["id"], "201");
     assert_eq!(hits[0][0]["title"], "Item 201 back");
     // Adding the same id again is refused and the index is unchanged.
-    let dup = vitrine(&[
-        "index",
-        "add",
-        "--index",
-        s(&index),
-        "--csv",
-        s(&extra.join("new.csv")),
-        "--images",
-        s(&extra.join("images")),
-        "--image-pattern",
-        "{id}.png",
-        "--quiet",
-    ]);
-    assert!(!dup.status.success());
-    assert!(String::from_utf8_lossy(&dup.stderr).contains("already in the index"));
+    let (good, err) = outcome(&add(&[]));
+    assert!(!good);
+    assert!(err.contains("already in the index"));
 }
 
 #[test]
 fn resumed_run_matches_uninterrupted_run() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, config) = catalogue_and_config(3);
     let d = dir.path();
-    write_catalogue(d);
-    let config = write_config(d, 3);
-    let full = d.join("full");
-    let parts = d.join("parts");
-    train_to(&config, &full, &[]);
-    train_to(&config, &parts, &["--stop-after-epochs", "1"]);
+    let (full, parts) = (d.join("full"), d.join("parts"));
+    train_full_and_stopped(&config, &full, &parts);
     assert!(
         !parts.join("model.mpk").exists(),
         "an interrupted run has no final model yet"
@@ -201,7 +110,7 @@ fn resumed_run_matches_uninterrupted_run() {
         "2",
         "--quiet",
     ]);
-    ok(&["train", "--resume", s(&parts), "--quiet"]);
+    resume(&parts);
     // Weight files carry random parameter ids, so compare what the weights compute: the
     // embeddings of every catalogue item.
     let a = index_embeddings(&full, &d.join("full.index"), "cpu").unwrap();
@@ -216,75 +125,36 @@ fn resumed_run_matches_uninterrupted_run() {
         max_diff <= 1e-6,
         "resumed run's embeddings differ by {max_diff}"
     );
-    let la = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap();
-    let lb = std::fs::read_to_string(parts.join("metrics.jsonl")).unwrap();
-    let losses = |t: &str| -> Vec<f64> {
-        t.lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                    .as_f64()
-                    .unwrap()
-            })
-            .collect()
-    };
-    assert_eq!(losses(&la), losses(&lb));
+    assert_eq!(metric_column(&full, "loss"), metric_column(&parts, "loss"));
 
     // A run directory is never overwritten by a new run.
-    let again = vitrine(&[
-        "train",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&full),
-        "--quiet",
-    ]);
+    let again = train_output(&config, &full, &["--quiet"]);
     assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a run"));
+    assert!(stderr(&again).contains("already holds a run"));
 }
 
 #[test]
 fn bad_rows_fail_clearly_or_are_skipped() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, config) = catalogue_and_config(1);
     let d = dir.path();
-    write_catalogue(d);
-    let config = write_config(d, 1);
     // One row pointing at a missing file, one undecodable image.
     let mut csv = std::fs::read_to_string(d.join("styles.csv")).unwrap();
     csv.push_str("999,dark,red-vertical,Ghost item\n");
     std::fs::write(d.join("styles.csv"), csv).unwrap();
     std::fs::write(d.join("images/100.png"), b"not a png at all").unwrap();
 
-    let out = vitrine(&[
-        "train",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&d.join("r1")),
-        "--quiet",
-    ]);
+    let out = train_output(&config, &d.join("r1"), &["--quiet"]);
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(
         err.contains("999") || err.contains("100.png"),
         "error names the row or file: {err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
 
-    let out = vitrine(&[
-        "train",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&d.join("r2")),
-        "--skip-bad",
-        "--quiet",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = String::from_utf8_lossy(&out.stderr);
+    let out = train_output(&config, &d.join("r2"), &["--skip-bad", "--quiet"]);
+    assert_succeeded(&out);
+    let summary = stderr(&out);
     assert!(summary.contains("skipped"), "{summary}");
 }
 
@@ -297,17 +167,9 @@ fn unavailable_devices_are_one_line_errors() {
         ("wgpu:7", "wgpu:7"),
         ("tpu", "unknown device"),
     ] {
-        let out = vitrine(&[
-            "train",
-            "--config",
-            s(&config),
-            "--run-dir",
-            s(&dir.path().join("r")),
-            "--device",
-            device,
-        ]);
+        let out = train_output(&config, &dir.path().join("r"), &["--device", device]);
         assert!(!out.status.success(), "--device {device} should fail here");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = stderr(&out);
         assert!(err.contains(needle), "{err}");
         assert!(!err.contains("panicked"), "{err}");
         if device != "tpu" {

@@ -10,9 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::http::{b64, get, multipart, post_json, read, send, sse_events, Reply, Server};
+use common::http::{
+    b64, get, multipart, post_json, post_json_bytes, read, send, sse_events, Reply, Server,
+};
 use common::{
-    ok, s, train_copy, train_scorer, train_to, write_caption_config, write_catalogue, write_config,
+    assert_succeeded, build_index, s, search_json, train_caption, train_copy, train_scorer,
+    trained_run,
 };
 use serde_json::json;
 
@@ -30,23 +33,12 @@ fn fixtures() -> &'static Fixtures {
         let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-e2e");
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
-        write_catalogue(&root);
-        let search = root.join("search");
-        train_to(&write_config(&root, 4), &search, &[]);
+        let search = trained_run(&root, 4, "search");
         let index = root.join("products.vtridx");
-        ok(&[
-            "index",
-            "build",
-            "--run",
-            s(&search),
-            "--out",
-            s(&index),
-            "--quiet",
-        ]);
+        build_index(&search, &index);
         let copy = train_copy(&root, "copy", 3);
         let scorer = train_scorer(&root, "scorer", 1);
-        let caption = root.join("caption");
-        train_to(&write_caption_config(&root, 2, ""), &caption, &[]);
+        let caption = train_caption(&root, "caption", 2, "");
         Fixtures {
             root,
             index,
@@ -142,6 +134,29 @@ fn every_endpoint_answers_over_http() {
     let doc = get(&srv.url("/openapi.json")).json();
     assert!(doc["paths"]["/v1/generate"]["post"].is_object(), "{doc}");
 
+    search_endpoints(&srv);
+    generate_endpoints(&srv);
+    caption_endpoints(&srv);
+    let metrics = get(&srv.url("/metrics")).text();
+    for needle in [
+        "vitrine_http_requests_total{route=\"/v1/search\",status=\"200\"} 3",
+        "vitrine_http_request_duration_seconds_count{route=\"/v1/generate\"} 3",
+        "vitrine_http_requests_total{route=\"/v1/generate\",status=\"422\"} 1",
+        "vitrine_batch_size_count{worker=\"search\"}",
+        "vitrine_batch_size_count{worker=\"caption\"} 2",
+        "vitrine_queue_depth{worker=\"generate\"} 0",
+        "vitrine_in_flight_requests 0",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
+    }
+}
+
+/// `POST /v1/search` (JSON and multipart, by photo and by id with a filter) and the
+/// product image it links to.
+fn search_endpoints(srv: &Server) {
     // Search: a catalogue photo finds itself first, by JSON and by multipart.
     let r = post_json(
         &srv.url("/v1/search"),
@@ -175,7 +190,10 @@ fn every_endpoint_answers_over_http() {
         img.body,
         photo(hits[0]["id"].as_str().unwrap().parse().unwrap())
     );
+}
 
+/// `POST /v1/generate`, plain and streamed, and a refused streamed request.
+fn generate_endpoints(srv: &Server) {
     // Generate: n candidates, ranked by the scorer (best first).
     let r = post_json(
         &srv.url("/v1/generate"),
@@ -230,7 +248,10 @@ fn every_endpoint_answers_over_http() {
     );
     expect(&r, 422, "invalid streamed request");
     assert_eq!(r.json()["field"], "top_p");
+}
 
+/// `POST /v1/caption` with a broken image among good ones, JSON and multipart.
+fn caption_endpoints(srv: &Server) {
     // Caption: several images, one of them broken, which is reported and skipped.
     let r = post_json(
         &srv.url("/v1/caption"),
@@ -253,22 +274,6 @@ fn every_endpoint_answers_over_http() {
         caps[0]["caption"],
         "same image, same caption"
     );
-
-    let metrics = get(&srv.url("/metrics")).text();
-    for needle in [
-        "vitrine_http_requests_total{route=\"/v1/search\",status=\"200\"} 3",
-        "vitrine_http_request_duration_seconds_count{route=\"/v1/generate\"} 3",
-        "vitrine_http_requests_total{route=\"/v1/generate\",status=\"422\"} 1",
-        "vitrine_batch_size_count{worker=\"search\"}",
-        "vitrine_batch_size_count{worker=\"caption\"} 2",
-        "vitrine_queue_depth{worker=\"generate\"} 0",
-        "vitrine_in_flight_requests 0",
-    ] {
-        assert!(
-            metrics.contains(needle),
-            "{needle} missing from:\n{metrics}"
-        );
-    }
 }
 
 /// An index built with a CLIP model answers text queries over HTTP as the CLI does; an
@@ -279,24 +284,9 @@ fn text_queries_on_a_clip_index_match_the_cli() {
     let dir = fixtures().root.join("clip");
     std::fs::create_dir_all(&dir).unwrap();
     let index = dir.join("clip.vtridx");
-    let built = common::build_clip_index(&clip, &dir, &index, "cpu");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    assert_succeeded(&common::build_clip_index(&clip, &dir, &index, "cpu"));
     let text = "red summer dress";
-    let cli: serde_json::Value = serde_json::from_str(&ok(&[
-        "search",
-        "--index",
-        s(&index),
-        "-k",
-        "2",
-        "--json",
-        "--text",
-        text,
-    ]))
-    .unwrap();
+    let cli = search_json(&index, &["-k", "2", "--text", text]);
     let srv = Server::start(&["--search", s(&index)]);
     assert_eq!(
         get(&srv.url("/v1/info")).json()["tasks"]["text_search"],
@@ -331,42 +321,25 @@ fn catalogue_writes_need_the_key_and_survive_a_restart() {
         let srv = Server::start(&args);
         let url = srv.url("/v1/catalog/items");
         let body = add.to_string();
-        let r = send("POST", &url, "application/json", body.as_bytes(), &[]);
+        let r = post_json_bytes(&url, body.as_bytes(), &[]);
         expect(&r, 401, "no key");
         assert_eq!(r.header("www-authenticate"), Some("Bearer"));
-        let r = send(
-            "POST",
-            &url,
-            "application/json",
-            body.as_bytes(),
-            &[("Authorization", "Bearer wrong-key-0123456789")],
-        );
+        let wrong = [("Authorization", "Bearer wrong-key-0123456789")];
+        let r = post_json_bytes(&url, body.as_bytes(), &wrong);
         expect(&r, 403, "wrong key");
         let bearer = format!("Bearer {key}");
         let auth = [("Authorization", bearer.as_str())];
-        let r = send("POST", &url, "application/json", body.as_bytes(), &auth);
+        let r = post_json_bytes(&url, body.as_bytes(), &auth);
         expect(&r, 201, "add");
         assert_eq!(r.json()["count"], 25);
-        let r = send("POST", &url, "application/json", body.as_bytes(), &auth);
+        let r = post_json_bytes(&url, body.as_bytes(), &auth);
         expect(&r, 409, "duplicate id");
         // Ids up to limits.max_id_chars (128) characters, multi-byte ones included.
         let long = |n: usize| json!({"id": "é".repeat(n), "image": b64(&new_photo)}).to_string();
-        let r = send(
-            "POST",
-            &url,
-            "application/json",
-            long(129).as_bytes(),
-            &auth,
-        );
+        let r = post_json_bytes(&url, long(129).as_bytes(), &auth);
         expect(&r, 422, "id one past the limit");
         assert!(r.error().contains("limits.max_id_chars"), "{}", r.text());
-        let r = send(
-            "POST",
-            &url,
-            "application/json",
-            long(128).as_bytes(),
-            &auth,
-        );
+        let r = post_json_bytes(&url, long(128).as_bytes(), &auth);
         expect(&r, 201, "id at the limit");
         let r = send(
             "DELETE",
@@ -452,19 +425,11 @@ fn png_header_only(w: u32, h: u32) -> Vec<u8> {
     out
 }
 
+/// CRC-32 (IEEE), as PNG chunks use.
 fn crc32(data: &[u8]) -> u32 {
-    let mut c = 0xFFFF_FFFFu32;
-    for &b in data {
-        c ^= u32::from(b);
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    crc.sum()
 }
 
 #[test]
@@ -497,18 +462,38 @@ fn hostile_inputs_get_clear_errors() {
     let at = body_of(4000);
     assert_eq!(at.len(), 4000);
     expect(
-        &send("POST", &search, "application/json", at.as_bytes(), &[]),
+        &post_json_bytes(&search, at.as_bytes(), &[]),
         200,
         "body at the limit",
     );
     let over = body_of(4001);
-    let r = send("POST", &search, "application/json", over.as_bytes(), &[]);
+    let r = post_json_bytes(&search, over.as_bytes(), &[]);
     expect(&r, 413, "body one byte over");
     assert!(r.error().contains("limits.max_body_bytes"), "{}", r.text());
 
+    hostile_images(&search);
+    hostile_fields(&search, &generate);
+    let whole = photo(100);
+    // Unknown item id; a task that is not served; an unknown route.
+    expect(
+        &post_json(&search, &json!({"id": "no-such-item"})),
+        404,
+        "unknown id",
+    );
+    let r = post_json(&srv.url("/v1/caption"), &json!({"images": [b64(&whole)]}));
+    expect(&r, 404, "caption not served");
+    assert!(r.error().contains("--caption"), "{}", r.text());
+    expect(&get(&srv.url("/v2/nothing")), 404, "unknown route");
+    // After all that the server still answers.
+    expect(&get(&srv.url("/readyz")), 200, "still up");
+}
+
+/// Image bombs, images past the side and pixel limits, and a truncated image: 422 naming
+/// the limit; an image at the pixel limit is searched.
+fn hostile_images(search: &str) {
     // Image bomb: the header declares 100000x100000; refused before any pixel buffer.
     let r = post_json(
-        &search,
+        search,
         &json!({"image": b64(&png_header_only(100_000, 100_000))}),
     );
     expect(&r, 422, "image bomb");
@@ -521,12 +506,12 @@ fn hostile_inputs_get_clear_errors() {
         .unwrap();
     let bomb = bomb.into_inner();
     assert!(bomb.len() < 2800, "{} bytes", bomb.len());
-    let r = post_json(&search, &json!({"image": b64(&bomb)}));
+    let r = post_json(search, &json!({"image": b64(&bomb)}));
     expect(&r, 422, "decompression bomb");
     assert!(r.error().contains("400x400"), "{}", r.text());
     // Within the side limit but past the pixel limit (40x40 = 1600 > 1024).
     let r = post_json(
-        &search,
+        search,
         &json!({"image": b64(&png(&image::RgbImage::new(40, 40)))}),
     );
     expect(&r, 422, "pixel limit");
@@ -537,35 +522,26 @@ fn hostile_inputs_get_clear_errors() {
     );
     // At the pixel limit (32x32 = 1024) it is searched.
     let r = post_json(
-        &search,
+        search,
         &json!({"image": b64(&png(&image::RgbImage::new(32, 32))), "k": 1}),
     );
     expect(&r, 200, "at the pixel limit");
     // Truncated image.
     let whole = photo(100);
-    let r = post_json(&search, &json!({"image": b64(&whole[..whole.len() / 2])}));
+    let r = post_json(search, &json!({"image": b64(&whole[..whole.len() / 2])}));
     expect(&r, 422, "truncated image");
     assert!(r.error().contains("decode"), "{}", r.text());
+}
 
+/// Bad content types, malformed JSON and out-of-range fields of search and generate.
+fn hostile_fields(search: &str, generate: &str) {
     // Wrong content type, invalid JSON, NaN, negative and huge numbers, empty text.
-    let r = send("POST", &search, "text/plain", b"{\"id\": \"100\"}", &[]);
+    let r = send("POST", search, "text/plain", b"{\"id\": \"100\"}", &[]);
     expect(&r, 415, "content type");
-    let r = send(
-        "POST",
-        &generate,
-        "application/json",
-        b"{\"keywords\": \"a\",",
-        &[],
-    );
+    let r = post_json_bytes(generate, b"{\"keywords\": \"a\",", &[]);
     expect(&r, 400, "invalid JSON");
-    let r = send(
-        "POST",
-        &generate,
-        "application/json",
-        b"{\"keywords\": \"a\", \"temperature\": NaN}",
-        &[],
-    );
-    expect(&r, 400, "NaN is not JSON");
+    let nan = b"{\"keywords\": \"a\", \"temperature\": NaN}";
+    expect(&post_json_bytes(generate, nan, &[]), 400, "NaN is not JSON");
     for (body, field) in [
         (json!({"id": "100", "k": -1}), "k"),
         (json!({"id": "100", "k": 6}), "k"),
@@ -573,7 +549,7 @@ fn hostile_inputs_get_clear_errors() {
         (json!({"id": "  "}), "id"),
         (json!({"id": "100", "filters": {"nope": "x"}}), "filters"),
     ] {
-        let r = post_json(&search, &body);
+        let r = post_json(search, &body);
         expect(&r, 422, &body.to_string());
         assert_eq!(r.json()["field"], field, "{body}: {}", r.text());
     }
@@ -591,32 +567,15 @@ fn hostile_inputs_get_clear_errors() {
             "max_tokens",
         ),
     ] {
-        let r = post_json(&generate, &body);
+        let r = post_json(generate, &body);
         expect(&r, 422, &body.to_string());
         assert_eq!(r.json()["field"], field, "{body}: {}", r.text());
     }
     // One past u64::MAX.
-    let r = send(
-        "POST",
-        &generate,
-        "application/json",
-        br#"{"keywords": "sandals", "n": 18446744073709551616}"#,
-        &[],
-    );
+    let past_u64 = br#"{"keywords": "sandals", "n": 18446744073709551616}"#;
+    let r = post_json_bytes(generate, past_u64, &[]);
     expect(&r, 422, "n past u64");
     assert_eq!(r.json()["field"], "n", "{}", r.text());
-    // Unknown item id; a task that is not served; an unknown route.
-    expect(
-        &post_json(&search, &json!({"id": "no-such-item"})),
-        404,
-        "unknown id",
-    );
-    let r = post_json(&srv.url("/v1/caption"), &json!({"images": [b64(&whole)]}));
-    expect(&r, 404, "caption not served");
-    assert!(r.error().contains("--caption"), "{}", r.text());
-    expect(&get(&srv.url("/v2/nothing")), 404, "unknown route");
-    // After all that the server still answers.
-    expect(&get(&srv.url("/readyz")), 200, "still up");
 }
 
 #[test]
@@ -706,27 +665,23 @@ fn dynamic_batches_give_the_unbatched_results() {
     let index = own_index("batching");
     let photos: Vec<u32> = vec![100, 103, 201, 204, 302, 305];
     // One image per forward pass.
+    let start = |cfg: &Path| {
+        Server::start(&[
+            "--config",
+            s(cfg),
+            "--search",
+            s(&index),
+            "--caption",
+            s(&f.caption),
+        ])
+    };
     let single = config("single", "", "", "max_batch = 1\nmax_wait_ms = 0");
-    let srv = Server::start(&[
-        "--config",
-        s(&single),
-        "--search",
-        s(&index),
-        "--caption",
-        s(&f.caption),
-    ]);
+    let srv = start(&single);
     let alone = answers(&srv, &photos, false);
     drop(srv);
     // Concurrent requests wait up to 2 s for each other and share forward passes.
     let batched = config("batched", "", "", "max_batch = 8\nmax_wait_ms = 2000");
-    let srv = Server::start(&[
-        "--config",
-        s(&batched),
-        "--search",
-        s(&index),
-        "--caption",
-        s(&f.caption),
-    ]);
+    let srv = start(&batched);
     let together = answers(&srv, &photos, true);
     for ((a, ca), (b, cb)) in alone.iter().zip(&together) {
         assert_eq!(ca, cb, "batched captions equal unbatched ones");

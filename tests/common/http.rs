@@ -194,13 +194,12 @@ pub fn send(
 }
 
 pub fn post_json(url: &str, v: &serde_json::Value) -> Reply {
-    send(
-        "POST",
-        url,
-        "application/json",
-        v.to_string().as_bytes(),
-        &[],
-    )
+    post_json_bytes(url, v.to_string().as_bytes(), &[])
+}
+
+/// A POST of `body` as `application/json` (sent as is, valid or not) with extra headers.
+pub fn post_json_bytes(url: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
+    send("POST", url, "application/json", body, headers)
 }
 
 /// `multipart/form-data`: (name, filename for files, bytes).

@@ -56,60 +56,144 @@ pub fn write_catalogue(dir: &Path) -> PathBuf {
             ));
         }
     }
-    let path = dir.join("styles.csv");
-    std::fs::write(&path, csv).unwrap();
+    write_file(dir, "styles.csv", &csv)
+}
+
+/// Writes `text` to `dir/<name>` and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
     path
 }
 
-/// A tiny search recipe over the catalogue in `dir`.
-pub fn write_config(dir: &Path, epochs: usize) -> PathBuf {
-    let cfg = format!(
-        r#"task = "search"
-seed = 3
-
-[data]
+/// `[data]` and `[split]` over the catalogue in `dir`, with the task's own lines of each.
+fn catalogue_toml(dir: &Path, data: &str, split: &str) -> String {
+    format!(
+        r#"[data]
 format = "csv"
 csv = "{csv}"
 images = "{images}"
 image_pattern = "{{id}}.png"
-label_column = "articleType"
-title_column = "title"
+{data}title_column = "title"
 
 [split]
-holdout_fraction = 0.25
-seed = 1
+{split}
+"#,
+        csv = dir.join("styles.csv").display(),
+        images = dir.join("images").display(),
+    )
+}
 
-[preprocess]
+/// `[data]` and `[split]` of the search recipes over the catalogue in `dir`.
+pub fn search_data_toml(dir: &Path) -> String {
+    catalogue_toml(
+        dir,
+        "label_column = \"articleType\"\n",
+        "holdout_fraction = 0.25\nseed = 1",
+    )
+}
+
+/// `[data]` and `[split]` of the caption recipes over the catalogue in `dir`.
+pub fn caption_data_toml(dir: &Path) -> String {
+    catalogue_toml(dir, "", "test_fraction = 0.25\nseed = 2")
+}
+
+/// `[preprocess]` and `[augment]` of the tiny image recipes.
+pub const IMAGE_TOML: &str = r#"[preprocess]
 height = 16
 width = 16
 channels = 3
 
 [augment]
 hflip = 0.5
+"#;
 
-[model]
-arch = "cnn"
+/// The tiny CNN encoder's keys (under `[model]` or `[model.encoder]`).
+pub const CNN_TOML: &str = r#"arch = "cnn"
 in_channels = 3
 input_size = [16, 16]
 widths = [8, 16]
 depths = [1, 1]
 embed_dim = 16
+"#;
 
-[train]
+/// A trained BPE tokenizer's keys (under `[tokenizer]`).
+pub const BPE_TOML: &str = "kind = \"bpe\"\nvocab_size = 300\n";
+
+/// The tiny GPT's keys (under `[model]` or `[model.gpt]`).
+pub const GPT_TOML: &str = "preset = \"tiny\"\nn_ctx = 40\nd_model = 32\n";
+
+/// `[train]` (with `extra` lines after `batch_size`) and `[train.schedule]`.
+pub fn train_toml(
+    epochs: usize,
+    batch_size: usize,
+    extra: &str,
+    lr: &str,
+    warmup: usize,
+) -> String {
+    format!(
+        r#"[train]
 epochs = {epochs}
-batch_size = 6
-log_every_steps = 0
+batch_size = {batch_size}
+{extra}log_every_steps = 0
 
 [train.schedule]
-lr = 3e-3
-warmup_steps = 2
-"#,
-        csv = dir.join("styles.csv").display(),
-        images = dir.join("images").display(),
+lr = {lr}
+warmup_steps = {warmup}
+"#
+    )
+}
+
+/// `[data.train]` and `[data.valid]` naming the CSV files `dir/<train>` and `dir/<valid>`.
+pub fn splits_toml(dir: &Path, train: &str, valid: &str) -> String {
+    format!(
+        "[data.train]\ncsv = \"{}\"\n[data.valid]\ncsv = \"{}\"\n",
+        dir.join(train).display(),
+        dir.join(valid).display(),
+    )
+}
+
+/// `[data]` of the copy recipes over `write_copy_corpus`'s files in `dir`.
+pub fn copy_data_toml(dir: &Path) -> String {
+    let splits = splits_toml(dir, "train.csv", "valid.csv");
+    format!("[data]\nformat = \"copy\"\n{splits}")
+}
+
+/// `[generate]` of the tiny copy recipes.
+pub fn generate_toml(max_new_tokens: usize) -> String {
+    format!(
+        r#"[generate]
+max_n = 4
+max_chars = 100
+max_brief_chars = 40
+batch_size = 4
+budget_factor = 3
+max_new_tokens = {max_new_tokens}
+"#
+    )
+}
+
+/// `[decode]` and `[limits]` of the caption recipes.
+pub fn caption_limits_toml(beam: usize) -> String {
+    format!("[decode]\nbeam = {beam}\nmax_tokens = 12\n\n[limits]\nmax_beam = 4\nbatch_size = 4\n")
+}
+
+/// A tiny search recipe over the catalogue in `dir`.
+pub fn write_config(dir: &Path, epochs: usize) -> PathBuf {
+    let cfg = format!(
+        "task = \"search\"\nseed = 3\n\n{}\n{IMAGE_TOML}\n[model]\n{CNN_TOML}\n{}",
+        search_data_toml(dir),
+        train_toml(epochs, 6, "", "3e-3", 2),
     );
-    let path = dir.join("tiny.toml");
-    std::fs::write(&path, cfg).unwrap();
-    path
+    write_file(dir, "tiny.toml", &cfg)
+}
+
+/// A fresh temporary folder holding the catalogue and the tiny search recipe for `epochs`.
+pub fn catalogue_and_config(epochs: usize) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    write_catalogue(dir.path());
+    let config = write_config(dir.path(), epochs);
+    (dir, config)
 }
 
 pub fn vitrine(args: &[&str]) -> Output {
@@ -131,31 +215,152 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs vitrine without judging the outcome: (success, stderr).
+pub fn outcome(args: &[&str]) -> (bool, String) {
+    success_and_stderr(&vitrine(args))
+}
+
+/// Whether a finished command succeeded, and its stderr.
+pub fn success_and_stderr(out: &Output) -> (bool, String) {
+    (out.status.success(), stderr(out))
+}
+
+/// A finished command's stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts that a finished command succeeded, showing its stderr otherwise.
+pub fn assert_succeeded(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts that a finished command failed with `want` in its stderr.
+pub fn assert_failed_with(out: &Output, want: &str) {
+    let err = stderr(out);
+    assert!(!out.status.success() && err.contains(want), "{err}");
+}
+
+/// Asserts that each of `files` exists in the run folder `run`.
+pub fn assert_run_files(run: &Path, files: &[&str]) {
+    for f in files {
+        assert!(run.join(f).exists(), "{f} missing from the run");
+    }
+}
+
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `train --config CONFIG --run-dir RUN EXTRA…` as vitrine's arguments.
+pub fn train_args<'a>(config: &'a Path, run: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["train", "--config", s(config), "--run-dir", s(run)];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `vitrine train --config CONFIG --run-dir RUN EXTRA…`, without judging the outcome.
+pub fn train_output(config: &Path, run: &Path, extra: &[&str]) -> Output {
+    vitrine(&train_args(config, run, extra))
+}
+
 /// `vitrine train --config CONFIG --run-dir RUN --quiet EXTRA…`, asserting success.
 pub fn train_to(config: &Path, run: &Path, extra: &[&str]) {
-    let mut args = vec![
-        "train",
-        "--config",
-        s(config),
-        "--run-dir",
-        s(run),
-        "--quiet",
-    ];
+    let mut args = train_args(config, run, &["--quiet"]);
     args.extend_from_slice(extra);
     ok(&args);
+}
+
+/// Trains `full` to the end and `stopped` for one epoch only, both from `config`.
+pub fn train_full_and_stopped(config: &Path, full: &Path, stopped: &Path) {
+    train_to(config, full, &[]);
+    train_to(config, stopped, &["--stop-after-epochs", "1"]);
+}
+
+/// `vitrine train --resume RUN --quiet`, asserting success.
+pub fn resume(run: &Path) {
+    ok(&["train", "--resume", s(run), "--quiet"]);
+}
+
+/// Writes the tiny search recipe into `dir` (its catalogue already there) and trains
+/// `dir/<name>` for `epochs`.
+pub fn train_search(dir: &Path, name: &str, epochs: usize) -> PathBuf {
+    train_in(dir, name, &write_config(dir, epochs))
+}
+
+/// Trains `dir/<name>` from `config`, asserting success; the run folder.
+pub fn train_in(dir: &Path, name: &str, config: &Path) -> PathBuf {
+    let run = dir.join(name);
+    train_to(config, &run, &[]);
+    run
 }
 
 /// Writes the tiny catalogue and recipe into `dir` and trains `dir/<name>` for `epochs`.
 pub fn trained_run(dir: &Path, epochs: usize, name: &str) -> PathBuf {
     write_catalogue(dir);
-    let config = write_config(dir, epochs);
-    let run = dir.join(name);
-    train_to(&config, &run, &[]);
-    run
+    train_search(dir, name, epochs)
+}
+
+/// The value of `key` on every line of the run's `metrics.jsonl`.
+pub fn metric_column(run: &Path, key: &str) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()[key]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// `vitrine eval KIND --run RUN EXTRA… --json`, asserting success; the parsed report.
+pub fn eval_json(kind: &str, run: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["eval", kind, "--run", s(run)];
+    args.extend_from_slice(extra);
+    args.push("--json");
+    serde_json::from_str(&ok(&args)).unwrap()
+}
+
+/// The string `key` of each object in the JSON array `items`.
+pub fn field_strs<'a>(items: &'a serde_json::Value, key: &str) -> Vec<&'a str> {
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x[key].as_str().unwrap())
+        .collect()
+}
+
+/// `index build --run RUN --out OUT EXTRA…` as vitrine's arguments.
+pub fn index_build_args<'a>(run: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["index", "build", "--run", s(run), "--out", s(out)];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `vitrine index build --run RUN --out OUT --quiet`, asserting success.
+pub fn build_index(run: &Path, out: &Path) {
+    ok(&index_build_args(run, out, &["--quiet"]));
+}
+
+/// `vitrine search --index INDEX ARGS… --json`, asserting success; the parsed hits.
+pub fn search_json(index: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["search", "--index", s(index)];
+    all.extend_from_slice(args);
+    all.push("--json");
+    serde_json::from_str(&ok(&all)).unwrap()
+}
+
+/// `vitrine generate --run RUN --json EXTRA…`, asserting success; the parsed answer.
+pub fn generate_json(run: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["generate", "--run", s(run), "--json"];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&ok(&args)).unwrap()
 }
 
 /// Builds an index of the run's catalogue on `device` and returns its row-major embeddings.
@@ -164,19 +369,13 @@ pub fn index_embeddings(
     out: &Path,
     device: &str,
 ) -> std::result::Result<Vec<f32>, String> {
-    let o = vitrine(&[
-        "index",
-        "build",
-        "--run",
-        s(run),
-        "--out",
-        s(out),
-        "--quiet",
-        "--device",
-        device,
-    ]);
+    let o = vitrine(&index_build_args(
+        run,
+        out,
+        &["--quiet", "--device", device],
+    ));
     if !o.status.success() {
-        return Err(String::from_utf8_lossy(&o.stderr).into_owned());
+        return Err(stderr(&o));
     }
     Ok(vitrine_index::Index::load(out)
         .unwrap()
@@ -223,62 +422,18 @@ pub fn write_copy_corpus(dir: &Path) {
 pub fn write_copy_config(dir: &Path, epochs: usize) -> PathBuf {
     write_copy_corpus(dir);
     let cfg = format!(
-        r#"task = "copy"
-seed = 5
-
-[data]
-format = "copy"
-[data.train]
-csv = "{train}"
-[data.valid]
-csv = "{valid}"
-
-[tokenizer]
-kind = "bpe"
-vocab_size = 300
-
-[model]
-preset = "tiny"
-n_ctx = 40
-d_model = 32
-
-[train]
-epochs = {epochs}
-batch_size = 8
-block_size = 40
-log_every_steps = 0
-
-[train.schedule]
-lr = 5e-3
-warmup_steps = 10
-
-[generate]
-max_n = 4
-max_chars = 100
-max_brief_chars = 40
-batch_size = 4
-budget_factor = 3
-max_new_tokens = 30
-
-[eval]
-briefs = 3
-n = 2
-max_chars = 100
-"#,
-        train = dir.join("train.csv").display(),
-        valid = dir.join("valid.csv").display(),
+        "task = \"copy\"\nseed = 5\n\n{}\n[tokenizer]\n{BPE_TOML}\n[model]\n{GPT_TOML}\n{}\n{}\n{}",
+        copy_data_toml(dir),
+        train_toml(epochs, 8, "block_size = 40\n", "5e-3", 10),
+        generate_toml(30),
+        "[eval]\nbriefs = 3\nn = 2\nmax_chars = 100\n",
     );
-    let path = dir.join("copy.toml");
-    std::fs::write(&path, cfg).unwrap();
-    path
+    write_file(dir, "copy.toml", &cfg)
 }
 
 /// Writes the tiny copy recipe into `dir` and trains `dir/<name>` for `epochs`.
 pub fn train_copy(dir: &Path, name: &str, epochs: usize) -> PathBuf {
-    let config = write_copy_config(dir, epochs);
-    let run = dir.join(name);
-    train_to(&config, &run, &[]);
-    run
+    train_in(dir, name, &write_copy_config(dir, epochs))
 }
 
 /// Variants of one test: (headline, impressions, clicks). "free" wins; among the rest the
@@ -320,147 +475,57 @@ pub fn write_ab_tests(dir: &Path) {
 /// The tiny click-through scorer recipe; `top` adds top-level keys (e.g. `init = "…"`).
 pub fn write_score_config(dir: &Path, epochs: usize, top: &str) -> PathBuf {
     write_ab_tests(dir);
+    let train = train_toml(epochs, 8, "dev_fraction = 0.1\n", "3e-3", 5);
     let cfg = format!(
-        r#"task = "score"
-seed = 3
-{top}
-
-[data.train]
-csv = "{train}"
-[data.valid]
-csv = "{valid}"
-
-[tokenizer]
-kind = "bpe"
-vocab_size = 300
-
-[model]
-members = 2
-
-[model.gpt]
-preset = "tiny"
-n_ctx = 40
-d_model = 32
-
-[train]
-epochs = {epochs}
-batch_size = 8
-dev_fraction = 0.1
-log_every_steps = 0
-
-[train.schedule]
-lr = 3e-3
-warmup_steps = 5
-
-[limits]
-max_lines = 5
-max_chars = 60
-batch_size = 3
-"#,
-        train = dir.join("ab-train.csv").display(),
-        valid = dir.join("ab-valid.csv").display(),
+        "task = \"score\"\nseed = 3\n{top}\n\n{}\n[tokenizer]\n{BPE_TOML}\n[model]\nmembers = 2\n\n[model.gpt]\n{GPT_TOML}\n{train}\n{}",
+        splits_toml(dir, "ab-train.csv", "ab-valid.csv"),
+        "[limits]\nmax_lines = 5\nmax_chars = 60\nbatch_size = 3\n",
     );
-    let path = dir.join("score.toml");
-    std::fs::write(&path, cfg).unwrap();
-    path
+    write_file(dir, "score.toml", &cfg)
 }
 
+/// Writes the tiny scorer recipe into `dir` and trains `dir/<name>` for `epochs`.
 pub fn train_scorer(dir: &Path, name: &str, epochs: usize) -> PathBuf {
-    let config = write_score_config(dir, epochs, "");
-    let run = dir.join(name);
-    train_to(&config, &run, &[]);
-    run
+    train_in(dir, name, &write_score_config(dir, epochs, ""))
 }
 
 /// A tiny caption recipe over the catalogue in `dir` (title column = caption); its encoder
 /// is the tiny search recipe's, so a search run can initialise it.
 pub fn write_caption_config(dir: &Path, epochs: usize, init: &str) -> PathBuf {
+    let model = format!("[model]\npreset = \"tiny\"\n[model.encoder]\n{CNN_TOML}");
     let cfg = format!(
-        r#"task = "caption"
-seed = 4
-
-[data]
-format = "csv"
-csv = "{csv}"
-images = "{images}"
-image_pattern = "{{id}}.png"
-title_column = "title"
-
-[split]
-test_fraction = 0.25
-seed = 2
-
-[preprocess]
-height = 16
-width = 16
-channels = 3
-
-[augment]
-hflip = 0.5
-
-[tokenizer]
-kind = "bpe"
-vocab_size = 300
-
-[model]
-preset = "tiny"
-[model.encoder]
-arch = "cnn"
-in_channels = 3
-input_size = [16, 16]
-widths = [8, 16]
-depths = [1, 1]
-embed_dim = 16
-
-{init}
-
-[train]
-epochs = {epochs}
-batch_size = 6
-log_every_steps = 0
-
-[train.schedule]
-lr = 5e-3
-warmup_steps = 4
-
-[decode]
-beam = 2
-max_tokens = 12
-
-[limits]
-max_beam = 4
-batch_size = 4
-"#,
-        csv = dir.join("styles.csv").display(),
-        images = dir.join("images").display(),
+        "task = \"caption\"\nseed = 4\n\n{}\n{IMAGE_TOML}\n[tokenizer]\n{BPE_TOML}\n{model}\n{init}\n\n{}\n{}",
+        caption_data_toml(dir),
+        train_toml(epochs, 6, "", "5e-3", 4),
+        caption_limits_toml(2),
     );
-    let path = dir.join("caption.toml");
-    std::fs::write(&path, cfg).unwrap();
-    path
+    write_file(dir, "caption.toml", &cfg)
+}
+
+/// Writes the tiny caption recipe (with `init`) into `dir` and trains `dir/<name>`.
+pub fn train_caption(dir: &Path, name: &str, epochs: usize, init: &str) -> PathBuf {
+    train_in(dir, name, &write_caption_config(dir, epochs, init))
 }
 
 /// `vitrine index build` of the CLIP fixture's two images (ids `image0`, `image1`, titled)
 /// with the fixture model `clip` on `device`; the CSV goes into `dir`.
 pub fn build_clip_index(clip: &Path, dir: &Path, index: &Path, device: &str) -> Output {
-    let csv = dir.join("items.csv");
-    std::fs::write(&csv, "id,title\nimage0,first\nimage1,second\n").unwrap();
-    vitrine(&[
-        "index",
-        "build",
-        "--run",
-        s(clip),
-        "--out",
-        s(index),
-        "--csv",
-        s(&csv),
-        "--images",
-        s(clip),
-        "--image-pattern",
-        "{id}.png",
-        "--title-column",
-        "title",
-        "--quiet",
-        "--device",
-        device,
-    ])
+    let csv = write_file(dir, "items.csv", "id,title\nimage0,first\nimage1,second\n");
+    vitrine(&index_build_args(
+        clip,
+        index,
+        &[
+            "--csv",
+            s(&csv),
+            "--images",
+            s(clip),
+            "--image-pattern",
+            "{id}.png",
+            "--title-column",
+            "title",
+            "--quiet",
+            "--device",
+            device,
+        ],
+    ))
 }

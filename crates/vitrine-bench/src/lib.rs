@@ -31,7 +31,7 @@ pub enum BenchError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
-    Train(#[from] vitrine_train::TrainError),
+    Infer(#[from] vitrine_infer::InferError),
     #[error(transparent)]
     Index(#[from] vitrine_index::IndexError),
     #[error("backend: {0}")]
@@ -465,37 +465,22 @@ pub fn run_suite<B: AutodiffBackend>(
         on_result(&m);
         results.push(m);
     };
-    if wants(Group::Encoder) {
-        for c in &cfg.encoders {
-            workloads::encoder::<B::InnerBackend>(
-                c,
-                &cfg.timing,
-                opts.precision,
-                device,
-                &mut push,
-            )?;
-        }
+    let mut w = workloads::Work {
+        timing: &cfg.timing,
+        precision: opts.precision,
+        push: &mut push,
+    };
+    for c in cfg.encoders.iter().filter(|_| wants(Group::Encoder)) {
+        workloads::encoder::<B::InnerBackend>(c, &mut w, device)?;
     }
-    if wants(Group::Train) {
-        for c in &cfg.train {
-            workloads::train_step::<B>(c, &cfg.timing, device, &mut push)?;
-        }
+    for c in cfg.train.iter().filter(|_| wants(Group::Train)) {
+        workloads::train_step::<B>(c, &mut w, device)?;
     }
-    if wants(Group::Generate) {
-        for c in &cfg.generate {
-            workloads::generate::<B::InnerBackend>(
-                c,
-                &cfg.timing,
-                opts.precision,
-                device,
-                &mut push,
-            )?;
-        }
+    for c in cfg.generate.iter().filter(|_| wants(Group::Generate)) {
+        workloads::generate::<B::InnerBackend>(c, &mut w, device)?;
     }
-    if wants(Group::Search) {
-        for c in &cfg.search {
-            workloads::search::<B::InnerBackend>(c, &cfg.timing, device, &mut push)?;
-        }
+    for c in cfg.search.iter().filter(|_| wants(Group::Search)) {
+        workloads::search::<B::InnerBackend>(c, &mut w, device)?;
     }
     Ok(BenchReport {
         machine: Machine::this(),

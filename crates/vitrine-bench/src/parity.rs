@@ -8,8 +8,8 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
+use vitrine_infer::run::{load_module_bytes, module_to_bytes};
 use vitrine_models::ImageEncoderConfig;
-use vitrine_train::run::{load_module_bytes, module_to_bytes};
 
 use crate::workloads::{gpt_config, image_batch, noise, token_ids};
 use crate::{BenchError, Precision, Result};
@@ -194,26 +194,83 @@ fn host<const D: usize, B: Backend>(t: Tensor<B, D>) -> Result<Vec<f32>> {
         .map_err(|e| BenchError::Backend(format!("reading output: {e:?}")))
 }
 
-/// One set of random weights loaded on both backends. Both sides load the same saved bytes:
-/// cloning a freshly initialised module is not enough, since a clone of a not yet
-/// materialised (lazy) parameter draws its own values.
-fn same_weights<R: Backend, B: Backend, MR, MB>(
-    init_ref: MR,
-    init_dev: MB,
-    fresh_ref: MR,
-    reference: &R::Device,
-    device: &B::Device,
-) -> Result<(MR, MB)>
-where
-    MR: burn::module::Module<R>,
-    MB: burn::module::Module<B>,
-{
-    let bytes = module_to_bytes(init_ref);
-    let path = Path::new("(parity weights)");
-    Ok((
-        load_module_bytes(fresh_ref, bytes.clone(), path, reference)?,
-        load_module_bytes(init_dev, bytes, path, device)?,
-    ))
+/// A model config that builds the same architecture on any backend.
+trait Build {
+    type Model<B: Backend>: burn::module::Module<B>;
+    fn build<B: Backend>(&self, device: &B::Device) -> Result<Self::Model<B>>;
+}
+
+impl Build for ImageEncoderConfig {
+    type Model<B: Backend> = vitrine_models::ImageEncoder<B>;
+    fn build<B: Backend>(&self, device: &B::Device) -> Result<Self::Model<B>> {
+        Ok(self.init::<B>(device)?)
+    }
+}
+
+impl Build for vitrine_models::gpt::GptConfig {
+    type Model<B: Backend> = vitrine_models::gpt::Gpt<B>;
+    fn build<B: Backend>(&self, device: &B::Device) -> Result<Self::Model<B>> {
+        Ok(self.init::<B>(device)?)
+    }
+}
+
+/// One comparison: the reference backend `R` and the checked one `B`.
+struct Pair<'a, R: Backend, B: Backend> {
+    cfg: &'a ParityConfig,
+    reference: &'a R::Device,
+    device: &'a B::Device,
+    precision: Precision,
+}
+
+impl<R: Backend, B: Backend> Pair<'_, R, B> {
+    /// One set of random weights of `config` loaded on both backends. Both sides load the
+    /// same saved bytes: cloning a freshly initialised module is not enough, since a clone
+    /// of a not yet materialised (lazy) parameter draws its own values.
+    fn same_weights<C: Build>(&self, config: &C) -> Result<(C::Model<R>, C::Model<B>)> {
+        let bytes = module_to_bytes(config.build::<R>(self.reference)?);
+        let path = Path::new("(parity weights)");
+        let on_ref = config.build::<R>(self.reference)?;
+        let on_dev = config.build::<B>(self.device)?;
+        Ok((
+            load_module_bytes(on_ref, bytes.clone(), path, self.reference)?,
+            load_module_bytes(on_dev, bytes, path, self.device)?,
+        ))
+    }
+
+    /// Lowest cosine between the two backends' embeddings of the same images.
+    fn encoder(&self, preset: &str) -> Result<f64> {
+        let (cfg, reference, device, precision) =
+            (self.cfg, self.reference, self.device, self.precision);
+        let config = ImageEncoderConfig::preset(preset)?;
+        let (on_ref, on_dev) = self.same_weights(&config)?;
+        let [c, h, w] = config.input_shape();
+        let shape = [cfg.images, c, h, w];
+        let pixels = noise(cfg.images * c * h * w, 31);
+        let want =
+            host(on_ref.forward(image_batch::<R>(&pixels, shape, Precision::F32, reference)))?;
+        let got = host(
+            precision
+                .apply(on_dev)
+                .forward(image_batch::<B>(&pixels, shape, precision, device)),
+        )?;
+        Ok(min_row_cosine(&want, &got, config.embed_dim()))
+    }
+
+    /// Largest logit difference between the two backends on the same tokens.
+    fn decoder(&self, preset: &str) -> Result<f64> {
+        let config = gpt_config(preset, None)?;
+        let t = self.cfg.tokens.min(config.n_ctx);
+        let ids: Vec<i64> = token_ids(2 * t, config.vocab_size, 37)
+            .into_iter()
+            .map(i64::from)
+            .collect();
+        let (on_ref, on_dev) = self.same_weights(&config)?;
+        let on_dev = self.precision.apply(on_dev);
+        let tokens = || TensorData::new(ids.clone(), [2, t]);
+        let want = host(on_ref.forward(Tensor::<R, 2, Int>::from_data(tokens(), self.reference))?)?;
+        let got = host(on_dev.forward(Tensor::<B, 2, Int>::from_data(tokens(), self.device))?)?;
+        Ok(max_abs_diff(&want, &got))
+    }
 }
 
 fn check(model: String, metric: &str, value: Option<f64>, limit: f64, pass: bool) -> ParityCheck {
@@ -238,60 +295,6 @@ fn guarded(f: impl FnOnce() -> Result<f64>) -> Result<Option<f64>> {
     }
 }
 
-fn encoder_check<R: Backend, B: Backend>(
-    cfg: &ParityConfig,
-    preset: &str,
-    reference: &R::Device,
-    device: &B::Device,
-    precision: Precision,
-) -> Result<f64> {
-    let config = ImageEncoderConfig::preset(preset)?;
-    let (on_ref, on_dev) = same_weights(
-        config.init::<R>(reference)?,
-        config.init::<B>(device)?,
-        config.init::<R>(reference)?,
-        reference,
-        device,
-    )?;
-    let [c, h, w] = config.input_shape();
-    let shape = [cfg.images, c, h, w];
-    let pixels = noise(cfg.images * c * h * w, 31);
-    let want = host(on_ref.forward(image_batch::<R>(&pixels, shape, Precision::F32, reference)))?;
-    let got = host(
-        precision
-            .apply(on_dev)
-            .forward(image_batch::<B>(&pixels, shape, precision, device)),
-    )?;
-    Ok(min_row_cosine(&want, &got, config.embed_dim()))
-}
-
-fn decoder_check<R: Backend, B: Backend>(
-    cfg: &ParityConfig,
-    preset: &str,
-    reference: &R::Device,
-    device: &B::Device,
-    precision: Precision,
-) -> Result<f64> {
-    let config = gpt_config(preset, None)?;
-    let t = cfg.tokens.min(config.n_ctx);
-    let ids: Vec<i64> = token_ids(2 * t, config.vocab_size, 37)
-        .into_iter()
-        .map(i64::from)
-        .collect();
-    let (on_ref, on_dev) = same_weights(
-        config.init::<R>(reference)?,
-        config.init::<B>(device)?,
-        config.init::<R>(reference)?,
-        reference,
-        device,
-    )?;
-    let on_dev = precision.apply(on_dev);
-    let tokens = || TensorData::new(ids.clone(), [2, t]);
-    let want = host(on_ref.forward(Tensor::<R, 2, Int>::from_data(tokens(), reference))?)?;
-    let got = host(on_dev.forward(Tensor::<B, 2, Int>::from_data(tokens(), device))?)?;
-    Ok(max_abs_diff(&want, &got))
-}
-
 /// Compares every configured model on `device` (backend `B`) with the reference `R`.
 pub fn parity<R: Backend, B: Backend>(
     cfg: &ParityConfig,
@@ -301,26 +304,40 @@ pub fn parity<R: Backend, B: Backend>(
     precision: Precision,
 ) -> Result<ParityReport> {
     cfg.validate()?;
+    let pair = Pair::<R, B> {
+        cfg,
+        reference,
+        device,
+        precision,
+    };
+    // Encoders must agree in direction (cosine at least the limit), decoders in value
+    // (difference at most the limit).
+    let models =
+        (cfg.encoders.iter().map(|p| (true, p))).chain(cfg.decoders.iter().map(|p| (false, p)));
     let mut checks = Vec::new();
-    for preset in &cfg.encoders {
-        let value = guarded(|| encoder_check::<R, B>(cfg, preset, reference, device, precision))?;
-        checks.push(check(
-            format!("encoder {preset}"),
-            "min embedding cosine",
-            value,
-            cfg.min_cosine,
-            value.is_some_and(|v| v >= cfg.min_cosine),
-        ));
-    }
-    for preset in &cfg.decoders {
-        let value = guarded(|| decoder_check::<R, B>(cfg, preset, reference, device, precision))?;
-        checks.push(check(
-            format!("gpt {preset}"),
-            "max abs logit difference",
-            value,
-            cfg.max_logit_diff,
-            value.is_some_and(|v| v <= cfg.max_logit_diff),
-        ));
+    for (encoder, preset) in models {
+        let (model, metric, limit) = if encoder {
+            (
+                format!("encoder {preset}"),
+                "min embedding cosine",
+                cfg.min_cosine,
+            )
+        } else {
+            (
+                format!("gpt {preset}"),
+                "max abs logit difference",
+                cfg.max_logit_diff,
+            )
+        };
+        let value = guarded(|| {
+            if encoder {
+                pair.encoder(preset)
+            } else {
+                pair.decoder(preset)
+            }
+        })?;
+        let pass = value.is_some_and(|v| if encoder { v >= limit } else { v <= limit });
+        checks.push(check(model, metric, value, limit, pass));
     }
     Ok(ParityReport {
         reference: "cpu".into(),
@@ -398,11 +415,13 @@ mod tests {
         assert!(r.passed());
         // Half precision on the "device".
         let r = parity::<Flex, Flex>(&cfg, &dev, &dev, "cpu", Precision::F16).unwrap();
-        let logits = r
-            .checks
-            .iter()
-            .find(|c| c.model.starts_with("gpt"))
-            .unwrap();
+        let gpt = |r: &ParityReport| {
+            r.checks
+                .iter()
+                .find(|c| c.model.starts_with("gpt"))
+                .cloned()
+        };
+        let logits = gpt(&r).unwrap();
         let v = logits.value.unwrap();
         assert!(
             v > 0.0 && v < 0.05,
@@ -414,11 +433,7 @@ mod tests {
             ..cfg.clone()
         };
         let r2 = parity::<Flex, Flex>(&strict, &dev, &dev, "cpu", Precision::F16).unwrap();
-        let l2 = r2
-            .checks
-            .iter()
-            .find(|c| c.model.starts_with("gpt"))
-            .unwrap();
+        let l2 = gpt(&r2).unwrap();
         assert!(
             l2.value.unwrap() > 0.0 && !l2.pass && !r2.passed(),
             "{l2:?}"

@@ -10,12 +10,13 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use vitrine_index::{DeviceIndex, Filter, Index, IndexItem, ModelInfo};
+use vitrine_infer::config::LoopConfig;
+use vitrine_infer::copy::{masked_cross_entropy, HostBatch};
 use vitrine_models::captioner::CaptionerConfig;
 use vitrine_models::gpt::{Gpt, GptConfig};
 use vitrine_models::ImageEncoderConfig;
-use vitrine_train::lm::{masked_cross_entropy, HostBatch};
 use vitrine_train::losses::supcon;
-use vitrine_train::trainer::{optimizer, LoopConfig};
+use vitrine_train::trainer::optimizer;
 
 use crate::timing::{measure, median, Stats, TimingConfig};
 use crate::{
@@ -24,6 +25,14 @@ use crate::{
 };
 
 type Push<'a> = dyn FnMut(Measurement) + 'a;
+
+/// What every workload shares: how it is timed, the float type of inference, and where
+/// its rows go.
+pub(crate) struct Work<'a, 'p> {
+    pub timing: &'a TimingConfig,
+    pub precision: Precision,
+    pub push: &'a mut Push<'p>,
+}
 
 /// Deterministic xorshift values in [-1, 1): inputs need the right shape, not realism.
 pub(crate) fn noise(n: usize, seed: u64) -> Vec<f32> {
@@ -125,13 +134,8 @@ pub(crate) fn image_batch<B: Backend>(
     }
 }
 
-pub(crate) fn encoder<B: Backend>(
-    c: &EncoderCase,
-    timing: &TimingConfig,
-    precision: Precision,
-    device: &B::Device,
-    push: &mut Push,
-) -> Result<()> {
+pub(crate) fn encoder<B: Backend>(c: &EncoderCase, w: &mut Work, device: &B::Device) -> Result<()> {
+    let (timing, precision, push) = (w.timing, w.precision, &mut *w.push);
     let config = ImageEncoderConfig::preset(&c.preset)?;
     let model = precision.apply(config.init::<B>(device)?);
     expect_dtype(model.float_dtype(), precision)?;
@@ -196,10 +200,10 @@ fn inputs<B: Backend>(hb: &HostBatch, device: &B::Device) -> Tensor<B, 2, Int> {
 
 pub(crate) fn train_step<B: AutodiffBackend>(
     c: &TrainCase,
-    timing: &TimingConfig,
+    w: &mut Work,
     device: &B::Device,
-    push: &mut Push,
 ) -> Result<()> {
+    let (timing, push) = (w.timing, &mut *w.push);
     let (name, stats, tokens) = match c.model {
         TrainModel::Search => {
             let config = ImageEncoderConfig::preset(&c.preset)?;
@@ -313,11 +317,10 @@ fn generate_once<B: Backend>(
 
 pub(crate) fn generate<B: Backend>(
     c: &GenerateCase,
-    timing: &TimingConfig,
-    precision: Precision,
+    w: &mut Work,
     device: &B::Device,
-    push: &mut Push,
 ) -> Result<()> {
+    let (timing, precision, push) = (w.timing, w.precision, &mut *w.push);
     let config = gpt_config(&c.preset, c.vocab)?;
     let model = precision.apply(config.init::<B>(device)?);
     expect_dtype(model.wte.weight.val().dtype(), precision)?;
@@ -356,12 +359,8 @@ pub(crate) fn generate<B: Backend>(
     Ok(())
 }
 
-pub(crate) fn search<B: Backend>(
-    c: &SearchCase,
-    timing: &TimingConfig,
-    device: &B::Device,
-    push: &mut Push,
-) -> Result<()> {
+pub(crate) fn search<B: Backend>(c: &SearchCase, w: &mut Work, device: &B::Device) -> Result<()> {
+    let (timing, push) = (w.timing, &mut *w.push);
     let embeddings = unit_rows(c.rows, c.dim, 1);
     let start = Instant::now();
     let mut index = Index::new(c.dim, ModelInfo::default());

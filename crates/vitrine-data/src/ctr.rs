@@ -91,6 +91,15 @@ pub struct AbTest {
     pub variants: Vec<Variant>,
 }
 
+impl AbTest {
+    pub fn new(id: &str, variants: Vec<Variant>) -> Self {
+        Self {
+            id: id.into(),
+            variants,
+        }
+    }
+}
+
 /// Reads a CSV of variant rows and groups them by test id (tests in order of first
 /// appearance, variants in file order; a test's rows need not be adjacent). A row with an
 /// empty headline, unparsable counts, zero impressions or more clicks than impressions is an
@@ -498,10 +507,7 @@ mod tests {
                     v("C", 500, 10),  // 2.0%: same CTR as 1
                 ],
             },
-            AbTest {
-                id: "t2".into(),
-                variants: vec![v("X", 100, 5), v("Y", 100, 1)],
-            },
+            AbTest::new("t2", vec![v("X", 100, 5), v("Y", 100, 1)]),
         ];
         let p = Pairs::build(&tests);
         assert_eq!(p.variants.len(), 6);
@@ -587,15 +593,12 @@ mod tests {
     #[test]
     fn metrics_on_a_hand_made_example() {
         let tests = vec![
-            AbTest {
-                id: "t1".into(),
-                // CTR 1%, 3%, 2%: (0,1) b wins, (0,2) b wins, (1,2) a wins
-                variants: vec![v("a", 1000, 10), v("bb", 1000, 30), v("ccc", 1000, 20)],
-            },
-            AbTest {
-                id: "t2".into(),
-                variants: vec![v("dddd", 100, 9), v("e", 100, 1)],
-            },
+            // CTR 1%, 3%, 2%: (0,1) b wins, (0,2) b wins, (1,2) a wins
+            AbTest::new(
+                "t1",
+                vec![v("a", 1000, 10), v("bb", 1000, 30), v("ccc", 1000, 20)],
+            ),
+            AbTest::new("t2", vec![v("dddd", 100, 9), v("e", 100, 1)]),
         ];
         let p = Pairs::build(&tests);
         assert_eq!(p.pairs.len(), 4);
@@ -639,10 +642,10 @@ mod tests {
 
     #[test]
     fn random_baseline_is_seeded_and_per_headline() {
-        let tests = vec![AbTest {
-            id: "t".into(),
-            variants: vec![v("x", 10, 1), v("y", 10, 2), v("x", 10, 3)],
-        }];
+        let tests = vec![AbTest::new(
+            "t",
+            vec![v("x", 10, 1), v("y", 10, 2), v("x", 10, 3)],
+        )];
         let p = Pairs::build(&tests);
         let a = random_scores(&p, 1);
         assert_eq!(a, random_scores(&p, 1));

@@ -1,8 +1,18 @@
-//! Seeded train/holdout splits.
+//! Seeded train/holdout splits, and the seed mixer every seeded choice derives from.
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+
+/// splitmix64 of a combination: independent seeds for (run, epoch, item).
+pub fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(0x632B_E59B_D9B5_E1A7);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
 
 /// Deterministic split of `n` items into `(train, holdout)` index lists.
 ///

@@ -63,6 +63,16 @@ impl Default for Preprocess {
 }
 
 impl Preprocess {
+    /// `channels` x `height` x `width`, otherwise the defaults.
+    pub fn sized(channels: u32, height: u32, width: u32) -> Self {
+        Self {
+            channels,
+            height,
+            width,
+            ..Self::default()
+        }
+    }
+
     /// Check every field; the error names the field and the allowed values.
     pub fn validate(&self) -> Result<()> {
         if self.channels != 1 && self.channels != 3 {
@@ -648,6 +658,18 @@ impl Preprocess {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 1 x `width` RGB with a different mean and std per channel.
+    fn per_channel(width: u32) -> Preprocess {
+        Preprocess {
+            height: 1,
+            width,
+            channels: 3,
+            mean: vec![0.0, 0.5, 1.0],
+            std: vec![1.0, 0.5, 0.25],
+            resize: ResizeMode::Stretch,
+        }
+    }
     use image::{Luma, Rgba};
 
     fn gradient(w: u32, h: u32) -> DynamicImage {
@@ -693,14 +715,7 @@ mod tests {
 
     #[test]
     fn normalisation_is_exact_per_channel() {
-        let p = Preprocess {
-            height: 1,
-            width: 2,
-            channels: 3,
-            mean: vec![0.0, 0.5, 1.0],
-            std: vec![1.0, 0.5, 0.25],
-            resize: ResizeMode::Stretch,
-        };
+        let p = per_channel(2);
         let mut out = vec![42.0]; // existing contents are kept
         normalize_into(&[0, 255, 255, 0, 51, 51], &p, &mut out);
         let expect = [42.0, 0.0, 1.0, 1.0, -1.0, -3.2, -3.2];
@@ -1105,14 +1120,7 @@ mod tests {
     /// Per-channel statistics apply to every image of a batch, not only the first.
     #[test]
     fn per_channel_normalisation_repeats_across_a_batch() {
-        let p = Preprocess {
-            height: 1,
-            width: 1,
-            channels: 3,
-            mean: vec![0.0, 0.5, 1.0],
-            std: vec![1.0, 0.5, 0.25],
-            resize: ResizeMode::Stretch,
-        };
+        let p = per_channel(1);
         let one = [255u8, 255, 255];
         let mut single = Vec::new();
         normalize_into(&one, &p, &mut single);

@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use serde::Serialize;
-use vitrine_data::catalog::{decode_pixels, Catalog};
-use vitrine_train::caption::{open_caption_data, CaptionRun, CaptionSplitRecord, SPLIT_FILE};
-use vitrine_train::embed::{embed_catalog, progress_bar};
-use vitrine_train::pipeline::Encoder;
-use vitrine_train::{Result, TrainError};
+use vitrine_data::catalog::{decode_pixels, Catalog, LoadReport};
+use vitrine_infer::caption::{open_caption_data, CaptionRun, CaptionRunConfig, CaptionSplitRecord};
+use vitrine_infer::run::files;
+use vitrine_infer::search::Encoder;
+use vitrine_infer::{InferError, Result};
 
 use crate::caption_metrics::{score_all, tokenize, CaptionScores};
 
@@ -78,7 +78,7 @@ fn indices_of(catalog: &Catalog, ids: &[String]) -> Result<Vec<usize>> {
     ids.iter()
         .map(|id| {
             pos.get(id.as_str()).copied().ok_or_else(|| {
-                TrainError::Invalid(format!(
+                InferError::Invalid(format!(
                     "{}: item {id:?} of the run's split.json is not in the catalogue any more",
                     catalog.source_name
                 ))
@@ -125,7 +125,7 @@ pub fn eval_caption<B: Backend>(
     let quiet = opts.quiet;
     let run = CaptionRun::<B>::load(run_path, device)?;
     let config = &run.config;
-    let split: CaptionSplitRecord = run.dir.load_json(SPLIT_FILE)?;
+    let split: CaptionSplitRecord = run.dir.load_json(files::SPLIT)?;
     let data = open_caption_data(config, false)?;
     let catalog = &data.catalog;
     let test = indices_of(catalog, &split.test_ids)?;
@@ -148,7 +148,7 @@ pub fn eval_caption<B: Backend>(
     let mut captions: Vec<Vec<String>> = Vec::new();
     let mut score = |method: String, hyps: Vec<String>, secs: f64| -> Result<()> {
         let tokens: Vec<String> = hyps.iter().map(|h| tokenize(h)).collect();
-        let scores = score_all(&tokens, &refs).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let scores = score_all(&tokens, &refs).map_err(|e| InferError::Invalid(e.to_string()))?;
         methods.push(MethodScores {
             method,
             scores,
@@ -179,39 +179,15 @@ pub fn eval_caption<B: Backend>(
         .or_else(|| config.eval.search_run.clone());
     if let Some(sr) = &search_run {
         let started = Instant::now();
-        let encoder = Encoder::<B>::load(sr, device).map_err(|e| {
-            TrainError::Invalid(format!(
-                "nearest-neighbour baseline: search run {}: {e} (train one, e.g. \
-                 `vitrine train --config configs/search-fashion-products.toml`, and pass \
-                 --search-run or set eval.search_run)",
-                sr.display()
-            ))
-        })?;
-        let sc = &encoder.config;
-        let dim = sc.model.embed_dim();
-        let mut embed = |items: &[usize], what: &str| {
-            let bar = progress_bar(items.len(), what, quiet);
-            let out = embed_catalog(
-                &encoder.model,
-                catalog,
-                items,
-                &sc.preprocess,
-                &config.data.limits,
-                sc.eval.batch_size,
-                false,
-                &mut report,
-                device,
-                Some(&bar),
-            );
-            bar.finish_and_clear();
-            out
-        };
-        let (_, gallery) = embed(&train, "embed train")?;
-        let (_, queries) = embed(&test, "embed test")?;
-        let hyps: Vec<String> = nearest(&queries, &gallery, dim)
-            .into_iter()
-            .map(|j| title(train[j]))
-            .collect();
+        let hyps = nearest_titles::<B>(
+            sr,
+            catalog,
+            [&train, &test],
+            config,
+            &mut report,
+            quiet,
+            device,
+        )?;
         score(
             "nearest neighbour".into(),
             hyps,
@@ -236,8 +212,39 @@ pub fn eval_caption<B: Backend>(
         baseline_search_run: search_run,
         examples,
     };
-    run.dir.save_json("eval.json", &out)?;
+    run.dir.save_json(files::EVAL, &out)?;
     Ok(out)
+}
+
+/// The nearest-neighbour baseline: each test image gets the title of the most similar
+/// training image under the search run `sr`'s encoder.
+fn nearest_titles<B: Backend>(
+    sr: &Path,
+    catalog: &Catalog,
+    [train, test]: [&[usize]; 2],
+    config: &CaptionRunConfig,
+    report: &mut LoadReport,
+    quiet: bool,
+    device: &B::Device,
+) -> Result<Vec<String>> {
+    let encoder = Encoder::<B>::load(sr, device).map_err(|e| {
+        InferError::Invalid(format!(
+            "nearest-neighbour baseline: search run {}: {e} (train one, e.g. \
+             `vitrine train --config configs/search-fashion-products.toml`, and pass \
+             --search-run or set eval.search_run)",
+            sr.display()
+        ))
+    })?;
+    let limits = &config.data.limits;
+    let (_, gallery) =
+        encoder.embed_items(catalog, train, limits, false, report, "embed train", quiet)?;
+    let (_, queries) =
+        encoder.embed_items(catalog, test, limits, false, report, "embed test", quiet)?;
+    let dim = encoder.config.model.embed_dim();
+    Ok(nearest(&queries, &gallery, dim)
+        .into_iter()
+        .map(|j| catalog.items[train[j]].title.clone().unwrap_or_default())
+        .collect())
 }
 
 #[cfg(test)]

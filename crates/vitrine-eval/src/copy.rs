@@ -10,9 +10,9 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 use vitrine_data::copy::{normalize, words, Brief};
-use vitrine_train::generate::{generate, validate, GenerateRequest};
-use vitrine_train::lm::{eval_loss, prepare, LmRun};
-use vitrine_train::Result;
+use vitrine_infer::copy::{check_request, eval_loss, generate, prepare, GenerateParams, LmRun};
+use vitrine_infer::run::files;
+use vitrine_infer::Result;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CopyEvalReport {
@@ -45,35 +45,34 @@ pub struct GenerationMetrics {
 
 impl CopyEvalReport {
     pub fn table(&self) -> String {
-        let mut s = String::from("| metric | value |\n|---|---|\n");
-        s.push_str(&format!(
-            "| validation loss (nats/token) | {:.4} |\n",
-            self.val_loss
-        ));
-        s.push_str(&format!(
-            "| validation perplexity | {:.2} |\n",
-            self.val_perplexity
-        ));
+        let mut rows = vec![
+            (
+                "validation loss (nats/token)",
+                format!("{:.4}", self.val_loss),
+            ),
+            (
+                "validation perplexity",
+                format!("{:.2}", self.val_perplexity),
+            ),
+        ];
         if let Some(g) = &self.generation {
-            s.push_str(&format!(
-                "| briefs / candidates | {} / {} |\n",
-                g.briefs, g.candidates
-            ));
-            s.push_str(&format!(
-                "| keyword coverage | {:.4} |\n",
-                g.keyword_coverage
-            ));
-            s.push_str(&format!("| distinct-1 | {:.4} |\n", g.distinct_1));
-            s.push_str(&format!("| distinct-2 | {:.4} |\n", g.distinct_2));
-            s.push_str(&format!(
-                "| constraint compliance | {:.4} |\n",
-                g.constraint_compliance
-            ));
-            s.push_str(&format!(
-                "| training-copy rate | {:.4} |\n",
-                g.training_copy_rate
-            ));
-            s.push_str(&format!("| briefs short of n | {} |\n", g.briefs_short));
+            let f = |v: f64| format!("{v:.4}");
+            rows.extend([
+                (
+                    "briefs / candidates",
+                    format!("{} / {}", g.briefs, g.candidates),
+                ),
+                ("keyword coverage", f(g.keyword_coverage)),
+                ("distinct-1", f(g.distinct_1)),
+                ("distinct-2", f(g.distinct_2)),
+                ("constraint compliance", f(g.constraint_compliance)),
+                ("training-copy rate", f(g.training_copy_rate)),
+                ("briefs short of n", g.briefs_short.to_string()),
+            ]);
+        }
+        let mut s = String::from("| metric | value |\n|---|---|\n");
+        for (name, value) in rows {
+            s.push_str(&format!("| {name} | {value} |\n"));
         }
         s
     }
@@ -102,9 +101,10 @@ pub fn eval_copy<B: Backend>(run_path: &Path, device: &B::Device) -> Result<Copy
     let run = LmRun::<B>::load(run_path, device)?;
     let prepared = prepare(&run.config, Some(run.tokenizer.clone()))?;
     let t = &run.config.train;
-    let batches = prepared
-        .valid
-        .eval_batches(t.batch_size, t.block_size, t.eval_batches);
+    let batches =
+        prepared
+            .valid
+            .eval_batches(t.fit.batch_size, t.task.block_size, t.task.eval_batches);
     let (val_loss, val_tokens) = eval_loss(&run.model, &batches, device)?;
     let generation = if run.config.is_copy() && run.config.eval.briefs > 0 {
         {
@@ -113,20 +113,13 @@ pub fn eval_copy<B: Backend>(run_path: &Path, device: &B::Device) -> Result<Copy
             let (mut coverage, mut compliant, mut copies) = (0.0, 0usize, 0usize);
             let (mut short, mut sampled, mut briefs) = (0, 0, 0);
             for brief in prepared.valid_briefs.iter().take(e.briefs) {
-                let req = GenerateRequest {
+                let req = GenerateParams {
                     keywords: brief.keywords.join(", "),
                     tone: brief.tone.clone(),
-                    n: e.n,
-                    max_chars: e.max_chars,
-                    temperature: e.temperature,
-                    top_k: e.top_k,
-                    top_p: e.top_p,
-                    repetition_penalty: e.repetition_penalty,
-                    seed: e.seed ^ briefs as u64,
-                    keyword_boost: e.keyword_boost,
-                    ..Default::default()
+                    seed: e.generate.seed ^ briefs as u64,
+                    ..e.generate.clone()
                 };
-                let checked = validate(&req, &run, &run.config.generate)?;
+                let checked = check_request(&req, &run, &run.config.generate)?;
                 let out = generate(&run, &checked, &run.config.generate, device)?;
                 briefs += 1;
                 sampled += out.sampled;
@@ -137,7 +130,7 @@ pub fn eval_copy<B: Backend>(run_path: &Path, device: &B::Device) -> Result<Copy
                     coverage += parsed.coverage(&c.text);
                     let norm = normalize(&c.text);
                     if !norm.is_empty()
-                        && c.text.chars().count() <= e.max_chars
+                        && c.text.chars().count() <= e.generate.max_chars
                         && seen.insert(norm.clone())
                     {
                         compliant += 1;
@@ -170,7 +163,7 @@ pub fn eval_copy<B: Backend>(run_path: &Path, device: &B::Device) -> Result<Copy
         generation,
         secs: started.elapsed().as_secs_f64(),
     };
-    run.dir.save_json("eval.json", &report)?;
+    run.dir.save_json(files::EVAL, &report)?;
     Ok(report)
 }
 

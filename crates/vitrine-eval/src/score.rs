@@ -8,8 +8,9 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 use vitrine_data::ctr::{length_scores, pairwise_metrics, random_scores, PairwiseMetrics};
-use vitrine_train::scorer::ScoreRun;
-use vitrine_train::Result;
+use vitrine_infer::run::files;
+use vitrine_infer::score::ScoreRun;
+use vitrine_infer::Result;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ScoreEvalReport {
@@ -76,6 +77,6 @@ pub fn eval_score<B: Backend>(run_path: &Path, device: &B::Device) -> Result<Sco
         random: pairwise_metrics(p, &random_scores(p, run.config.eval.random_seed), z),
         secs: started.elapsed().as_secs_f64(),
     };
-    run.dir.save_json("eval.json", &report)?;
+    run.dir.save_json(files::EVAL, &report)?;
     Ok(report)
 }

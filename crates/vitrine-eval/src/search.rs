@@ -10,10 +10,9 @@ use vitrine_models::Precision;
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 use vitrine_data::catalog::{Catalog, LoadReport};
-use vitrine_train::embed::{embed_catalog, progress_bar};
-use vitrine_train::pipeline::Encoder;
-use vitrine_train::search::open_and_split;
-use vitrine_train::{Result, TrainError};
+use vitrine_infer::run::files;
+use vitrine_infer::search::{open_and_split, Encoder};
+use vitrine_infer::{InferError, Result};
 
 use crate::retrieval::{evaluate_retrieval, RetrievalMetrics};
 
@@ -62,7 +61,7 @@ fn label_ids(
         .map(|&i| {
             let item = &catalog.items[i];
             let label = item.label.as_ref().ok_or_else(|| {
-                TrainError::Invalid(format!(
+                InferError::Invalid(format!(
                     "item {:?} (row {}) has no label: set data.label_column",
                     item.id, item.row
                 ))
@@ -77,7 +76,7 @@ fn label_ids(
 /// `eval-bf16.json` for a half-precision encoder, so the f32 figures stay.
 pub fn search_eval_file(precision: Precision) -> String {
     match precision {
-        Precision::F32 => "eval.json".into(),
+        Precision::F32 => files::EVAL.into(),
         p => format!("eval-{p}.json"),
     }
 }
@@ -96,23 +95,9 @@ pub fn eval_search<B: Backend>(
     let prepared = open_and_split(config, skip_bad)?;
     let mut report: LoadReport = prepared.report;
     let dim = config.model.embed_dim();
-    let batch = config.eval.batch_size;
+    let limits = &config.data.limits;
     let embed = |catalog: &Catalog, items: &[usize], what: &str, report: &mut LoadReport| {
-        let bar = progress_bar(items.len(), what, quiet);
-        let out = embed_catalog(
-            &encoder.model,
-            catalog,
-            items,
-            &config.preprocess,
-            &config.data.limits,
-            batch,
-            skip_bad,
-            report,
-            device,
-            Some(&bar),
-        );
-        bar.finish_and_clear();
-        out
+        encoder.embed_items(catalog, items, limits, skip_bad, report, what, quiet)
     };
     let mut labels = BTreeMap::new();
     let (protocol, q_emb, q_labels, g_emb, g_labels) = if let Some(qcfg) = &config.queries {
@@ -147,7 +132,7 @@ pub fn eval_search<B: Backend>(
             g_labels,
         )
     } else {
-        return Err(TrainError::Invalid(
+        return Err(InferError::Invalid(
             "the run has no evaluation split: set `queries` or `split.holdout_fraction` in its config".into(),
         ));
     };
@@ -162,7 +147,7 @@ pub fn eval_search<B: Backend>(
         false,
         device,
     )
-    .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    .map_err(|e| InferError::Invalid(e.to_string()))?;
     let out = SearchEvalReport {
         run: run.display().to_string(),
         protocol,

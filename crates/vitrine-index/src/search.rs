@@ -71,7 +71,7 @@ impl<B: Backend> DeviceIndex<B> {
         if k == 0 || k > max_k {
             return Err(IndexError::BadK { k, max: max_k });
         }
-        if queries.len() % index.dim != 0 || queries.is_empty() {
+        if !queries.len().is_multiple_of(index.dim) || queries.is_empty() {
             return Err(IndexError::Dim {
                 got: queries.len() % index.dim.max(1),
                 expected: index.dim,

@@ -31,9 +31,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cnn::{CnnConfig, Downsample, Norm};
 use crate::encoder::{ImageEncoder, ImageEncoderConfig};
-use crate::error::{invalid, ModelError};
+use crate::error::{invalid, unknown_preset, ModelError};
 use crate::gpt::{is_gpt2_buffer, Gpt, GptConfig, KvCache};
-use crate::hf::{fill, load_folder, set_identity, HfConfig, HfError, Layout, Weights};
+use crate::hf::{fill, load_checkpoint, set_identity, HfConfig, HfError, Layout, Loaded, Weights};
 use crate::vit::VitConfig;
 
 /// Encoder + decoder hyper-parameters. In TOML, `preset = "cpu"` fills both halves; an
@@ -135,13 +135,7 @@ impl CaptionerConfig {
                 // 0.896 with the token, 0.962 without (beam 3).
                 global_token: false,
             },
-            other => {
-                return Err(invalid(
-                    "preset",
-                    other,
-                    format!("one of {}", Self::PRESETS.join(", ")),
-                ))
-            }
+            other => return Err(unknown_preset(other, &Self::PRESETS)),
         })
     }
 
@@ -290,19 +284,21 @@ impl<B: Backend> Captioner<B> {
 pub fn load_hf_vit_gpt2<B: Backend>(
     dir: &std::path::Path,
     device: &B::Device,
-) -> Result<(CaptionerConfig, Captioner<B>), ModelError> {
-    let config = CaptionerConfig::from_hf(&HfConfig::read(dir)?)?;
-    let model = load_folder(dir, config.init::<B>(device)?, |m, w| m.load_hf(w))?;
-    Ok((config, model))
+) -> Loaded<CaptionerConfig, Captioner<B>> {
+    let init = |c: &CaptionerConfig| c.init::<B>(device);
+    load_checkpoint(dir, CaptionerConfig::from_hf, init, |m, w| m.load_hf(w))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use crate::testing::B;
     use burn::tensor::{Distribution, TensorData};
 
-    type B = Flex;
+    fn tiny_model() -> Captioner<B> {
+        let cfg = CaptionerConfig::preset("tiny").unwrap();
+        cfg.init::<B>(&Default::default()).unwrap()
+    }
 
     fn images(n: usize, seed: u64) -> Tensor<B, 4> {
         <B as Backend>::seed(&Default::default(), seed);
@@ -321,10 +317,7 @@ mod tests {
 
     #[test]
     fn logits_depend_on_the_image() {
-        let m = CaptionerConfig::preset("tiny")
-            .unwrap()
-            .init::<B>(&Default::default())
-            .unwrap();
+        let m = tiny_model();
         let x = images(2, 1);
         let toks = tokens(&[vec![1, 2, 3], vec![1, 2, 3]]);
         // 8x6 feature-map cells and the pooled-embedding token.
@@ -341,10 +334,7 @@ mod tests {
     /// Incremental decoding with the cached memory gives the teacher-forced logits.
     #[test]
     fn cached_decoding_matches_teacher_forcing() {
-        let m = CaptionerConfig::preset("tiny")
-            .unwrap()
-            .init::<B>(&Default::default())
-            .unwrap();
+        let m = tiny_model();
         let x = images(2, 2);
         let seq = vec![vec![0i64, 5, 9, 3, 7, 1], vec![0, 8, 8, 2, 4, 6]];
         let full = m.forward(x.clone(), tokens(&seq)).unwrap();
@@ -360,10 +350,7 @@ mod tests {
 
     #[test]
     fn decoder_without_memory_is_an_error() {
-        let m = CaptionerConfig::preset("tiny")
-            .unwrap()
-            .init::<B>(&Default::default())
-            .unwrap();
+        let m = tiny_model();
         let err = m.decoder.forward(tokens(&[vec![1, 2]])).unwrap_err();
         assert!(
             matches!(

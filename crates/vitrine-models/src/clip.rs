@@ -38,6 +38,8 @@
 //! `eos_token_id` of each row, or (checkpoints whose `eos_token_id` is the legacy 2) the
 //! position of the largest token id, as `transformers` does.
 
+use std::path::Path;
+
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::backend::Backend;
@@ -46,7 +48,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, ModelError};
 use crate::gpt::{Gpt, GptConfig};
-use crate::hf::{load_folder, HfConfig, HfError, Layout, Weights};
+use crate::hf::{load_checkpoint, HfConfig, HfError, Layout, Loaded, Weights};
 use crate::l2_normalize;
 use crate::vit::{load_clip_layers, Vit, VitConfig};
 
@@ -118,6 +120,12 @@ impl ClipConfig {
             eos_token_id: self.eos_token_id.map(|e| e as i64).unwrap_or(-1),
         })
     }
+}
+
+/// A CLIP checkpoint folder as a [`Clip`].
+pub fn load_hf_clip<B: Backend>(dir: &Path, device: &B::Device) -> Loaded<ClipConfig, Clip<B>> {
+    let init = |c: &ClipConfig| c.init::<B>(device);
+    load_checkpoint(dir, ClipConfig::from_hf, init, |m, w| m.load_hf(w))
 }
 
 #[derive(Module, Debug)]
@@ -201,23 +209,11 @@ impl<B: Backend> Clip<B> {
     }
 }
 
-/// A CLIP checkpoint folder as a [`Clip`].
-pub fn load_hf_clip<B: Backend>(
-    dir: &std::path::Path,
-    device: &B::Device,
-) -> Result<(ClipConfig, Clip<B>), ModelError> {
-    let config = ClipConfig::from_hf(&HfConfig::read(dir)?)?;
-    let model = load_folder(dir, config.init::<B>(device)?, |m, w| m.load_hf(w))?;
-    Ok((config, model))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::B;
     use crate::transformer::Activation;
-    use burn::backend::Flex;
-
-    type B = Flex;
 
     fn tiny() -> ClipConfig {
         ClipConfig {

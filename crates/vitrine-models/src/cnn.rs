@@ -27,7 +27,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{invalid, ModelError};
+use crate::error::{check_range, invalid, ModelError};
 use crate::l2_normalize;
 
 /// How a stage halves the spatial size.
@@ -137,9 +137,7 @@ impl CnnConfig {
                 ));
             }
         }
-        if self.embed_dim == 0 || self.embed_dim > 65536 {
-            return Err(invalid("embed_dim", self.embed_dim, "1..=65536"));
-        }
+        check_range("embed_dim", self.embed_dim, 65536)?;
         Ok(())
     }
 
@@ -318,9 +316,7 @@ impl<B: Backend> Cnn<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
-
-    type B = Flex;
+    use crate::testing::B;
 
     fn tiny(norm: Norm, downsample: Downsample) -> CnnConfig {
         CnnConfig {

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::cnn::{Cnn, CnnConfig, Downsample, HeadPool, Norm};
-use crate::error::{invalid, ModelError};
+use crate::error::{unknown_preset, ModelError};
 use crate::vit::{Pool, Vit, VitConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,34 +44,12 @@ impl ImageEncoderConfig {
         Ok(match name {
             "cnn-fmnist" => cnn(1, [28, 28], vec![16, 32, 64], HeadPool::Flatten),
             "cnn-products" => cnn(3, [64, 48], vec![16, 32, 64, 128], HeadPool::Avg),
-            "vit-tiny" => Self::Vit(VitConfig {
-                in_channels: 3,
-                input_size: [32, 32],
-                patch_size: 4,
-                d_model: 96,
-                n_layers: 4,
-                n_heads: 3,
-                embed_dim: 128,
-                ..VitConfig::default()
-            }),
+            "vit-tiny" => Self::Vit(VitConfig::sized([32, 32], 4, [96, 4, 3], 128)),
             "vit-s16" => Self::Vit(VitConfig {
-                in_channels: 3,
-                input_size: [224, 224],
-                patch_size: 16,
-                d_model: 384,
-                n_layers: 12,
-                n_heads: 6,
                 pool: Pool::Cls,
-                embed_dim: 256,
-                ..VitConfig::default()
+                ..VitConfig::sized([224, 224], 16, [384, 12, 6], 256)
             }),
-            other => {
-                return Err(invalid(
-                    "preset",
-                    other,
-                    format!("one of {}", Self::PRESETS.join(", ")),
-                ))
-            }
+            other => return Err(unknown_preset(other, &Self::PRESETS)),
         })
     }
 

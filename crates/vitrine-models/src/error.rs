@@ -39,3 +39,16 @@ pub(crate) fn invalid(
         allowed: allowed.to_string(),
     }
 }
+
+/// A preset name that is not one of `presets`.
+pub(crate) fn unknown_preset(name: &str, presets: &[&str]) -> ModelError {
+    invalid("preset", name, format!("one of {}", presets.join(", ")))
+}
+
+/// `value` of `field` must lie in `1..=max`.
+pub(crate) fn check_range(field: &'static str, value: usize, max: usize) -> Result<(), ModelError> {
+    if value == 0 || value > max {
+        return Err(invalid(field, value, format!("1..={max}")));
+    }
+    Ok(())
+}

@@ -50,8 +50,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{invalid, ModelError};
-use crate::hf::{load_folder, Export, HfConfig, HfError, Layout, Weights};
+use crate::error::{check_range, invalid, unknown_preset, ModelError};
+use crate::hf::{load_checkpoint, Export, HfConfig, HfError, Layout, Loaded, Weights};
 use crate::transformer::{Activation, Block, BlockConfig, LayerKv};
 
 /// Decoder hyper-parameters. In TOML, `preset = "nano-cpu"` fills every field the file does
@@ -156,13 +156,7 @@ impl GptConfig {
                 n_heads: 12,
                 ..Self::default()
             },
-            other => {
-                return Err(invalid(
-                    "preset",
-                    other,
-                    format!("one of {}", Self::PRESETS.join(", ")),
-                ))
-            }
+            other => return Err(unknown_preset(other, &Self::PRESETS)),
         })
     }
 
@@ -179,15 +173,9 @@ impl GptConfig {
     }
 
     pub fn validate(&self) -> Result<(), ModelError> {
-        if self.vocab_size == 0 || self.vocab_size > 1 << 20 {
-            return Err(invalid("vocab_size", self.vocab_size, "1..=1048576"));
-        }
-        if self.n_ctx == 0 || self.n_ctx > 1 << 16 {
-            return Err(invalid("n_ctx", self.n_ctx, "1..=65536"));
-        }
-        if self.n_layers == 0 || self.n_layers > 128 {
-            return Err(invalid("n_layers", self.n_layers, "1..=128"));
-        }
+        check_range("vocab_size", self.vocab_size, 1 << 20)?;
+        check_range("n_ctx", self.n_ctx, 1 << 16)?;
+        check_range("n_layers", self.n_layers, 128)?;
         self.block().validate()
     }
 
@@ -520,16 +508,10 @@ impl<B: Backend> Gpt<B> {
                 w.linear(&mut cross.attn.out, &format!("{x}.c_proj"), Layout::InOut);
             }
             w.layer_norm(&mut block.ln_2, &format!("{h}.ln_2"));
-            w.linear(
-                &mut block.mlp.fc_in,
-                &format!("{h}.mlp.c_fc"),
-                Layout::InOut,
-            );
-            w.linear(
-                &mut block.mlp.fc_out,
-                &format!("{h}.mlp.c_proj"),
-                Layout::InOut,
-            );
+            let mlp = [format!("{h}.mlp.c_fc"), format!("{h}.mlp.c_proj")];
+            block
+                .mlp
+                .load_hf(w, mlp.each_ref().map(String::as_str), Layout::InOut);
         }
         w.layer_norm(&mut self.ln_f, &format!("{prefix}ln_f"));
     }
@@ -592,24 +574,21 @@ impl<B: Backend> Gpt<B> {
 pub fn load_hf_gpt2<B: Backend>(
     dir: &std::path::Path,
     device: &B::Device,
-) -> Result<(GptConfig, Gpt<B>), ModelError> {
-    let config = GptConfig::from_hf(&HfConfig::read(dir)?)?;
-    let model = load_folder(dir, config.init::<B>(device)?, |m, w| {
+) -> Loaded<GptConfig, Gpt<B>> {
+    let init = |c: &GptConfig| c.init::<B>(device);
+    load_checkpoint(dir, GptConfig::from_hf, init, |m, w| {
         let prefix = w.prefix_of("wte.weight", &["transformer.", ""]);
         m.load_hf(w, prefix);
         // The output head is tied to wte.
         w.ignore(|n| n == "lm_head.weight" || is_gpt2_buffer(n));
-    })?;
-    Ok((config, model))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use crate::testing::B;
     use burn::tensor::TensorData;
-
-    type B = Flex;
 
     fn tiny() -> GptConfig {
         GptConfig::preset("tiny").unwrap()

@@ -291,30 +291,33 @@ impl HfConfig {
     }
 
     pub fn usize_opt(&self, key: &str) -> Result<Option<usize>, HfError> {
-        match self.value.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| self.err(format!("\"{key}\" = {v} is not a non-negative integer"))),
-        }
+        let n = self.get(key, Value::as_u64, "a non-negative integer")?;
+        Ok(n.map(|n| n as usize))
     }
 
     pub fn f64_or(&self, key: &str, default: f64) -> Result<f64, HfError> {
-        match self.value.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| self.err(format!("\"{key}\" = {v} is not a number"))),
-        }
+        Ok(self.get(key, Value::as_f64, "a number")?.unwrap_or(default))
     }
 
     pub fn bool_or(&self, key: &str, default: bool) -> Result<bool, HfError> {
+        Ok(self
+            .get(key, Value::as_bool, "true/false")?
+            .unwrap_or(default))
+    }
+
+    /// `key`'s value read by `read` (None when absent or null); a value of another kind is
+    /// an error saying it is not `what`.
+    fn get<T>(
+        &self,
+        key: &str,
+        read: impl Fn(&Value) -> Option<T>,
+        what: &str,
+    ) -> Result<Option<T>, HfError> {
         match self.value.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| self.err(format!("\"{key}\" = {v} is not true/false"))),
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => read(v)
+                .map(Some)
+                .ok_or_else(|| self.err(format!("\"{key}\" = {v} is not {what}"))),
         }
     }
 
@@ -647,6 +650,23 @@ fn set<B: Backend, const D: usize>(param: &mut Param<Tensor<B, D>>, t: HostTenso
 /// Copies a folder's `model.safetensors` into `model` (built from its config) with `load`,
 /// which maps the names; then every missing, unexpected and mis-shaped tensor is reported
 /// together.
+/// A loaded checkpoint: its config and the model holding its weights.
+pub type Loaded<C, M> = Result<(C, M), crate::ModelError>;
+
+/// A checkpoint folder as a model: its config read from `config.json` by `read`, the
+/// model `init` builds from it, and the weights `load` copies in (every tensor must be
+/// used, see [`Weights::finish`]).
+pub fn load_checkpoint<C, M, E: From<HfError>>(
+    dir: &Path,
+    read: impl FnOnce(&HfConfig) -> Result<C, HfError>,
+    init: impl FnOnce(&C) -> Result<M, E>,
+    load: impl FnOnce(&mut M, &mut Weights),
+) -> Result<(C, M), E> {
+    let config = read(&HfConfig::read(dir)?)?;
+    let model = load_folder(dir, init(&config)?, load)?;
+    Ok((config, model))
+}
+
 pub fn load_folder<M>(
     dir: &Path,
     mut model: M,
@@ -873,25 +893,17 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
+    fn host(shape: Vec<usize>, data: Vec<f32>) -> HostTensor {
+        HostTensor { shape, data }
+    }
+
     #[test]
     fn problems_are_listed_together_by_name() {
         use burn::backend::Flex;
         use burn::nn::LinearConfig;
         let mut tensors = BTreeMap::new();
-        tensors.insert(
-            "a.weight".to_string(),
-            HostTensor {
-                shape: vec![3, 2],
-                data: vec![0.0; 6],
-            },
-        );
-        tensors.insert(
-            "stray".to_string(),
-            HostTensor {
-                shape: vec![1],
-                data: vec![0.0],
-            },
-        );
+        tensors.insert("a.weight".to_string(), host(vec![3, 2], vec![0.0; 6]));
+        tensors.insert("stray".to_string(), host(vec![1], vec![0.0]));
         let mut w = Weights::from_tensors(Path::new("m.safetensors"), tensors);
         let mut lin = LinearConfig::new(2, 4).init::<Flex>(&Default::default());
         // [out, in] = [4, 2] expected; the file has [3, 2]; no bias: zero, not an error.
@@ -926,26 +938,14 @@ mod tests {
         let mut tensors = BTreeMap::new();
         tensors.insert(
             "l.weight".to_string(),
-            HostTensor {
-                shape: vec![3, 2],
-                data: vec![1., 2., 3., 4., 5., 6.],
-            },
+            host(vec![3, 2], vec![1., 2., 3., 4., 5., 6.]),
         );
         // Conv1D [in=2, 2*out=4]: query | key.
         tensors.insert(
             "c.weight".to_string(),
-            HostTensor {
-                shape: vec![2, 4],
-                data: vec![1., 2., 3., 4., 5., 6., 7., 8.],
-            },
+            host(vec![2, 4], vec![1., 2., 3., 4., 5., 6., 7., 8.]),
         );
-        tensors.insert(
-            "c.bias".to_string(),
-            HostTensor {
-                shape: vec![4],
-                data: vec![9., 10., 11., 12.],
-            },
-        );
+        tensors.insert("c.bias".to_string(), host(vec![4], vec![9., 10., 11., 12.]));
         let mut w = Weights::from_tensors(Path::new("m"), tensors);
         let dev = Default::default();
         let mut l = LinearConfig::new(2, 3).with_bias(false).init::<Flex>(&dev);

@@ -17,6 +17,26 @@ pub mod scorer;
 pub mod transformer;
 pub mod vit;
 
+/// What the unit tests share: the backend they run on.
+#[cfg(test)]
+mod testing {
+    pub type B = burn::backend::Flex;
+
+    /// Whether `config` with `change` applied passes `validate`.
+    pub fn valid_with<C, E>(
+        config: &C,
+        change: fn(&mut C),
+        validate: fn(&C) -> Result<(), E>,
+    ) -> bool
+    where
+        C: Clone,
+    {
+        let mut c = config.clone();
+        change(&mut c);
+        validate(&c).is_ok()
+    }
+}
+
 pub use encoder::{ImageEncoder, ImageEncoderConfig};
 pub use error::ModelError;
 
@@ -96,10 +116,8 @@ pub fn cast_float_params<B: Backend, M: Module<B>>(module: M, dtype: DType) -> M
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use crate::testing::B;
     use burn::tensor::{Distribution, Int, TensorData};
-
-    type B = Flex;
 
     fn cosine(a: &[f32], b: &[f32]) -> f32 {
         let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();

@@ -31,7 +31,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{invalid, ModelError};
+use crate::error::{check_range, invalid, ModelError};
 use crate::gpt::{Gpt, GptConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -73,9 +73,7 @@ impl Default for ScorerConfig {
 
 impl ScorerConfig {
     pub fn validate(&self) -> Result<(), ModelError> {
-        if self.members == 0 || self.members > 64 {
-            return Err(invalid("members", self.members, "1..=64"));
-        }
+        check_range("members", self.members, 64)?;
         self.gpt.validate()
     }
 
@@ -187,9 +185,7 @@ impl<B: Backend> Scorer<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
-
-    type B = Flex;
+    use crate::testing::B;
 
     fn tokens(rows: &[&[i64]], t: usize) -> Tensor<B, 2, Int> {
         let mut flat = vec![0i64; rows.len() * t];
@@ -197,6 +193,16 @@ mod tests {
             flat[i * t..i * t + r.len()].copy_from_slice(r);
         }
         Tensor::from_data(TensorData::new(flat, [rows.len(), t]), &Default::default())
+    }
+
+    fn tiny_scorer(pooling: Pooling, members: usize) -> Scorer<B> {
+        let gpt = GptConfig::preset("tiny").unwrap();
+        let cfg = ScorerConfig {
+            gpt,
+            pooling,
+            members,
+        };
+        cfg.init::<B>(&Default::default()).unwrap()
     }
 
     fn scores(s: Tensor<B, 1>) -> Vec<f32> {
@@ -207,12 +213,7 @@ mod tests {
     #[test]
     fn padded_batch_equals_rows_alone() {
         for pooling in [Pooling::Last, Pooling::Mean] {
-            let cfg = ScorerConfig {
-                gpt: GptConfig::preset("tiny").unwrap(),
-                pooling,
-                members: 2,
-            };
-            let m = cfg.init::<B>(&Default::default()).unwrap();
+            let m = tiny_scorer(pooling, 2);
             let a: &[i64] = &[1, 2, 3, 4, 5];
             let b: &[i64] = &[6, 7];
             let both = scores(m.forward(tokens(&[a, b], 5), &[5, 2]).unwrap());
@@ -227,12 +228,7 @@ mod tests {
 
     #[test]
     fn bad_lengths_and_context_overflow_are_errors() {
-        let cfg = ScorerConfig {
-            gpt: GptConfig::preset("tiny").unwrap(),
-            pooling: Pooling::Last,
-            members: 1,
-        };
-        let m = cfg.init::<B>(&Default::default()).unwrap();
+        let m = tiny_scorer(Pooling::Last, 1);
         let x: &[i64] = &[1, 2, 3];
         assert!(m.forward(tokens(&[x], 3), &[4]).is_err());
         assert!(m.forward(tokens(&[x], 3), &[0]).is_err());
@@ -292,12 +288,7 @@ mod tests {
     /// The ensemble score is the mean of its members' scores, and members differ.
     #[test]
     fn ensemble_scores_are_the_members_mean() {
-        let cfg = ScorerConfig {
-            gpt: GptConfig::preset("tiny").unwrap(),
-            pooling: Pooling::Last,
-            members: 3,
-        };
-        let m = cfg.init::<B>(&Default::default()).unwrap();
+        let m = tiny_scorer(Pooling::Last, 3);
         let x: &[i64] = &[1, 2, 3];
         let y: &[i64] = &[4, 5];
         let per: Vec<f32> = m

@@ -20,7 +20,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{invalid, ModelError};
+use crate::error::{check_range, invalid, ModelError};
+use crate::hf::{Layout, Weights};
 
 /// Hyper-parameters of one block (no serde: the owning model's config carries them).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,9 +50,7 @@ pub enum Activation {
 
 impl BlockConfig {
     pub fn validate(&self) -> Result<(), ModelError> {
-        if self.d_model == 0 || self.d_model > 65536 {
-            return Err(invalid("d_model", self.d_model, "1..=65536"));
-        }
+        check_range("d_model", self.d_model, 65536)?;
         if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
             return Err(invalid(
                 "n_heads",
@@ -59,9 +58,7 @@ impl BlockConfig {
                 format!("a positive divisor of d_model ({})", self.d_model),
             ));
         }
-        if self.mlp_ratio == 0 || self.mlp_ratio > 16 {
-            return Err(invalid("mlp_ratio", self.mlp_ratio, "1..=16"));
-        }
+        check_range("mlp_ratio", self.mlp_ratio, 16)?;
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(invalid("dropout", self.dropout, "0.0 <= dropout < 1.0"));
         }
@@ -212,6 +209,12 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
+    /// Copies the two projections from the checkpoint tensors `fc_in` and `fc_out`.
+    pub fn load_hf(&mut self, w: &mut Weights, [fc_in, fc_out]: [&str; 2], layout: Layout) {
+        w.linear(&mut self.fc_in, fc_in, layout);
+        w.linear(&mut self.fc_out, fc_out, layout);
+    }
+
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = self.fc_in.forward(x);
         let h = if self.quick_gelu {
@@ -235,6 +238,32 @@ pub struct Block<B: Backend> {
     pub ln_2: LayerNorm<B>,
     pub mlp: Mlp<B>,
     pub dropout: Dropout,
+}
+
+impl<B: Backend> Block<B> {
+    /// Copies a block whose attention has separate query/key/value projections. `names`
+    /// lists its tensors relative to `prefix`, separated by spaces, in the order ln_1,
+    /// query, key, value, out, ln_2, fc_in, fc_out.
+    pub fn load_hf(&mut self, w: &mut Weights, prefix: &str, names: &str, layout: Layout) {
+        let names: Vec<String> = names
+            .split_whitespace()
+            .map(|n| format!("{prefix}.{n}"))
+            .collect();
+        let [ln_1, query, key, value, out, ln_2, fc_in, fc_out] = names.as_slice() else {
+            panic!("a block's HF names are 8 tensors, got {names:?}");
+        };
+        w.layer_norm(&mut self.ln_1, ln_1);
+        for (lin, name) in [
+            (&mut self.attn.query, query),
+            (&mut self.attn.key, key),
+            (&mut self.attn.value, value),
+            (&mut self.attn.out, out),
+        ] {
+            w.linear(lin, name, layout);
+        }
+        w.layer_norm(&mut self.ln_2, ln_2);
+        self.mlp.load_hf(w, [fc_in, fc_out], layout);
+    }
 }
 
 impl<B: Backend> Block<B> {
@@ -271,10 +300,8 @@ impl<B: Backend> Block<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use crate::testing::B;
     use burn::tensor::Distribution;
-
-    type B = Flex;
 
     fn cfg() -> BlockConfig {
         BlockConfig {
@@ -312,17 +339,9 @@ mod tests {
     #[test]
     fn validate() {
         assert!(cfg().validate().is_ok());
-        assert!(BlockConfig {
-            n_heads: 3,
-            ..cfg()
-        }
-        .validate()
-        .is_err());
-        assert!(BlockConfig {
-            dropout: 1.0,
-            ..cfg()
-        }
-        .validate()
-        .is_err());
+        let base = cfg();
+        let valid = |change| crate::testing::valid_with(&base, change, BlockConfig::validate);
+        assert!(!valid(|c| c.n_heads = 3));
+        assert!(!valid(|c| c.dropout = 1.0));
     }
 }

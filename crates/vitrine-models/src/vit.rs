@@ -41,9 +41,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{invalid, ModelError};
+use crate::error::{check_range, invalid, ModelError};
 use crate::gpt::hf_activation;
-use crate::hf::{fill, load_folder, set_identity, HfConfig, HfError, Layout, Weights};
+use crate::hf::{fill, load_checkpoint, set_identity, HfConfig, HfError, Layout, Loaded, Weights};
 use crate::l2_normalize;
 use crate::transformer::{Activation, Block, BlockConfig};
 
@@ -98,6 +98,25 @@ impl Default for VitConfig {
 }
 
 impl VitConfig {
+    /// A ViT of the default kind (mean-pooled, erf GELU) at `input_size`, patches of
+    /// `patch_size`, `[d_model, n_layers, n_heads]` and an `embed_dim` head.
+    pub fn sized(
+        input_size: [usize; 2],
+        patch_size: usize,
+        [d_model, n_layers, n_heads]: [usize; 3],
+        embed_dim: usize,
+    ) -> Self {
+        Self {
+            input_size,
+            patch_size,
+            d_model,
+            n_layers,
+            n_heads,
+            embed_dim,
+            ..Self::default()
+        }
+    }
+
     fn block(&self) -> BlockConfig {
         BlockConfig {
             d_model: self.d_model,
@@ -120,9 +139,7 @@ impl VitConfig {
         if !matches!(self.in_channels, 1 | 3) {
             return Err(invalid("in_channels", self.in_channels, "1 or 3"));
         }
-        if self.patch_size == 0 || self.patch_size > 256 {
-            return Err(invalid("patch_size", self.patch_size, "1..=256"));
-        }
+        check_range("patch_size", self.patch_size, 256)?;
         for &side in &self.input_size {
             if side == 0 || side > 4096 || side % self.patch_size != 0 {
                 return Err(invalid(
@@ -135,12 +152,8 @@ impl VitConfig {
                 ));
             }
         }
-        if self.n_layers == 0 || self.n_layers > 64 {
-            return Err(invalid("n_layers", self.n_layers, "1..=64"));
-        }
-        if self.embed_dim == 0 || self.embed_dim > 65536 {
-            return Err(invalid("embed_dim", self.embed_dim, "1..=65536"));
-        }
+        check_range("n_layers", self.n_layers, 64)?;
+        check_range("embed_dim", self.embed_dim, 65536)?;
         self.block().validate()
     }
 
@@ -287,32 +300,16 @@ fn mlp_ratio(c: &HfConfig, d: usize) -> Result<usize, HfError> {
     Ok(inner / d)
 }
 
+/// The tensors of one HF `ViTLayer` (see [`Block::load_hf`]).
+const VIT_LAYER: &str = "layernorm_before attention.attention.query attention.attention.key attention.attention.value attention.output.dense layernorm_after intermediate.dense output.dense";
+/// The tensors of one HF `CLIPEncoderLayer`.
+const CLIP_LAYER: &str = "layer_norm1 self_attn.q_proj self_attn.k_proj self_attn.v_proj self_attn.out_proj layer_norm2 mlp.fc1 mlp.fc2";
+
 impl<B: Backend> Vit<B> {
     /// Copies the encoder layers `{prefix}.layer.{i}` of a ViT (HF `ViTLayer` names).
     fn load_hf_vit_layers(&mut self, w: &mut Weights, prefix: &str) {
         for (i, b) in self.blocks.iter_mut().enumerate() {
-            let l = format!("{prefix}.layer.{i}");
-            w.layer_norm(&mut b.ln_1, &format!("{l}.layernorm_before"));
-            let a = format!("{l}.attention.attention");
-            w.linear(&mut b.attn.query, &format!("{a}.query"), Layout::OutIn);
-            w.linear(&mut b.attn.key, &format!("{a}.key"), Layout::OutIn);
-            w.linear(&mut b.attn.value, &format!("{a}.value"), Layout::OutIn);
-            w.linear(
-                &mut b.attn.out,
-                &format!("{l}.attention.output.dense"),
-                Layout::OutIn,
-            );
-            w.layer_norm(&mut b.ln_2, &format!("{l}.layernorm_after"));
-            w.linear(
-                &mut b.mlp.fc_in,
-                &format!("{l}.intermediate.dense"),
-                Layout::OutIn,
-            );
-            w.linear(
-                &mut b.mlp.fc_out,
-                &format!("{l}.output.dense"),
-                Layout::OutIn,
-            );
+            b.load_hf(w, &format!("{prefix}.layer.{i}"), VIT_LAYER, Layout::OutIn);
         }
     }
 
@@ -373,31 +370,12 @@ impl<B: Backend> Vit<B> {
 /// CLIP encoder layers `{prefix}.layers.{i}` (shared by both towers).
 pub(crate) fn load_clip_layers<B: Backend>(blocks: &mut [Block<B>], w: &mut Weights, prefix: &str) {
     for (i, b) in blocks.iter_mut().enumerate() {
-        let l = format!("{prefix}.layers.{i}");
-        w.layer_norm(&mut b.ln_1, &format!("{l}.layer_norm1"));
-        w.linear(
-            &mut b.attn.query,
-            &format!("{l}.self_attn.q_proj"),
+        b.load_hf(
+            w,
+            &format!("{prefix}.layers.{i}"),
+            CLIP_LAYER,
             Layout::OutIn,
         );
-        w.linear(
-            &mut b.attn.key,
-            &format!("{l}.self_attn.k_proj"),
-            Layout::OutIn,
-        );
-        w.linear(
-            &mut b.attn.value,
-            &format!("{l}.self_attn.v_proj"),
-            Layout::OutIn,
-        );
-        w.linear(
-            &mut b.attn.out,
-            &format!("{l}.self_attn.out_proj"),
-            Layout::OutIn,
-        );
-        w.layer_norm(&mut b.ln_2, &format!("{l}.layer_norm2"));
-        w.linear(&mut b.mlp.fc_in, &format!("{l}.mlp.fc1"), Layout::OutIn);
-        w.linear(&mut b.mlp.fc_out, &format!("{l}.mlp.fc2"), Layout::OutIn);
     }
 }
 
@@ -405,41 +383,27 @@ pub(crate) fn load_clip_layers<B: Backend>(blocks: &mut [Block<B>], w: &mut Weig
 pub fn load_hf_vit<B: Backend>(
     dir: &std::path::Path,
     device: &B::Device,
-) -> Result<(VitConfig, Vit<B>), ModelError> {
-    let c = HfConfig::read(dir)?;
-    if c.model_type()? != "vit" {
-        return Err(c
-            .err(format!("model_type {:?} is not vit", c.model_type()?))
-            .into());
-    }
-    let config = VitConfig::from_hf_vit(&c)?;
-    let model = load_folder(dir, config.init::<B>(device)?, |m, w| {
+) -> Loaded<VitConfig, Vit<B>> {
+    let read = |c: &HfConfig| match c.model_type()? {
+        "vit" => VitConfig::from_hf_vit(c),
+        other => Err(c.err(format!("model_type {other:?} is not vit"))),
+    };
+    let init = |c: &VitConfig| c.init::<B>(device);
+    load_checkpoint(dir, read, init, |m, w| {
         let prefix = w.prefix_of("embeddings.cls_token", &["", "vit."]);
         m.load_hf_vit(w, prefix);
         w.ignore(|n| n.starts_with("classifier."));
-    })?;
-    Ok((config, model))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use crate::testing::B;
     use burn::tensor::Distribution;
 
-    type B = Flex;
-
     fn tiny() -> VitConfig {
-        VitConfig {
-            in_channels: 3,
-            input_size: [8, 12],
-            patch_size: 4,
-            d_model: 16,
-            n_layers: 2,
-            n_heads: 2,
-            embed_dim: 5,
-            ..Default::default()
-        }
+        VitConfig::sized([8, 12], 4, [16, 2, 2], 5)
     }
 
     #[test]
@@ -487,23 +451,10 @@ mod tests {
     #[test]
     fn validate() {
         assert!(tiny().validate().is_ok());
-        assert!(VitConfig {
-            input_size: [10, 12],
-            ..tiny()
-        }
-        .validate()
-        .is_err());
-        assert!(VitConfig {
-            n_heads: 3,
-            ..tiny()
-        }
-        .validate()
-        .is_err());
-        assert!(VitConfig {
-            patch_size: 0,
-            ..tiny()
-        }
-        .validate()
-        .is_err());
+        let base = tiny();
+        let valid = |change| crate::testing::valid_with(&base, change, VitConfig::validate);
+        assert!(!valid(|c| c.input_size = [10, 12]));
+        assert!(!valid(|c| c.n_heads = 3));
+        assert!(!valid(|c| c.patch_size = 0));
     }
 }

@@ -29,18 +29,12 @@ fn reference(name: &str) -> Value {
 
 /// A `{"shape": [...], "data": [...]}` entry.
 fn array(v: &Value) -> (Vec<usize>, Vec<f32>) {
-    let shape = v["shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_u64().unwrap() as usize)
-        .collect();
-    let data = v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect();
+    let numbers = |key: &str| -> Vec<f64> {
+        let list = v[key].as_array().unwrap();
+        list.iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let shape = numbers("shape").into_iter().map(|d| d as usize).collect();
+    let data = numbers("data").into_iter().map(|x| x as f32).collect();
     (shape, data)
 }
 

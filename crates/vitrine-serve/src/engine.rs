@@ -16,16 +16,15 @@ use tokio::sync::{mpsc as tmpsc, oneshot};
 use vitrine_data::catalog::{Catalog, ImageRef};
 use vitrine_data::transform::Preprocess;
 use vitrine_index::{DeviceIndex, Filter, Index, IndexItem};
-use vitrine_train::caption::CaptionRun;
-use vitrine_train::decode::{DecodeConfig, DecodeOverrides};
-use vitrine_train::embed::embed_pixels;
-use vitrine_train::generate::{
-    generate_observed, validate, GenEvent, GenerateOutput, GenerateRequest,
+use vitrine_infer::caption::{CaptionRun, DecodeConfig, DecodeOverrides};
+use vitrine_infer::copy::{
+    check_request, generate_observed, GenEvent, GenerateLimits, GenerateOutput, GenerateParams,
+    LmRun,
 };
-use vitrine_train::lm::LmRun;
-use vitrine_train::pipeline::{results, Encoder, SearchResult};
-use vitrine_train::scorer::ScoreRun;
-use vitrine_train::TrainError;
+use vitrine_infer::run::files;
+use vitrine_infer::score::ScoreRun;
+use vitrine_infer::search::{embed_pixels, index_run, results, Encoder, SearchResult};
+use vitrine_infer::InferError;
 
 use crate::config::{BatchConfig, ServeConfig};
 use crate::error::{ApiError, ServeError};
@@ -136,7 +135,7 @@ pub struct Shared {
     pub search: OnceLock<SearchMeta>,
     pub caption: OnceLock<Preprocess>,
     /// The copy run's own generation limits (a request must pass both its and the server's).
-    pub generate: OnceLock<vitrine_train::lm::GenerateLimits>,
+    pub generate: OnceLock<GenerateLimits>,
     /// Workers loaded so far, of `workers`.
     pub loaded: AtomicUsize,
     pub workers: usize,
@@ -287,7 +286,7 @@ impl GenSink {
 }
 
 pub struct GenJob {
-    pub request: GenerateRequest,
+    pub request: GenerateParams,
     pub sink: GenSink,
 }
 
@@ -412,7 +411,7 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), ServeError
         .map_err(ServeError::Io)
 }
 
-fn load_err(what: String, source: TrainError) -> ServeError {
+fn load_err(what: String, source: InferError) -> ServeError {
     ServeError::Load {
         what,
         source: Box::new(source),
@@ -461,7 +460,7 @@ impl<B: Backend> SearchWorker<B> {
         let (encoder, index, index_path) = if spec.is_dir() {
             let encoder =
                 Encoder::<B>::load(spec, device).map_err(|e| load_err(what("search run"), e))?;
-            let index_path = spec.join("index.vtridx");
+            let index_path = spec.join(files::INDEX);
             let index = if index_path.exists() {
                 Index::load(&index_path).map_err(|e| load_err(what("index of"), e.into()))?
             } else {
@@ -483,8 +482,7 @@ impl<B: Backend> SearchWorker<B> {
             (encoder, index, index_path)
         } else {
             let index = Index::load(spec).map_err(|e| load_err(what("index"), e.into()))?;
-            let run = vitrine_train::pipeline::index_run(&index, None)
-                .map_err(|e| load_err(what("index"), e))?;
+            let run = index_run(&index, None).map_err(|e| load_err(what("index"), e))?;
             let encoder = Encoder::<B>::load(&run, device).map_err(|e| {
                 load_err(
                     format!("the run {} of index {}", run.display(), spec.display()),
@@ -799,7 +797,7 @@ fn generate_loop<B: Backend>(
         let _ = guarded("generate", || {
             let sink = &job.sink;
             let result = (|| -> Result<GenerateOutput, ApiError> {
-                let checked = validate(&job.request, run, limits)?;
+                let checked = check_request(&job.request, run, limits)?;
                 if !sink.started() {
                     return Err(ApiError::unavailable("the client went away"));
                 }

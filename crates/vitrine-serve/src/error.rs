@@ -7,7 +7,7 @@ use serde::Serialize;
 use thiserror::Error;
 use vitrine_data::DataError;
 use vitrine_index::IndexError;
-use vitrine_train::TrainError;
+use vitrine_infer::InferError;
 
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -17,7 +17,7 @@ pub enum ServeError {
     Load {
         what: String,
         #[source]
-        source: Box<TrainError>,
+        source: Box<InferError>,
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -169,13 +169,13 @@ impl From<IndexError> for ApiError {
     }
 }
 
-impl From<TrainError> for ApiError {
-    fn from(e: TrainError) -> Self {
+impl From<InferError> for ApiError {
+    fn from(e: InferError) -> Self {
         match e {
-            TrainError::Data(d) => d.into(),
-            TrainError::Index(i) => i.into(),
+            InferError::Data(d) => d.into(),
+            InferError::Index(i) => i.into(),
             // Validation messages start with the field name ("top_p = 2: allowed ...").
-            TrainError::Invalid(m) => {
+            InferError::Invalid(m) => {
                 let field = m
                     .split([' ', ':'])
                     .next()
@@ -185,7 +185,7 @@ impl From<TrainError> for ApiError {
                     .map(String::from);
                 Self::Invalid { field, message: m }
             }
-            TrainError::Cancelled(m) => Self::unavailable(m),
+            InferError::Cancelled(m) => Self::unavailable(m),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn statuses_and_fields() {
-        let e: ApiError = TrainError::Invalid("top_p = 2: allowed 0 < top_p <= 1".into()).into();
+        let e: ApiError = InferError::Invalid("top_p = 2: allowed 0 < top_p <= 1".into()).into();
         assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(e.body().field.as_deref(), Some("top_p"));
         let e: ApiError = IndexError::UnknownId("x".into()).into();

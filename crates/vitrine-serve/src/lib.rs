@@ -81,11 +81,40 @@ impl AppState {
         limits
     }
 
+    /// A model request let in: its key checked (`write`: a catalogue write), its task's
+    /// queue found, a place under the concurrency limit taken (held by the permit) and its
+    /// body read.
+    async fn accept<'s, Q>(
+        &'s self,
+        req: Request,
+        write: bool,
+        multipart: bool,
+        queue: impl FnOnce(&'s Self) -> Result<Q, ApiError>,
+    ) -> Result<(Q, OwnedSemaphorePermit, Body), ApiError> {
+        self.authorize(req.headers(), write)?;
+        let queue = queue(self)?;
+        let permit = self.admit()?;
+        let body = self.body(req, multipart).await?;
+        Ok((queue, permit, body))
+    }
+
+    /// The catalogue view (a poisoned lock still holds a consistent view: writers replace it
+    /// whole).
+    fn catalog(&self) -> std::sync::RwLockReadGuard<'_, engine::CatalogView> {
+        let view = &self.engine.shared.catalog;
+        view.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn search_queue(&self) -> Result<&engine::Queue<SearchJob>, ApiError> {
-        self.engine
-            .search
-            .as_ref()
-            .ok_or_else(|| not_served("search and the catalogue", "--search"))
+        served(&self.engine.search, "search and the catalogue", "--search")
+    }
+
+    fn generate_queue(&self) -> Result<&engine::Queue<engine::GenJob>, ApiError> {
+        served(&self.engine.generate, "generation", "--copy")
+    }
+
+    fn caption_queue(&self) -> Result<&engine::Queue<engine::CaptionJob>, ApiError> {
+        served(&self.engine.caption, "captioning", "--caption")
     }
 
     fn search_meta(&self) -> Result<&engine::SearchMeta, ApiError> {
@@ -156,10 +185,17 @@ fn timed_out(timeout_ms: u64) -> ApiError {
     ))
 }
 
-fn not_served(task: &str, flag: &str) -> ApiError {
-    ApiError::NotFound(format!(
-        "this server does not serve {task}: start it with {flag}"
-    ))
+/// The queue of a task, or 404 when the server was not started with it (`flag`).
+fn served<'a, J>(
+    queue: &'a Option<engine::Queue<J>>,
+    task: &str,
+    flag: &str,
+) -> Result<&'a engine::Queue<J>, ApiError> {
+    queue.as_ref().ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "this server does not serve {task}: start it with {flag}"
+        ))
+    })
 }
 
 /// Runs CPU-bound request work (image decoding) off the async threads.
@@ -238,7 +274,7 @@ async fn info(State(s): St, headers: HeaderMap) -> Result<Json<Info>, ApiError> 
     s.authorize(&headers, false)?;
     let e = &s.engine;
     let catalog = e.search.as_ref().map(|_| {
-        let v = e.shared.catalog.read().unwrap_or_else(|p| p.into_inner());
+        let v = s.catalog();
         CatalogInfo {
             count: v.count,
             columns: v.columns.clone(),
@@ -265,10 +301,7 @@ async fn info(State(s): St, headers: HeaderMap) -> Result<Json<Info>, ApiError> 
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn search(State(s): St, req: Request) -> Result<Json<SearchResponse>, ApiError> {
     let t = Instant::now();
-    s.authorize(req.headers(), false)?;
-    let queue = s.search_queue()?;
-    let _permit = s.admit()?;
-    let body = s.body(req, true).await?;
+    let (queue, _permit, body) = s.accept(req, false, true, AppState::search_queue).await?;
     let raw = search_request(body, &s.limits)?;
     let meta = s.search_meta()?;
     if raw.text.is_some() && !meta.text_queries {
@@ -288,12 +321,7 @@ async fn search(State(s): St, req: Request) -> Result<Json<SearchResponse>, ApiE
         reply: tx,
     })?;
     let hits = s.wait(rx).await?;
-    let view = s
-        .engine
-        .shared
-        .catalog
-        .read()
-        .unwrap_or_else(|p| p.into_inner());
+    let view = s.catalog();
     let results = hits
         .into_iter()
         .map(|h| SearchHit {
@@ -333,10 +361,7 @@ async fn add_item(
     State(s): St,
     req: Request,
 ) -> Result<(StatusCode, Json<ItemResponse>), ApiError> {
-    s.authorize(req.headers(), true)?;
-    let queue = s.search_queue()?;
-    let _permit = s.admit()?;
-    let body = s.body(req, true).await?;
+    let (queue, _permit, body) = s.accept(req, true, true, AppState::search_queue).await?;
     let item = add_item_request(body, &s.limits)?;
     let meta = s.search_meta()?;
     let (p, limits) = (meta.preprocess.clone(), s.limits.clone());
@@ -388,12 +413,7 @@ async fn item_image(
 ) -> Result<Response, ApiError> {
     s.authorize(&headers, false)?;
     let source = {
-        let v = s
-            .engine
-            .shared
-            .catalog
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let v = s.catalog();
         v.images.get(&id).cloned()
     };
     let source =
@@ -460,14 +480,10 @@ fn image_bytes(source: &ImageRef, limit: u64) -> Result<(Vec<u8>, &'static str),
     responses((status = 200, body = GenerateResponse, description = "JSON; with stream: true, text/event-stream of token, candidate, done and error events"),
         (status = 400, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn generate(State(s): St, req: Request) -> Result<Response, ApiError> {
-    s.authorize(req.headers(), false)?;
-    let queue = s
-        .engine
-        .generate
-        .as_ref()
-        .ok_or_else(|| not_served("generation", "--copy"))?;
-    let permit = s.admit()?;
-    let Body::Json(bytes) = s.body(req, false).await? else {
+    let (queue, permit, body) = s
+        .accept(req, false, false, AppState::generate_queue)
+        .await?;
+    let Body::Json(bytes) = body else {
         unreachable!("multipart is not accepted here")
     };
     let (request, stream) = generate_request(&bytes, &s.effective_limits())?;
@@ -554,14 +570,7 @@ fn sse_event(ev: StreamEvent) -> (Event, bool) {
     responses((status = 200, body = CaptionResponse), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn caption(State(s): St, req: Request) -> Result<Json<CaptionResponse>, ApiError> {
-    s.authorize(req.headers(), false)?;
-    let queue = s
-        .engine
-        .caption
-        .as_ref()
-        .ok_or_else(|| not_served("captioning", "--caption"))?;
-    let _permit = s.admit()?;
-    let body = s.body(req, true).await?;
+    let (queue, _permit, body) = s.accept(req, false, true, AppState::caption_queue).await?;
     let (images, overrides) = caption_request(body, &s.limits)?;
     let p = s
         .engine

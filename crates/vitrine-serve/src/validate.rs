@@ -9,12 +9,14 @@ use axum::http::header::CONTENT_TYPE;
 use base64::Engine as _;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
 use vitrine_data::image_io::decode_image;
 use vitrine_data::transform::{to_pixels, Augment, Preprocess};
 use vitrine_index::Filter;
-use vitrine_train::decode::DecodeOverrides;
-use vitrine_train::generate::GenerateRequest;
+use vitrine_infer::caption::DecodeOverrides;
+use vitrine_infer::copy::{GenerateOutput, GenerateParams};
 
 use crate::config::ServeLimits;
 use crate::engine::Query;
@@ -56,70 +58,65 @@ pub struct AddItemRequest {
     pub attrs: BTreeMap<String, String>,
 }
 
-/// `POST /v1/generate`: the parameters of `vitrine generate`, plus `stream`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(default, deny_unknown_fields)]
+/// `POST /v1/generate`: the parameters of `vitrine generate`, plus `stream` (the schema of
+/// the body; [`generate_request`] reads it).
+#[derive(Debug, Clone, Default)]
 pub struct GenerateBody {
-    /// Comma-separated keywords of the brief.
-    pub keywords: String,
-    pub tone: Option<String>,
-    /// Candidates wanted (default 5, at most `limits.max_n`).
-    pub n: Option<usize>,
-    /// Longest accepted line, characters.
-    pub max_chars: usize,
-    pub temperature: f64,
-    pub top_k: usize,
-    pub top_p: f64,
-    pub repetition_penalty: f64,
-    pub seed: u64,
-    pub stop: Vec<String>,
-    /// Words or phrases no candidate may contain.
-    pub banned: Vec<String>,
-    /// Refuse candidates that repeat a training line.
-    pub no_copy: bool,
-    pub keyword_boost: Option<f64>,
-    /// Tokens per candidate at most (at most `limits.max_tokens`).
-    pub max_tokens: Option<usize>,
+    pub params: GenerateParams,
     /// Stream tokens and candidates as server-sent events.
     pub stream: bool,
 }
 
-impl Default for GenerateBody {
-    fn default() -> Self {
-        let d = GenerateRequest::default();
-        Self {
-            keywords: d.keywords,
-            tone: d.tone,
-            n: None,
-            max_chars: d.max_chars,
-            temperature: d.temperature,
-            top_k: d.top_k,
-            top_p: d.top_p,
-            repetition_penalty: d.repetition_penalty,
-            seed: d.seed,
-            stop: d.stop,
-            banned: d.banned,
-            no_copy: d.no_copy,
-            keyword_boost: d.keyword_boost,
-            max_tokens: d.max_tokens,
-            stream: false,
-        }
-    }
-}
-
-/// `POST /v1/caption` as JSON.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(default, deny_unknown_fields)]
+/// `POST /v1/caption` as JSON (the schema of the body; [`caption_request`] reads it).
+#[derive(Debug, Default)]
 pub struct CaptionRequest {
     /// Photos, base64 of the encoded files (at most `limits.max_images`).
     pub images: Vec<String>,
-    pub beam: Option<usize>,
-    pub length_penalty: Option<f64>,
-    pub min_tokens: Option<usize>,
-    /// At most `limits.max_tokens`.
-    pub max_tokens: Option<usize>,
-    pub no_repeat_ngram: Option<usize>,
+    pub decode: DecodeOverrides,
 }
+
+/// The schema of a body made of a shared parameters type `T` and the server's own fields,
+/// as one flat object (utoipa would document `#[serde(flatten)]` as `allOf`).
+fn flat_schema<T: PartialSchema>(own: [(&str, Schema); 1]) -> RefOr<Schema> {
+    let mut object = match T::schema() {
+        RefOr::T(Schema::Object(o)) => o,
+        other => return other,
+    };
+    for (name, schema) in own {
+        object.properties.insert(name.into(), schema.into());
+    }
+    RefOr::T(Schema::Object(object))
+}
+
+impl PartialSchema for GenerateBody {
+    fn schema() -> RefOr<Schema> {
+        flat_schema::<GenerateParams>([(
+            "stream",
+            ObjectBuilder::new()
+                .schema_type(Type::Boolean)
+                .description(Some("Stream tokens and candidates as server-sent events."))
+                .into(),
+        )])
+    }
+}
+
+impl ToSchema for GenerateBody {}
+
+impl PartialSchema for CaptionRequest {
+    fn schema() -> RefOr<Schema> {
+        flat_schema::<DecodeOverrides>([(
+            "images",
+            ArrayBuilder::new()
+                .items(ObjectBuilder::new().schema_type(Type::String))
+                .description(Some(
+                    "Photos, base64 of the encoded files (at most `limits.max_images`).",
+                ))
+                .into(),
+        )])
+    }
+}
+
+impl ToSchema for CaptionRequest {}
 
 /// The body of a request that may be JSON or multipart.
 pub enum Body {
@@ -169,22 +166,17 @@ pub async fn read_body(req: Request, multipart: bool, limit: usize) -> Result<Bo
             .map_err(|e| ApiError::BadRequest(format!("multipart body: {e}")))?;
         let mut parts = Vec::new();
         loop {
-            let field = mp.next_field().await.map_err(|e| {
-                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    too_large()
-                } else {
-                    ApiError::BadRequest(format!("multipart body: {e}"))
-                }
-            })?;
+            let field = mp
+                .next_field()
+                .await
+                .map_err(|e| multipart_error(e, "multipart body", too_large))?;
             let Some(field) = field else { break };
             let name = field.name().unwrap_or_default().to_string();
-            let data = field.bytes().await.map_err(|e| {
-                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    too_large()
-                } else {
-                    ApiError::BadRequest(format!("multipart part {name:?}: {e}"))
-                }
-            })?;
+            let what = format!("multipart part {name:?}");
+            let data = field
+                .bytes()
+                .await
+                .map_err(|e| multipart_error(e, &what, too_large))?;
             parts.push(Part { name, data });
         }
         return Ok(Body::Multipart(parts));
@@ -202,20 +194,62 @@ pub async fn read_body(req: Request, multipart: bool, limit: usize) -> Result<Bo
 
 /// Parses JSON: malformed JSON is 400, well-formed JSON of the wrong shape 422 naming the
 /// field (its path, e.g. `filters.colour`).
+/// A multipart read that failed: too large (413) or malformed (400).
+fn multipart_error(
+    e: axum::extract::multipart::MultipartError,
+    what: &str,
+    too_large: impl Fn() -> ApiError,
+) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        too_large()
+    } else {
+        ApiError::BadRequest(format!("{what}: {e}"))
+    }
+}
+
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    use serde_json::error::Category;
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let (path, inner) = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+    match serde_path_to_error::deserialize::<_, T>(&mut de) {
         // Trailing characters after the value are malformed JSON too.
         Ok(v) => match de.end() {
-            Ok(()) => return Ok(v),
-            Err(e) => (".".to_string(), e),
+            Ok(()) => Ok(v),
+            Err(e) => Err(json_error(".".to_string(), e)),
         },
-        Err(e) => (e.path().to_string(), e.into_inner()),
-    };
+        Err(e) => Err(json_error(e.path().to_string(), e.into_inner())),
+    }
+}
+
+/// A JSON object made of a shared parameters type `P` and the server's own fields (named
+/// in `own`, returned as they are): `P` is read on its own, so that a bad value still names
+/// its field (serde cannot track the path into a `#[serde(flatten)]` field).
+fn parse_json_parts<P: DeserializeOwned>(
+    bytes: &[u8],
+    own: &[&str],
+) -> Result<(P, serde_json::Map<String, serde_json::Value>), ApiError> {
+    let mut object: serde_json::Map<String, serde_json::Value> = parse_json(bytes)?;
+    let own = own.iter().filter_map(|k| object.remove_entry(*k)).collect();
+    let params = serde_path_to_error::deserialize(serde_json::Value::Object(object))
+        .map_err(|e| json_error(e.path().to_string(), e.into_inner()))?;
+    Ok((params, own))
+}
+
+/// One of the server's own fields from [`parse_json_parts`], or its default when absent.
+fn own_field<T: DeserializeOwned + Default>(
+    own: &mut serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Result<T, ApiError> {
+    match own.remove(name) {
+        None => Ok(T::default()),
+        Some(v) => serde_json::from_value(v).map_err(|e| json_error(name.to_string(), e)),
+    }
+}
+
+/// A JSON error as the status it maps to, naming the field at `path`.
+fn json_error(path: String, inner: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
     match inner.classify() {
         Category::Syntax | Category::Eof | Category::Io => {
-            Err(ApiError::BadRequest(format!("invalid JSON: {inner}")))
+            ApiError::BadRequest(format!("invalid JSON: {inner}"))
         }
         Category::Data => {
             let message = inner.to_string();
@@ -228,10 +262,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 Some(f) => format!("{path}.{f}"),
                 None => path,
             };
-            Err(ApiError::Invalid {
+            ApiError::Invalid {
                 message: format!("{field}: {message}"),
                 field: Some(field),
-            })
+            }
         }
     }
 }
@@ -507,14 +541,17 @@ pub fn add_item_request(body: Body, limits: &ServeLimits) -> Result<RawItem, Api
     Ok(r)
 }
 
-/// Checks what the server limits before the run's own validation.
+/// Checks what the server limits before the run's own validation; `n` and `max_tokens`
+/// come back resolved against the server's limits when the request leaves them out.
 pub fn generate_request(
     bytes: &[u8],
     limits: &ServeLimits,
-) -> Result<(GenerateRequest, bool), ApiError> {
-    let b: GenerateBody = parse_json(bytes)?;
-    let prompt = b.keywords.chars().count() + b.tone.as_deref().map_or(0, |t| t.chars().count());
-    if b.keywords.trim().is_empty() {
+) -> Result<(GenerateParams, bool), ApiError> {
+    let (mut params, mut own) = parse_json_parts::<GenerateParams>(bytes, &["stream"])?;
+    let stream: bool = own_field(&mut own, "stream")?;
+    let p = &params;
+    let prompt = p.keywords.chars().count() + p.tone.as_deref().map_or(0, |t| t.chars().count());
+    if p.keywords.trim().is_empty() {
         return Err(ApiError::invalid("keywords", "keywords is empty"));
     }
     if prompt > limits.max_prompt_chars {
@@ -526,7 +563,7 @@ pub fn generate_request(
             ),
         ));
     }
-    let n = b.n.unwrap_or(5.min(limits.max_n));
+    let n = p.n_within(limits.max_n);
     if n == 0 || n > limits.max_n {
         return Err(ApiError::invalid(
             "n",
@@ -536,7 +573,7 @@ pub fn generate_request(
             ),
         ));
     }
-    let max_tokens = b.max_tokens.unwrap_or(limits.max_tokens);
+    let max_tokens = p.max_tokens.unwrap_or(limits.max_tokens);
     if max_tokens == 0 || max_tokens > limits.max_tokens {
         return Err(ApiError::invalid(
             "max_tokens",
@@ -546,24 +583,9 @@ pub fn generate_request(
             ),
         ));
     }
-    let req = GenerateRequest {
-        keywords: b.keywords,
-        tone: b.tone,
-        n,
-        max_chars: b.max_chars,
-        temperature: b.temperature,
-        top_k: b.top_k,
-        top_p: b.top_p,
-        repetition_penalty: b.repetition_penalty,
-        seed: b.seed,
-        stop: b.stop,
-        banned: b.banned,
-        no_copy: b.no_copy,
-        keyword_boost: b.keyword_boost,
-        // The run's own limit applies when the request names none.
-        max_tokens: b.max_tokens,
-    };
-    Ok((req, b.stream))
+    // The run's own `max_new_tokens` applies when the request names none.
+    params.n = Some(n);
+    Ok((params, stream))
 }
 
 /// Images (encoded) and decoding overrides of a caption request.
@@ -573,21 +595,14 @@ pub fn caption_request(
 ) -> Result<(Vec<Vec<u8>>, DecodeOverrides), ApiError> {
     let (images, o) = match body {
         Body::Json(bytes) => {
-            let r: CaptionRequest = parse_json(&bytes)?;
-            let images = r
-                .images
+            let (decode, mut own) = parse_json_parts::<DecodeOverrides>(&bytes, &["images"])?;
+            let images: Vec<String> = own_field(&mut own, "images")?;
+            let images = images
                 .iter()
                 .enumerate()
                 .map(|(i, t)| base64_image(&format!("images[{i}]"), t))
                 .collect::<Result<Vec<_>, _>>()?;
-            let o = DecodeOverrides {
-                beam: r.beam,
-                length_penalty: r.length_penalty,
-                min_tokens: r.min_tokens,
-                max_tokens: r.max_tokens,
-                no_repeat_ngram: r.no_repeat_ngram,
-            };
-            (images, o)
+            (images, decode)
         }
         Body::Multipart(parts) => {
             let mut images = Vec::new();
@@ -687,8 +702,8 @@ pub struct CandidateOut {
     pub score: Option<f64>,
 }
 
-impl From<vitrine_train::generate::GenerateOutput> for GenerateResponse {
-    fn from(o: vitrine_train::generate::GenerateOutput) -> Self {
+impl From<GenerateOutput> for GenerateResponse {
+    fn from(o: GenerateOutput) -> Self {
         Self {
             candidates: o
                 .candidates

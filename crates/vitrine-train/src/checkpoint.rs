@@ -50,10 +50,7 @@ impl Checkpoint {
 
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(io_err(path))?;
-        let bad = |message: &str| TrainError::Checkpoint {
-            path: path.to_owned(),
-            message: message.to_string(),
-        };
+        let bad = |message: &str| TrainError::checkpoint(path, message);
         if bytes.len() < 8 || &bytes[..8] != MAGIC {
             return Err(bad("not a Vitrine checkpoint (bad magic bytes)"));
         }

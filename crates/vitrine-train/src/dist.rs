@@ -150,7 +150,7 @@ impl Shard {
 /// would not be the gradient of the batch.
 pub fn check_batch_size(batch_size: usize, world: usize) -> Result<()> {
     if world > 1 && !batch_size.is_multiple_of(world) {
-        return Err(TrainError::Invalid(format!(
+        return Err(TrainError::invalid(format!(
             "train.batch_size = {batch_size} does not split into {world} equal shares: the batch is the global batch across all workers, so it must be a multiple of the number of workers"
         )));
     }
@@ -160,7 +160,7 @@ pub fn check_batch_size(batch_size: usize, world: usize) -> Result<()> {
 impl Cluster {
     /// Checks the flags together, before any worker starts.
     pub fn validate(&self, local_devices: usize) -> Result<()> {
-        let bad = |m: String| Err(TrainError::Invalid(m));
+        let bad = |m: String| Err(TrainError::invalid(m));
         if local_devices == 0 {
             return bad("--devices lists no device".into());
         }
@@ -194,7 +194,7 @@ impl Cluster {
         }
         if self.nodes > 1 {
             let coordinator = self.coordinator.as_deref().ok_or_else(|| {
-                TrainError::Invalid(format!(
+                TrainError::invalid(format!(
                     "--nodes = {} needs --coordinator HOST:PORT (node 0's address)",
                     self.nodes
                 ))
@@ -219,13 +219,13 @@ impl Cluster {
             .map(|mut a| a.all(|a: SocketAddr| a.ip().is_loopback()))
             .unwrap_or(false);
         if !loopback {
-            return Err(TrainError::Invalid(format!(
+            return Err(TrainError::invalid(format!(
                 "--node-address HOST:PORT is needed when the coordinator ({coordinator}) is on another machine: the address where the other nodes reach this one"
             )));
         }
         let port = port as u32 + 1 + self.node_rank;
         if port > u16::MAX as u32 {
-            return Err(TrainError::Invalid(format!(
+            return Err(TrainError::invalid(format!(
                 "--coordinator port {coordinator} leaves no default port for node {}: pass --node-address",
                 self.node_rank
             )));
@@ -241,7 +241,7 @@ impl Cluster {
             let (_, data_port) = host_port("--node-address", &node)?;
             let address = |s: &str| {
                 burn_communication::Address::from_str(&format!("ws://{s}"))
-                    .map_err(|e| TrainError::Invalid(format!("address {s:?}: {e}")))
+                    .map_err(|e| TrainError::invalid(format!("address {s:?}: {e}")))
             };
             config = config
                 .with_num_nodes(self.nodes)
@@ -255,7 +255,7 @@ impl Cluster {
 
 fn host_port(flag: &str, s: &str) -> Result<(String, u16)> {
     let err = || {
-        TrainError::Invalid(format!(
+        TrainError::invalid(format!(
             "{flag} {s:?} is not HOST:PORT (e.g. 10.0.0.1:29500)"
         ))
     };
@@ -326,7 +326,7 @@ where
                 });
                 let _ = tx.send((i, result));
             })
-            .map_err(|e| TrainError::Invalid(format!("cannot start a worker thread: {e}")))?;
+            .map_err(|e| TrainError::invalid(format!("cannot start a worker thread: {e}")))?;
     }
     drop(tx);
     let mut first = None;
@@ -704,7 +704,7 @@ pub fn reduce_step<B: AutodiffBackend, M: AutodiffModule<B>>(
         .collect();
     let (loss_sum, n) = (tail[params], tail[params + 1]);
     if !n.is_finite() || n <= 0.0 {
-        return Err(TrainError::Invalid(format!(
+        return Err(TrainError::invalid(format!(
             "step {}: the batch holds no examples or tokens on any worker",
             step + 1
         )));

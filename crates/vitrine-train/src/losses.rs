@@ -78,19 +78,15 @@ pub fn proxy_anchor<B: Backend>(
     let cos = z.matmul(vitrine_models::l2_normalize(proxies).transpose()); // [N, C]
     let pos_exp = cos.clone().sub_scalar(delta).mul_scalar(-alpha).exp() * pos;
     let neg_exp = cos.add_scalar(delta).mul_scalar(alpha).exp() * neg;
-    let pos_term = pos_exp
-        .sum_dim(0)
-        .add_scalar(1.0)
-        .log()
-        .sum()
-        .div_scalar(n_pos_classes as f64);
-    let neg_term = neg_exp
-        .sum_dim(0)
-        .add_scalar(1.0)
-        .log()
-        .sum()
-        .div_scalar(c as f64);
-    pos_term + neg_term
+    // Σ over proxies of log(1 + Σ over examples), averaged over `n` proxies.
+    let term = |e: Tensor<B, 2>, n: usize| {
+        e.sum_dim(0)
+            .add_scalar(1.0)
+            .log()
+            .sum()
+            .div_scalar(n as f64)
+    };
+    term(pos_exp, n_pos_classes) + term(neg_exp, c)
 }
 
 /// Normalised softmax loss (Zhai & Wu 2019): mean over examples of the cross-entropy of

@@ -1,5 +1,5 @@
-//! Run directories: `config.toml` (resolved), `model.mpk` (weights), `labels.json`,
-//! `split.json`, `metrics.jsonl`, `checkpoints/`, `eval.json`.
+//! Run directories: what a trained run is on disk. Every file a run may hold is named in
+//! [`files`]; the task a run was trained for is a [`TaskKind`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,10 +12,40 @@ use vitrine_data::fsio::atomic_save;
 use vitrine_data::text::Tokenizer;
 use vitrine_models::{ImageEncoder, ImageEncoderConfig};
 
-use crate::config::{to_toml_string, SearchRunConfig};
-use crate::error::{io_err, Result, TrainError};
+pub use crate::config::TaskKind;
+use crate::config::{to_toml_string, RunConfig};
+use crate::error::{io_err, InferError, Result};
 
 pub type Rec = NamedMpkBytesRecorder<FullPrecisionSettings>;
+
+/// The files of a run directory.
+pub mod files {
+    /// The resolved config the run was trained with.
+    pub const CONFIG: &str = "config.toml";
+    /// The final weights.
+    pub const MODEL: &str = "model.mpk";
+    /// Model, optimiser and loop state, rewritten at every checkpoint.
+    pub const CHECKPOINT: &str = "checkpoints/last.ckpt";
+    pub const CHECKPOINT_DIR: &str = "checkpoints";
+    /// One JSON line per epoch (and per logged step).
+    pub const METRICS: &str = "metrics.jsonl";
+    /// What `vitrine train` reported at the end.
+    pub const TRAIN_REPORT: &str = "train-report.json";
+    /// What `vitrine eval` reported (search runs in half precision: `eval-f16.json`, …).
+    pub const EVAL: &str = "eval.json";
+    pub const TOKENIZER: &str = "tokenizer.json";
+    /// Search runs: class names in index order.
+    pub const LABELS: &str = "labels.json";
+    /// Search and caption runs: which items were held out.
+    pub const SPLIT: &str = "split.json";
+    /// Copy runs: the normalised training lines (`--no-copy`).
+    pub const TRAIN_LINES: &str = "train-lines.txt";
+    /// Scorer runs: the best development epoch and its weights.
+    pub const BEST: &str = "best.json";
+    pub const BEST_MODEL: &str = "best-model.mpk";
+    /// The index `vitrine serve --search RUN` builds inside a search run.
+    pub const INDEX: &str = "index.vtridx";
+}
 
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -28,31 +58,36 @@ impl RunDir {
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.path.join("config.toml")
+        self.file(files::CONFIG)
     }
     pub fn model_path(&self) -> PathBuf {
-        self.path.join("model.mpk")
+        self.file(files::MODEL)
     }
     pub fn checkpoint_path(&self) -> PathBuf {
-        self.path.join("checkpoints").join("last.ckpt")
+        self.file(files::CHECKPOINT)
     }
     pub fn metrics_path(&self) -> PathBuf {
-        self.path.join("metrics.jsonl")
+        self.file(files::METRICS)
     }
     pub fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
 
+    /// An error about this run directory.
+    pub fn error(&self, message: impl Into<String>) -> InferError {
+        InferError::Run {
+            path: self.path.clone(),
+            message: message.into(),
+        }
+    }
+
     pub fn create(&self) -> Result<()> {
-        std::fs::create_dir_all(self.path.join("checkpoints")).map_err(io_err(&self.path))
+        std::fs::create_dir_all(self.file(files::CHECKPOINT_DIR)).map_err(io_err(&self.path))
     }
 
-    pub fn save_config(&self, config: &SearchRunConfig) -> Result<()> {
-        self.save_toml_config(config)
-    }
-
-    pub fn load_config(&self) -> Result<SearchRunConfig> {
-        let config: SearchRunConfig = self.load_toml_config()?;
+    /// The run's config, checked.
+    pub fn load_config<C: RunConfig>(&self) -> Result<C> {
+        let config: C = self.load_toml_config()?;
         config.validate()?;
         Ok(config)
     }
@@ -61,11 +96,9 @@ impl RunDir {
     pub fn load_toml_config<T: DeserializeOwned>(&self) -> Result<T> {
         let path = self.config_path();
         if !path.exists() {
-            return Err(TrainError::Run {
-                path: self.path.clone(),
-                message: "no config.toml here: is this a run directory written by `vitrine train`?"
-                    .into(),
-            });
+            return Err(self.error(
+                "no config.toml here: is this a run directory written by `vitrine train`?",
+            ));
         }
         crate::config::load_toml(&path, &[])
     }
@@ -76,38 +109,47 @@ impl RunDir {
     }
 
     /// The task named in a run's `config.toml` (`search` when absent).
-    pub fn task(&self) -> Result<String> {
-        let value: toml::Table = self.load_toml_config()?;
-        Ok(value
-            .get("task")
-            .and_then(|t| t.as_str())
-            .unwrap_or("search")
-            .to_string())
+    pub fn task(&self) -> Result<TaskKind> {
+        TaskKind::of_table(&self.load_toml_config()?)
     }
 
     /// Refuses a run of another task: `what` names the kind of run wanted in the message.
-    pub fn expect_task(&self, task: &str, what: &str) -> Result<()> {
+    pub fn expect_task(&self, task: TaskKind, what: &str) -> Result<()> {
         let found = self.task()?;
         if found != task {
-            return Err(TrainError::Run {
-                path: self.path.clone(),
-                message: format!("is a {found:?} run; {what} (task {task:?}) is needed"),
-            });
+            return Err(self.error(format!(
+                "is a {:?} run; {what} (task {:?}) is needed",
+                found.name(),
+                task.name()
+            )));
         }
         Ok(())
     }
 
+    /// A trained run of `task` (any task when None; `what` names the kind wanted): its
+    /// checked config and its tokenizer, which must fit the model's vocabulary.
+    pub fn open<C: RunConfig>(
+        path: &Path,
+        task: Option<(TaskKind, &str)>,
+    ) -> Result<(Self, C, Tokenizer)> {
+        let dir = Self::new(path);
+        if let Some((task, what)) = task {
+            dir.expect_task(task, what)?;
+        }
+        let mut config: C = dir.load_config()?;
+        let vocab = config.vocab_size_mut().map_or(0, |(_, v)| *v);
+        let tokenizer = dir.load_tokenizer(vocab)?;
+        Ok((dir, config, tokenizer))
+    }
+
     /// The run's `tokenizer.json`, checked against the model's vocabulary size.
     pub fn load_tokenizer(&self, vocab_size: usize) -> Result<Tokenizer> {
-        let tokenizer = Tokenizer::from_file(&self.file(crate::lm::TOKENIZER_FILE))?;
+        let tokenizer = Tokenizer::from_file(&self.file(files::TOKENIZER))?;
         if tokenizer.vocab_size() != vocab_size {
-            return Err(TrainError::Run {
-                path: self.path.clone(),
-                message: format!(
-                    "tokenizer.json has {} tokens but the model has {vocab_size}",
-                    tokenizer.vocab_size(),
-                ),
-            });
+            return Err(self.error(format!(
+                "tokenizer.json has {} tokens but the model has {vocab_size}",
+                tokenizer.vocab_size(),
+            )));
         }
         Ok(tokenizer)
     }
@@ -121,8 +163,8 @@ impl RunDir {
     pub fn load_json<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
         let path = self.file(name);
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-        serde_json::from_slice(&bytes).map_err(|e| TrainError::Run {
-            path: path.clone(),
+        serde_json::from_slice(&bytes).map_err(|e| InferError::Run {
+            path,
             message: format!("invalid JSON: {e}"),
         })
     }
@@ -176,11 +218,10 @@ impl RunDir {
     ) -> Result<M> {
         let path = self.model_path();
         let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => TrainError::Run {
-                path: self.path.clone(),
-                message: "no model.mpk: the run has not finished training (resume it with `vitrine train --resume`)".into(),
-            },
-            _ => TrainError::Io { path: path.clone(), source },
+            std::io::ErrorKind::NotFound => self.error(
+                "no model.mpk: the run has not finished training (resume it with `vitrine train --resume`)",
+            ),
+            _ => io_err(&path)(source),
         })?;
         load_module_bytes(module, bytes, &path, device)
     }
@@ -201,7 +242,7 @@ pub fn load_module_bytes<B: Backend, M: Module<B>>(
     device: &B::Device,
 ) -> Result<M> {
     let record = Recorder::<B>::load::<M::Record>(&Rec::default(), bytes, device).map_err(|e| {
-        TrainError::Checkpoint {
+        InferError::Checkpoint {
             path: path.to_owned(),
             message: format!("cannot load weights ({e}); was it written by this model config?"),
         }

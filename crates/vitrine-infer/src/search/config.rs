@@ -1,14 +1,18 @@
-//! Run configuration: one TOML file per recipe under `configs/`, CLI overrides with
-//! `--set section.key=value`, and the resolved config saved in the run directory.
+//! A search run's config, labels and split: what the trainer writes and the evaluator reads.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use vitrine_data::catalog::CatalogConfig;
+use serde::{Deserialize, Serialize};
+use vitrine_data::catalog::{Catalog, CatalogConfig, LoadReport};
+use vitrine_data::split::split_indices;
 use vitrine_data::transform::{Augment, Preprocess};
 use vitrine_models::ImageEncoderConfig;
 
-use crate::error::{Result, TrainError};
+use crate::config::{
+    check_task, resolve_init_path, LoopConfig, RunConfig, TrainExtras, TrainSection,
+};
+use crate::error::{InferError, Result};
+use crate::run::TaskKind;
 use crate::schedule::Schedule;
 
 /// Metric-learning objective.
@@ -35,11 +39,10 @@ pub enum Sampler {
     Balanced,
 }
 
+/// The search task's own `[train]` fields (the loop's are in [`LoopConfig`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct TrainConfig {
-    pub epochs: usize,
-    pub batch_size: usize,
+pub struct SearchTrain {
     pub loss: LossKind,
     /// SupCon and norm-softmax temperature.
     pub temperature: f64,
@@ -50,21 +53,11 @@ pub struct TrainConfig {
     pub proxy_lr_multiplier: f64,
     pub sampler: Sampler,
     pub samples_per_class: usize,
-    pub schedule: Schedule,
-    pub weight_decay: f64,
-    /// Per-parameter gradient-norm clip (0 = off).
-    pub grad_clip: f64,
-    /// Also checkpoint every N steps inside an epoch (0 = only at epoch ends).
-    pub checkpoint_every_steps: usize,
-    /// Print a progress line every N steps when stderr is not a terminal (0 = never).
-    pub log_every_steps: usize,
 }
 
-impl Default for TrainConfig {
+impl Default for SearchTrain {
     fn default() -> Self {
         Self {
-            epochs: 10,
-            batch_size: 128,
             loss: LossKind::Supcon,
             temperature: 0.1,
             proxy_alpha: 32.0,
@@ -72,8 +65,19 @@ impl Default for TrainConfig {
             proxy_lr_multiplier: 100.0,
             sampler: Sampler::Random,
             samples_per_class: 4,
+        }
+    }
+}
+
+impl TrainExtras for SearchTrain {
+    fn loop_defaults() -> LoopConfig {
+        LoopConfig {
+            epochs: 10,
+            batch_size: 128,
             schedule: Schedule::default(),
             weight_decay: 1e-4,
+            beta_1: 0.9,
+            beta_2: 0.999,
             grad_clip: 0.0,
             checkpoint_every_steps: 0,
             log_every_steps: 100,
@@ -81,55 +85,36 @@ impl Default for TrainConfig {
     }
 }
 
-impl TrainConfig {
-    pub fn loop_config(&self) -> crate::trainer::LoopConfig {
-        crate::trainer::LoopConfig {
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            schedule: self.schedule,
-            weight_decay: self.weight_decay,
-            beta_1: 0.9,
-            beta_2: 0.999,
-            grad_clip: self.grad_clip,
-            checkpoint_every_steps: self.checkpoint_every_steps,
-            log_every_steps: self.log_every_steps,
-        }
-    }
+/// The search task's `[train]`.
+pub type TrainConfig = TrainSection<SearchTrain>;
 
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(TrainError::Invalid(format!("train: {m}")));
-        if self.epochs == 0 || self.epochs > 100_000 {
-            return bad(format!("epochs = {} (allowed 1..=100000)", self.epochs));
-        }
-        if self.batch_size < 2 || self.batch_size > 65_536 {
-            return bad(format!(
-                "batch_size = {} (allowed 2..=65536: contrastive losses need pairs)",
-                self.batch_size
-            ));
-        }
-        if !(self.temperature > 0.0) {
-            return bad(format!("temperature = {} (must be > 0)", self.temperature));
-        }
-        if self.samples_per_class < 2 || self.samples_per_class > self.batch_size {
-            return bad(format!(
-                "samples_per_class = {} (allowed 2..=batch_size)",
-                self.samples_per_class
-            ));
-        }
-        if !(self.schedule.lr > 0.0) || self.schedule.min_lr < 0.0 {
-            return bad(format!(
-                "schedule.lr = {}, min_lr = {} (lr > 0, min_lr >= 0)",
-                self.schedule.lr, self.schedule.min_lr
-            ));
-        }
-        if !(self.proxy_lr_multiplier > 0.0) {
-            return bad(format!(
-                "proxy_lr_multiplier = {} (must be > 0)",
-                self.proxy_lr_multiplier
-            ));
-        }
-        Ok(())
+/// Checks a search `[train]`: the loop's limits and the metric-learning ones.
+pub fn validate_train(t: &TrainConfig) -> Result<()> {
+    let bad = |m: String| Err(InferError::Invalid(format!("train: {m}")));
+    let (fit, s) = (&t.fit, &t.task);
+    fit.validate()?;
+    if fit.batch_size < 2 {
+        return bad(format!(
+            "batch_size = {} (allowed 2..=65536: contrastive losses need pairs)",
+            fit.batch_size
+        ));
     }
+    if !(s.temperature > 0.0) {
+        return bad(format!("temperature = {} (must be > 0)", s.temperature));
+    }
+    if s.samples_per_class < 2 || s.samples_per_class > fit.batch_size {
+        return bad(format!(
+            "samples_per_class = {} (allowed 2..=batch_size)",
+            s.samples_per_class
+        ));
+    }
+    if !(s.proxy_lr_multiplier > 0.0) {
+        return bad(format!(
+            "proxy_lr_multiplier = {} (must be > 0)",
+            s.proxy_lr_multiplier
+        ));
+    }
+    Ok(())
 }
 
 /// Query/gallery split used by evaluation (and excluded from training).
@@ -202,40 +187,35 @@ fn default_task() -> String {
     "search".into()
 }
 
-impl SearchRunConfig {
-    pub fn validate(&self) -> Result<()> {
-        if self.task != "search" {
-            return Err(TrainError::Invalid(format!(
-                "task = {:?}: this config is for task \"search\"",
-                self.task
-            )));
-        }
+impl RunConfig for SearchRunConfig {
+    fn validate(&self) -> Result<()> {
+        check_task(&self.task, TaskKind::Search)?;
         self.model.validate()?;
         self.preprocess.validate()?;
         self.augment.validate()?;
-        self.train.validate()?;
+        validate_train(&self.train)?;
         let [c, h, w] = self.model.input_shape();
         let p = &self.preprocess;
         if [p.channels as usize, p.height as usize, p.width as usize] != [c, h, w] {
-            return Err(TrainError::Invalid(format!(
+            return Err(InferError::Invalid(format!(
                 "preprocess produces {}x{}x{} (channels x height x width) but the model expects {c}x{h}x{w}",
                 p.channels, p.height, p.width
             )));
         }
         if !(0.0..1.0).contains(&self.split.holdout_fraction) {
-            return Err(TrainError::Invalid(format!(
+            return Err(InferError::Invalid(format!(
                 "split.holdout_fraction = {} (allowed 0.0 <= f < 1.0)",
                 self.split.holdout_fraction
             )));
         }
         if self.eval.ks.is_empty() || self.eval.ks.iter().any(|&k| k == 0 || k > 1000) {
-            return Err(TrainError::Invalid(format!(
+            return Err(InferError::Invalid(format!(
                 "eval.ks = {:?} (each 1..=1000)",
                 self.eval.ks
             )));
         }
         if self.eval.batch_size == 0 || self.eval.batch_size > 65_536 {
-            return Err(TrainError::Invalid(format!(
+            return Err(InferError::Invalid(format!(
                 "eval.batch_size = {} (allowed 1..=65536)",
                 self.eval.batch_size
             )));
@@ -243,6 +223,21 @@ impl SearchRunConfig {
         Ok(())
     }
 
+    fn fit(&self) -> (&LoopConfig, u64) {
+        (&self.train.fit, self.seed)
+    }
+
+    /// Makes data paths absolute against `base`, so the saved config works from anywhere.
+    fn resolve_paths(&mut self, base: &Path) {
+        resolve_init_path(&mut self.init, base);
+        self.data.resolve_paths(base);
+        if let Some(q) = &mut self.queries {
+            q.resolve_paths(base);
+        }
+    }
+}
+
+impl SearchRunConfig {
     /// The config of a pretrained encoder used without training (no catalogue of its own:
     /// `data` points at the model folder and is never read).
     pub fn for_pretrained(dir: &Path, model: ImageEncoderConfig, preprocess: Preprocess) -> Self {
@@ -268,84 +263,70 @@ impl SearchRunConfig {
             eval: EvalConfig::default(),
         }
     }
+}
 
-    /// Makes data paths absolute against `base`, so the saved config works from anywhere.
-    pub fn resolve_paths(&mut self, base: &Path) {
-        crate::pretrained::resolve_init_path(&mut self.init, base);
-        self.data.resolve_paths(base);
-        if let Some(q) = &mut self.queries {
-            q.resolve_paths(base);
-        }
+/// Class names in index order, saved as `labels.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelMap {
+    pub column: Option<String>,
+    pub classes: Vec<String>,
+}
+
+impl LabelMap {
+    pub fn index_of(&self, label: &str) -> Option<u32> {
+        self.classes
+            .binary_search_by(|c| c.as_str().cmp(label))
+            .ok()
+            .map(|i| i as u32)
     }
 }
 
-/// Reads a TOML file, applies `key.path=value` overrides and deserialises it.
-pub fn load_toml<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse_toml(&text, &path.display().to_string(), overrides)
+/// Which catalogue items are trained on and which are held out as queries (`split.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitRecord {
+    pub holdout_fraction: f32,
+    pub seed: u64,
+    pub train_items: usize,
+    pub holdout_ids: Vec<String>,
 }
 
-pub fn parse_toml<T: DeserializeOwned>(
-    text: &str,
-    origin: &str,
-    overrides: &[String],
-) -> Result<T> {
-    let cfg_err = |message: String| TrainError::Config {
-        origin: origin.to_string(),
-        message,
-    };
-    let mut value: toml::Table = toml::from_str(text).map_err(|e| cfg_err(e.to_string()))?;
-    for ov in overrides {
-        apply_override(&mut value, ov).map_err(|m| cfg_err(format!("--set {ov}: {m}")))?;
+/// The catalogue, opened and split as the run's config says.
+pub struct Prepared {
+    pub catalog: Catalog,
+    pub report: LoadReport,
+    pub train: Vec<usize>,
+    pub holdout: Vec<usize>,
+}
+
+pub fn open_and_split(config: &SearchRunConfig, skip_bad: bool) -> Result<Prepared> {
+    let (catalog, report) = Catalog::open(&config.data, skip_bad)?;
+    if catalog.is_empty() {
+        return Err(InferError::Invalid(format!(
+            "catalogue {} has no items",
+            catalog.source_name
+        )));
     }
-    toml::Value::Table(value)
-        .try_into()
-        .map_err(|e: toml::de::Error| cfg_err(e.to_string()))
-}
-
-/// `a.b.c=value`: the value is parsed as a TOML literal (number, bool, array, quoted
-/// string) and taken as a bare string otherwise.
-fn apply_override(root: &mut toml::Table, spec: &str) -> std::result::Result<(), String> {
-    let (key, raw) = spec.split_once('=').ok_or("expected key.path=value")?;
-    let parts: Vec<&str> = key.trim().split('.').collect();
-    if parts.iter().any(|p| p.is_empty()) {
-        return Err("empty key segment".into());
-    }
-    let value = toml::from_str::<toml::Table>(&format!("v = {}", raw.trim()))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
-    let mut table = root;
-    for part in &parts[..parts.len() - 1] {
-        let entry = table
-            .entry(part.to_string())
-            .or_insert_with(|| toml::Value::Table(Default::default()));
-        table = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("{part} is not a table"))?;
-    }
-    table.insert(parts[parts.len() - 1].to_string(), value);
-    Ok(())
-}
-
-pub fn to_toml_string<T: Serialize>(value: &T) -> String {
-    toml::to_string_pretty(value).expect("configs serialise to TOML")
-}
-
-pub fn absolutize(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_owned()
+    let (train, holdout) = if config.split.holdout_fraction > 0.0 {
+        split_indices(
+            catalog.len(),
+            config.split.holdout_fraction,
+            config.split.seed,
+        )
     } else {
-        base.join(p)
-    }
+        ((0..catalog.len()).collect(), Vec::new())
+    };
+    Ok(Prepared {
+        catalog,
+        report,
+        train,
+        holdout,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{parse_toml, to_toml_string};
 
     const MINIMAL: &str = r#"
 [data]
@@ -365,8 +346,8 @@ root = "photos"
             ],
         )
         .unwrap();
-        assert_eq!(c.train.epochs, 3);
-        assert_eq!(c.train.loss, LossKind::ProxyAnchor);
+        assert_eq!(c.train.fit.epochs, 3);
+        assert_eq!(c.train.task.loss, LossKind::ProxyAnchor);
         assert_eq!(c.seed, 9);
         let err =
             parse_toml::<SearchRunConfig>(MINIMAL, "t", &["train.epochs=many".into()]).unwrap_err();
@@ -386,30 +367,19 @@ root = "photos"
 
     #[test]
     fn train_limits_at_and_past() {
-        let ok = TrainConfig {
-            batch_size: 2,
-            samples_per_class: 2,
-            ..Default::default()
-        };
-        assert!(ok.validate().is_ok());
-        assert!(TrainConfig {
-            batch_size: 1,
-            ..ok.clone()
-        }
-        .validate()
-        .is_err());
-        assert!(TrainConfig {
-            epochs: 0,
-            ..ok.clone()
-        }
-        .validate()
-        .is_err());
-        assert!(TrainConfig {
-            samples_per_class: 3,
-            ..ok
-        }
-        .validate()
-        .is_err());
+        let mut ok = TrainConfig::default();
+        ok.fit.batch_size = 2;
+        ok.task.samples_per_class = 2;
+        assert!(validate_train(&ok).is_ok());
+        let mut t = ok.clone();
+        t.fit.batch_size = 1;
+        assert!(validate_train(&t).is_err());
+        let mut t = ok.clone();
+        t.fit.epochs = 0;
+        assert!(validate_train(&t).is_err());
+        let mut t = ok;
+        t.task.samples_per_class = 3;
+        assert!(validate_train(&t).is_err());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The visual-search pipeline shared by the CLI and the server: load a run's encoder,
-//! embed catalogues and query images, build and update indexes, answer queries.
+//! A search run's encoder (or a pretrained ViT / CLIP): load it, embed image files and
+//! catalogues, build and update indexes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,13 +10,14 @@ use vitrine_data::catalog::LoadReport;
 use vitrine_data::catalog::{Catalog, CatalogConfig};
 use vitrine_data::image_io::load_image;
 use vitrine_data::transform::{to_pixels, Augment};
-use vitrine_index::{DeviceIndex, Filter, Index, IndexItem, ModelInfo};
+use vitrine_index::{Index, IndexItem, ModelInfo};
 use vitrine_models::{ImageEncoder, ImageEncoderConfig};
 
-use crate::config::SearchRunConfig;
-use crate::embed::{embed_catalog, embed_pixels, progress_bar};
-use crate::error::{Result, TrainError};
+use super::config::SearchRunConfig;
+use super::embed::{embed_catalog, embed_pixels};
+use crate::error::{InferError, Result};
 use crate::pretrained::{is_pretrained, load_vision, TextTower};
+use crate::progress::progress_bar;
 use crate::run::RunDir;
 
 /// A trained encoder with the preprocessing it was trained with, or a pretrained one
@@ -39,7 +40,7 @@ impl<B: Backend> Encoder<B> {
             return Self::load_pretrained(&run.to_string_lossy(), device);
         }
         let run = RunDir::new(run);
-        let config = run.load_config()?;
+        let config: SearchRunConfig = run.load_config()?;
         let model = run.load_encoder::<B>(&config.model, device)?;
         Ok(Self {
             run,
@@ -68,7 +69,7 @@ impl<B: Backend> Encoder<B> {
     pub fn embed_texts(&self, texts: &[String]) -> Result<Vec<f32>> {
         match &self.text {
             Some(t) => t.embed(texts),
-            None => Err(TrainError::Invalid(format!(
+            None => Err(InferError::Invalid(format!(
                 "text queries need an index built with a CLIP model (with its tokenizer.json); {} is {}",
                 self.run.path.display(),
                 self.pretrained.map_or("a trained image-only run".to_string(), |a| format!("a pretrained {a} image encoder"))
@@ -96,6 +97,37 @@ impl<B: Backend> Encoder<B> {
             &self.device,
             None,
         ))
+    }
+
+    /// Embeds catalogue items `items` with the run's preprocessing (decoded within
+    /// `limits`), showing a progress bar labelled `what`: the kept items and their
+    /// embeddings (see [`embed_catalog`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn embed_items(
+        &self,
+        catalog: &Catalog,
+        items: &[usize],
+        limits: &vitrine_data::image_io::DecodeLimits,
+        skip_bad: bool,
+        report: &mut LoadReport,
+        what: &str,
+        quiet: bool,
+    ) -> Result<(Vec<usize>, Vec<f32>)> {
+        let bar = progress_bar(items.len(), what, quiet);
+        let out = embed_catalog(
+            &self.model,
+            catalog,
+            items,
+            &self.config.preprocess,
+            limits,
+            self.config.eval.batch_size,
+            skip_bad,
+            report,
+            &self.device,
+            Some(&bar),
+        );
+        bar.finish_and_clear();
+        out
     }
 
     fn model_info(&self) -> ModelInfo {
@@ -126,20 +158,15 @@ impl<B: Backend> Encoder<B> {
             }
         }
         let all: Vec<usize> = (0..cat.len()).collect();
-        let bar = progress_bar(all.len(), "embed", quiet);
-        let (kept, emb) = embed_catalog(
-            &self.model,
+        let (kept, emb) = self.embed_items(
             &cat,
             &all,
-            &self.config.preprocess,
             &catalog.limits,
-            self.config.eval.batch_size,
             skip_bad,
             &mut report,
-            &self.device,
-            Some(&bar),
+            "embed",
+            quiet,
         )?;
-        bar.finish_and_clear();
         let dim = index.dim;
         // Validate every row before touching the index, so a failure adds nothing.
         let mut staged = index.clone();
@@ -162,7 +189,7 @@ impl<B: Backend> Encoder<B> {
         quiet: bool,
     ) -> Result<(Index, AddReport)> {
         if catalog.is_none() && self.pretrained.is_some() {
-            return Err(TrainError::Invalid(
+            return Err(InferError::Invalid(
                 "a pretrained model has no training catalogue: name the items to index (--csv/--images, --image-folder or --idx-images)".into(),
             ));
         }
@@ -195,96 +222,4 @@ fn item_of(item: &vitrine_data::catalog::Item) -> IndexItem {
 pub struct AddReport {
     pub added: usize,
     pub data: LoadReport,
-}
-
-/// One ranked result with its metadata.
-#[derive(Debug, Clone, Serialize)]
-pub struct SearchResult {
-    pub rank: usize,
-    pub id: String,
-    pub score: f32,
-    pub title: Option<String>,
-    pub attrs: BTreeMap<String, String>,
-}
-
-/// What a query is: image files (one ranking each), an item already in the index, or
-/// texts (CLIP indexes; one ranking each).
-pub enum Query<'a> {
-    Images(&'a [PathBuf]),
-    ItemId(&'a str),
-    Texts(&'a [String]),
-}
-
-pub fn search<B: Backend>(
-    index: &Index,
-    encoder: &Encoder<B>,
-    query: Query<'_>,
-    k: usize,
-    max_k: usize,
-    filter: &Filter,
-) -> Result<Vec<Vec<SearchResult>>> {
-    let queries = query_embeddings(index, encoder, query)?;
-    let dev = DeviceIndex::<B>::new(index, &encoder.device);
-    let hits = dev.search(index, &queries, k, max_k, filter)?;
-    Ok(results(index, hits))
-}
-
-/// Row-major query embeddings, after checking the encoder makes the index's kind.
-pub fn query_embeddings<B: Backend>(
-    index: &Index,
-    encoder: &Encoder<B>,
-    query: Query<'_>,
-) -> Result<Vec<f32>> {
-    if encoder.config.model.embed_dim() != index.dim {
-        return Err(TrainError::Invalid(format!(
-            "the index holds {}-d embeddings but the run's encoder makes {}-d ones: rebuild the index with this run",
-            index.dim,
-            encoder.config.model.embed_dim()
-        )));
-    }
-    Ok(match query {
-        Query::Images(paths) => encoder.embed_files(paths)?,
-        Query::Texts(texts) => encoder.embed_texts(texts)?,
-        Query::ItemId(id) => {
-            let row = index
-                .row_of(id)
-                .ok_or_else(|| vitrine_index::IndexError::UnknownId(id.to_string()))?;
-            index.embedding(row).expect("row exists").to_vec()
-        }
-    })
-}
-
-/// Index hits with their ranks and metadata.
-pub fn results(index: &Index, hits: Vec<Vec<vitrine_index::Hit>>) -> Vec<Vec<SearchResult>> {
-    hits.into_iter()
-        .map(|hits| {
-            hits.into_iter()
-                .enumerate()
-                .map(|(r, h)| {
-                    let attrs = index
-                        .item(h.row)
-                        .map(|it| it.attrs.clone())
-                        .unwrap_or_default();
-                    SearchResult {
-                        rank: r + 1,
-                        id: h.id,
-                        score: h.score,
-                        title: attrs.get("title").cloned(),
-                        attrs,
-                    }
-                })
-                .collect()
-        })
-        .collect()
-}
-
-/// Resolves the run an index was built with: the `--run` given, or the one recorded in it.
-pub fn index_run(index: &Index, run: Option<&Path>) -> Result<PathBuf> {
-    match run {
-        Some(r) => Ok(r.to_owned()),
-        None if !index.model.run.is_empty() => Ok(PathBuf::from(&index.model.run)),
-        None => Err(TrainError::Invalid(
-            "the index records no run: pass --run".into(),
-        )),
-    }
 }

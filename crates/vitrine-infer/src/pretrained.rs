@@ -13,8 +13,7 @@ use vitrine_models::hf::{self, HfConfig};
 use vitrine_models::vit::load_hf_vit;
 use vitrine_models::{ImageEncoder, ImageEncoderConfig};
 
-use crate::config::absolutize;
-use crate::error::{Result, TrainError};
+use crate::error::{InferError, Result};
 
 /// CLIP's text tower with the tokenizer its ids come from.
 pub struct TextTower<B: Backend> {
@@ -31,7 +30,7 @@ impl<B: Backend> TextTower<B> {
         let mut rows = Vec::with_capacity(texts.len());
         for t in texts {
             if t.trim().is_empty() {
-                return Err(TrainError::Invalid("empty text query".into()));
+                return Err(InferError::Invalid("empty text query".into()));
             }
             let mut ids = self.tokenizer.encode_with_special(t)?;
             if ids.len() > n_ctx {
@@ -70,7 +69,7 @@ pub fn load_vision<B: Backend>(spec: &str, device: &B::Device) -> Result<Pretrai
     let config = HfConfig::read(&dir)?;
     let preprocess_path = dir.join(hf::PREPROCESSOR_FILE);
     if !preprocess_path.is_file() {
-        return Err(TrainError::Invalid(format!(
+        return Err(InferError::Invalid(format!(
             "{}: no {} (the image size and normalisation the model expects)",
             dir.display(),
             hf::PREPROCESSOR_FILE
@@ -106,7 +105,7 @@ pub fn load_vision<B: Backend>(spec: &str, device: &B::Device) -> Result<Pretrai
             )
         }
         other => {
-            return Err(TrainError::Invalid(format!(
+            return Err(InferError::Invalid(format!(
                 "{}: model_type {other:?} is not an image encoder (supported: vit, clip)",
                 dir.display()
             )))
@@ -119,7 +118,7 @@ pub fn load_vision<B: Backend>(spec: &str, device: &B::Device) -> Result<Pretrai
         preprocess.width as usize,
     ) != (c, h, w)
     {
-        return Err(TrainError::Invalid(format!(
+        return Err(InferError::Invalid(format!(
             "{}: the image processor makes {}x{} images but the model takes {h}x{w}",
             dir.display(),
             preprocess.height,
@@ -136,24 +135,13 @@ pub fn load_vision<B: Backend>(spec: &str, device: &B::Device) -> Result<Pretrai
     })
 }
 
-/// `init` made absolute against the config's folder when it names a folder.
-pub(crate) fn resolve_init_path(init: &mut Option<String>, base: &Path) {
-    if let Some(spec) = init {
-        if !spec.starts_with("hf:") {
-            *spec = absolutize(base, Path::new(spec.as_str()))
-                .display()
-                .to_string();
-        }
-    }
-}
-
 /// A pretrained model folder's `tokenizer.json`, or an error saying it has none.
-pub(crate) fn pretrained_tokenizer(dir: &Path) -> Result<PathBuf> {
+pub fn pretrained_tokenizer(dir: &Path) -> Result<PathBuf> {
     let path = dir.join(vitrine_models::hf::TOKENIZER_FILE);
     if path.is_file() {
         Ok(path)
     } else {
-        Err(TrainError::Invalid(format!(
+        Err(InferError::Invalid(format!(
             "{}: the init model has no tokenizer.json; give tokenizer.kind = \"file\" with its tokenizer",
             dir.display()
         )))

@@ -6,11 +6,10 @@ use indicatif::ProgressBar;
 use vitrine_data::catalog::LoadReport;
 use vitrine_data::catalog::{decode_pixels, Catalog};
 use vitrine_data::image_io::DecodeLimits;
-use vitrine_data::transform::{augment_pixels, normalize_into, Augment, Preprocess};
+use vitrine_data::transform::{normalize_into, Preprocess};
 use vitrine_models::ImageEncoder;
 
 use crate::error::Result;
-use crate::search::mix;
 
 /// Normalises a batch of CHW u8 images and uploads it: -> [n, C, H, W].
 pub fn batch_tensor<B: Backend>(pixels: &[u8], p: &Preprocess, device: &B::Device) -> Tensor<B, 4> {
@@ -19,39 +18,6 @@ pub fn batch_tensor<B: Backend>(pixels: &[u8], p: &Preprocess, device: &B::Devic
     let mut data = Vec::with_capacity(pixels.len());
     normalize_into(pixels, p, &mut data);
     Tensor::from_data(TensorData::new(data, [n, c, h, w]), device)
-}
-
-/// Items `idx` of cached CHW u8 pixels, each augmented from its own seed
-/// (`mix(epoch_seed, item)`) unless `aug` is the identity, normalised and uploaded:
-/// -> [idx.len(), C, H, W]. Training batches of every image task come from here.
-pub fn augmented_batch<B: Backend>(
-    pixels: &[u8],
-    idx: &[usize],
-    p: &Preprocess,
-    aug: &Augment,
-    epoch_seed: u64,
-    device: &B::Device,
-) -> Tensor<B, 4> {
-    let (c, h, w) = (p.channels as usize, p.height as usize, p.width as usize);
-    let item_len = c * h * w;
-    let mut data = Vec::with_capacity(idx.len() * item_len);
-    for &i in idx {
-        let px = &pixels[i * item_len..(i + 1) * item_len];
-        if aug.is_identity() {
-            normalize_into(px, p, &mut data);
-        } else {
-            let augmented = augment_pixels(
-                px,
-                p.channels,
-                p.height,
-                p.width,
-                aug,
-                mix(epoch_seed, i as u64),
-            );
-            normalize_into(&augmented, p, &mut data);
-        }
-    }
-    Tensor::from_data(TensorData::new(data, [idx.len(), c, h, w]), device)
 }
 
 /// Embeds `n` cached images (CHW u8, concatenated): -> row-major [n, embed_dim].
@@ -107,21 +73,4 @@ pub fn embed_catalog<B: Backend>(
         }
     }
     Ok((kept, embeddings))
-}
-
-pub fn progress_bar(len: usize, what: &str, quiet: bool) -> ProgressBar {
-    use std::io::IsTerminal;
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} {per_sec} [{elapsed_precise}<{eta_precise}]",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(what.to_string());
-    bar
 }

@@ -1,5 +1,5 @@
-//! Copy generation: validated parameters, batched sampling with a KV cache, hard
-//! constraints, and resampling until `n` candidates pass or the budget is spent.
+//! Copy generation: batched sampling with a KV cache, hard constraints, and resampling
+//! until `n` candidates pass or the budget is spent.
 //!
 //! Sampling per step and row: keyword boost (a logit bonus for the first token of every
 //! keyword the line has not used yet; a started keyword's remaining tokens are forced, as in
@@ -13,243 +13,12 @@ use std::collections::{BTreeMap, HashSet};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
-use vitrine_data::copy::{contains_phrase, words, Brief, Constraints, Rejection};
+use serde::Serialize;
+use vitrine_data::copy::{contains_phrase, words, Brief, Rejection};
 
-use crate::error::{Result, TrainError};
-use crate::lm::{GenerateLimits, LmRun};
-
-/// A raw generation request (CLI flags or the server's JSON body).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GenerateRequest {
-    pub keywords: String,
-    pub tone: Option<String>,
-    pub n: usize,
-    pub max_chars: usize,
-    pub temperature: f64,
-    /// Sample among the k most likely tokens (≥ 1; the vocabulary size or more = no cut).
-    pub top_k: usize,
-    pub top_p: f64,
-    pub repetition_penalty: f64,
-    pub seed: u64,
-    pub stop: Vec<String>,
-    pub banned: Vec<String>,
-    /// Refuse candidates that repeat a training line.
-    pub no_copy: bool,
-    /// Logit bonus for unused keywords (None = the run's `generate.keyword_boost`).
-    pub keyword_boost: Option<f64>,
-    /// Tokens generated per candidate at most (None = the run's `generate.max_new_tokens`).
-    pub max_tokens: Option<usize>,
-}
-
-impl Default for GenerateRequest {
-    fn default() -> Self {
-        Self {
-            keywords: String::new(),
-            tone: None,
-            n: 10,
-            max_chars: 60,
-            temperature: 0.8,
-            top_k: 50,
-            top_p: 0.95,
-            repetition_penalty: 1.1,
-            seed: 7,
-            stop: Vec::new(),
-            banned: Vec::new(),
-            no_copy: false,
-            keyword_boost: None,
-            max_tokens: None,
-        }
-    }
-}
-
-/// A request that passed validation.
-#[derive(Debug, Clone)]
-pub struct CheckedRequest {
-    pub brief: Brief,
-    pub prompt_ids: Vec<u32>,
-    pub n: usize,
-    pub sampling: Sampling,
-    pub max_new_tokens: usize,
-    pub stop: Vec<String>,
-    pub constraints: Constraints,
-    pub seed: u64,
-    /// Per keyword: its tokens inside a line (after a space) and at the line's start.
-    pub keyword_tokens: Vec<[Vec<u32>; 2]>,
-    pub keyword_boost: f32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sampling {
-    pub temperature: f64,
-    pub top_k: usize,
-    pub top_p: f64,
-    pub repetition_penalty: f64,
-}
-
-fn invalid(
-    field: &str,
-    value: impl std::fmt::Display,
-    allowed: impl std::fmt::Display,
-) -> TrainError {
-    TrainError::Invalid(format!("{field} = {value}: allowed {allowed}"))
-}
-
-/// Turns a raw request into a checked one; each error names the field and its limit.
-pub fn validate<B: Backend>(
-    req: &GenerateRequest,
-    run: &LmRun<B>,
-    limits: &GenerateLimits,
-) -> Result<CheckedRequest> {
-    if !run.config.is_copy() {
-        return Err(TrainError::Invalid(format!(
-            "{} is a plain language-model run (task \"lm\"); generate needs a copy run (task \"copy\")",
-            run.dir.path.display()
-        )));
-    }
-    if !(req.temperature.is_finite() && req.temperature > 0.0) {
-        return Err(invalid(
-            "temperature",
-            req.temperature,
-            "a finite number > 0",
-        ));
-    }
-    if req.top_k == 0 {
-        return Err(invalid("top_k", req.top_k, "an integer >= 1"));
-    }
-    if !(req.top_p > 0.0 && req.top_p <= 1.0) {
-        return Err(invalid("top_p", req.top_p, "0 < top_p <= 1"));
-    }
-    if !(req.repetition_penalty.is_finite() && req.repetition_penalty > 0.0) {
-        return Err(invalid(
-            "repetition_penalty",
-            req.repetition_penalty,
-            "a finite number > 0 (1 = off)",
-        ));
-    }
-    if req.n == 0 || req.n > limits.max_n {
-        return Err(invalid(
-            "n",
-            req.n,
-            format!("1..={} (generate.max_n)", limits.max_n),
-        ));
-    }
-    if req.max_chars == 0 || req.max_chars > limits.max_chars {
-        return Err(invalid(
-            "max_chars",
-            req.max_chars,
-            format!("1..={} (generate.max_chars)", limits.max_chars),
-        ));
-    }
-    if req.stop.len() > limits.max_stop || req.stop.iter().any(|s| s.is_empty()) {
-        return Err(invalid(
-            "stop",
-            format!("{:?}", req.stop),
-            format!(
-                "at most {} non-empty strings (generate.max_stop)",
-                limits.max_stop
-            ),
-        ));
-    }
-    let brief_chars =
-        req.keywords.chars().count() + req.tone.as_deref().map_or(0, |t| t.chars().count());
-    if brief_chars > limits.max_brief_chars {
-        return Err(invalid(
-            "keywords",
-            format!("{brief_chars} characters"),
-            format!(
-                "at most {} (generate.max_brief_chars)",
-                limits.max_brief_chars
-            ),
-        ));
-    }
-    let max_tokens = req.max_tokens.unwrap_or(limits.max_new_tokens);
-    if max_tokens == 0 || max_tokens > limits.max_new_tokens {
-        return Err(invalid(
-            "max_tokens",
-            max_tokens,
-            format!("1..={} (generate.max_new_tokens)", limits.max_new_tokens),
-        ));
-    }
-    let keyword_boost = req.keyword_boost.unwrap_or(limits.keyword_boost);
-    if !(keyword_boost.is_finite() && (0.0..=limits.max_keyword_boost).contains(&keyword_boost)) {
-        return Err(invalid(
-            "keyword_boost",
-            keyword_boost,
-            format!(
-                "0..={} (generate.max_keyword_boost)",
-                limits.max_keyword_boost
-            ),
-        ));
-    }
-    let mut brief = Brief::parse(&req.keywords, req.tone.as_deref());
-    for k in &mut brief.keywords {
-        *k = limits.keyword_case.apply(k);
-    }
-    let has_tone = match &run.config.data {
-        crate::lm::LmData::Copy { train, .. } => train.tone_column.is_some(),
-        crate::lm::LmData::Text { .. } => false,
-    };
-    if brief.tone.is_some() && !has_tone {
-        return Err(TrainError::Invalid(
-            "tone: this model was trained without a tone column (data.train.tone_column), so it cannot follow one; leave out --tone".into(),
-        ));
-    }
-    let prompt_ids = run.tokenizer.encode(&brief.prompt())?;
-    let n_ctx = run.config.model.n_ctx;
-    if prompt_ids.len() >= n_ctx {
-        return Err(invalid(
-            "keywords",
-            format!("a brief of {} tokens", prompt_ids.len()),
-            format!(
-                "briefs of at most {} tokens: the model's context is {n_ctx} tokens (model.n_ctx) and the line needs room",
-                n_ctx - 1
-            ),
-        ));
-    }
-    let keyword_tokens = brief
-        .keywords
-        .iter()
-        .map(|k| {
-            Ok([
-                run.tokenizer.encode(&format!(" {k}"))?,
-                run.tokenizer.encode(k)?,
-            ])
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let banned = req
-        .banned
-        .iter()
-        .map(|b| b.trim().to_lowercase())
-        .filter(|b| !b.is_empty())
-        .collect();
-    Ok(CheckedRequest {
-        brief,
-        max_new_tokens: max_tokens.min(n_ctx - prompt_ids.len()),
-        prompt_ids,
-        n: req.n,
-        sampling: Sampling {
-            temperature: req.temperature,
-            top_k: req.top_k,
-            top_p: req.top_p,
-            repetition_penalty: req.repetition_penalty,
-        },
-        stop: req.stop.clone(),
-        constraints: Constraints {
-            max_chars: req.max_chars,
-            banned,
-            no_copy_of: if req.no_copy {
-                run.train_lines.clone()
-            } else {
-                HashSet::new()
-            },
-        },
-        seed: req.seed,
-        keyword_tokens,
-        keyword_boost: keyword_boost as f32,
-    })
-}
+use super::params::{CheckedRequest, GenerateLimits, Sampling};
+use super::run::LmRun;
+use crate::error::{InferError, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Candidate {
@@ -459,8 +228,8 @@ pub enum GenEvent<'a> {
 /// Receives [`GenEvent`]s; returning `false` cancels generation.
 pub type Observer<'o> = dyn FnMut(GenEvent<'_>) -> bool + 'o;
 
-fn cancelled() -> TrainError {
-    TrainError::Cancelled("generation was cancelled".into())
+fn cancelled() -> InferError {
+    InferError::Cancelled("generation was cancelled".into())
 }
 
 /// Samples `rows` continuations of the prompt in one batch with a KV cache; `first` is the
@@ -505,7 +274,7 @@ fn sample_batch<B: Backend>(
             .into_data()
             .convert::<f32>()
             .to_vec()
-            .map_err(|e| TrainError::Invalid(format!("reading logits: {e:?}")))?;
+            .map_err(|e| InferError::Invalid(format!("reading logits: {e:?}")))?;
         let mut next = vec![eos.unwrap_or(0) as i64; rows];
         for (r, row) in out.iter_mut().enumerate() {
             if row.done {
@@ -594,7 +363,7 @@ pub fn generate<B: Backend>(
 
 /// [`generate`], reporting tokens and accepted candidates to `observer` as they come; the
 /// output is the same as without an observer. An observer that returns `false` stops
-/// generation with [`TrainError::Cancelled`].
+/// generation with [`InferError::Cancelled`].
 pub fn generate_observed<B: Backend>(
     run: &LmRun<B>,
     req: &CheckedRequest,

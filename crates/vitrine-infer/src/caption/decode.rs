@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use vitrine_models::captioner::Captioner;
 use vitrine_models::gpt::KvCache;
 
-use crate::error::{Result, TrainError};
+use crate::error::{InferError, Result};
 
 /// How captions are decoded (`[decode]` in a caption run, flags of `vitrine caption`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,13 +47,27 @@ impl Default for DecodeConfig {
     }
 }
 
-/// Per-request changes to a run's decoding settings (CLI flags, server fields).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Per-request changes to a run's decoding settings: `vitrine caption` flags and the
+/// fields of `POST /v1/caption`, declared once. Absent = the run's `[decode]` value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DecodeOverrides {
+    /// Beams per image (1 = greedy; default: the run's decode.beam).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub beam: Option<usize>,
+    /// Length normalisation exponent (default: the run's decode.length_penalty).
+    #[cfg_attr(feature = "clap", arg(long, allow_negative_numbers = true))]
     pub length_penalty: Option<f64>,
+    /// End-of-text is not allowed before this many tokens.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub min_tokens: Option<usize>,
+    /// Most generated tokens (the server caps it at `limits.max_tokens`).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub max_tokens: Option<usize>,
+    /// No n-gram of this size twice in a caption (0 = off).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub no_repeat_ngram: Option<usize>,
 }
 
@@ -91,19 +105,19 @@ impl Default for CaptionLimits {
 impl CaptionLimits {
     pub fn validate(&self) -> Result<()> {
         if self.max_beam == 0 || self.max_beam > 256 {
-            return Err(TrainError::Invalid(format!(
+            return Err(InferError::Invalid(format!(
                 "limits.max_beam = {} (allowed 1..=256)",
                 self.max_beam
             )));
         }
         if self.batch_size == 0 || self.batch_size > 4096 {
-            return Err(TrainError::Invalid(format!(
+            return Err(InferError::Invalid(format!(
                 "limits.batch_size = {} (allowed 1..=4096)",
                 self.batch_size
             )));
         }
         if !(self.max_length_penalty.is_finite() && self.max_length_penalty >= 0.0) {
-            return Err(TrainError::Invalid(format!(
+            return Err(InferError::Invalid(format!(
                 "limits.max_length_penalty = {} (finite, >= 0)",
                 self.max_length_penalty
             )));
@@ -116,7 +130,7 @@ impl DecodeConfig {
     /// Checks the settings against `limits` and the model's context `n_ctx` (the most
     /// tokens after `bos`).
     pub fn validate(&self, limits: &CaptionLimits, n_ctx: usize) -> Result<()> {
-        let bad = |m: String| Err(TrainError::Invalid(m));
+        let bad = |m: String| Err(InferError::Invalid(m));
         if self.beam == 0 || self.beam > limits.max_beam {
             return bad(format!(
                 "beam = {} (allowed 1..={}, limits.max_beam)",
@@ -171,10 +185,40 @@ pub fn decode<B: Backend>(
     sp: Specials,
     cfg: &DecodeConfig,
 ) -> Result<Vec<Vec<u32>>> {
+    let batch = Batch::new(model, images, sp, cfg)?;
     if cfg.beam <= 1 {
-        greedy(model, images, sp, cfg)
+        greedy(batch)
     } else {
-        beam_search(model, images, sp, cfg)
+        beam_search(batch)
+    }
+}
+
+/// A batch of `n` images being decoded: the model and its cache over the images.
+struct Batch<'a, B: Backend> {
+    model: &'a Captioner<B>,
+    cache: KvCache<B>,
+    n: usize,
+    device: B::Device,
+    sp: Specials,
+    cfg: &'a DecodeConfig,
+}
+
+impl<'a, B: Backend> Batch<'a, B> {
+    /// Runs the encoder once over `images` [N, C, H, W] into the decoder's cache.
+    fn new(
+        model: &'a Captioner<B>,
+        images: Tensor<B, 4>,
+        sp: Specials,
+        cfg: &'a DecodeConfig,
+    ) -> Result<Self> {
+        Ok(Self {
+            n: images.dims()[0],
+            device: images.device(),
+            cache: model.new_cache(images)?,
+            model,
+            sp,
+            cfg,
+        })
     }
 }
 
@@ -194,7 +238,7 @@ fn step<B: Backend>(
     let data: Vec<f32> = logp
         .into_data()
         .into_vec()
-        .map_err(|e| TrainError::Invalid(format!("reading decoder output: {e:?}")))?;
+        .map_err(|e| InferError::Invalid(format!("reading decoder output: {e:?}")))?;
     Ok((data, v))
 }
 
@@ -232,15 +276,9 @@ fn argmax(row: &[f32]) -> u32 {
     best as u32
 }
 
-fn greedy<B: Backend>(
-    model: &Captioner<B>,
-    images: Tensor<B, 4>,
-    sp: Specials,
-    cfg: &DecodeConfig,
-) -> Result<Vec<Vec<u32>>> {
-    let n = images.dims()[0];
-    let device = images.device();
-    let mut cache = model.new_cache(images)?;
+fn greedy<B: Backend>(b: Batch<'_, B>) -> Result<Vec<Vec<u32>>> {
+    let (model, n, device, sp, cfg) = (b.model, b.n, b.device, b.sp, b.cfg);
+    let mut cache = b.cache;
     let mut seqs: Vec<Vec<u32>> = vec![vec![sp.bos]; n];
     let mut done = vec![false; n];
     for _ in 0..cfg.max_tokens {
@@ -295,16 +333,81 @@ fn normalised(logp: f64, len: usize, alpha: f64) -> f64 {
     logp / (len as f64).powf(alpha)
 }
 
-fn beam_search<B: Backend>(
-    model: &Captioner<B>,
-    images: Tensor<B, 4>,
+/// One image's share of a beam-search step: its beams' next-token log-probabilities.
+struct Step<'a> {
+    /// [beams, v], row-major.
+    logp: &'a mut [f32],
+    v: usize,
+    /// The image's first row in the batch.
+    base: usize,
+    /// Tokens generated once this step's token is appended.
+    gen_len: usize,
+}
+
+/// Advances one image's beams by a step: the `beam` best live continuations and the cache
+/// rows they continue (continuations that end the caption become finished hypotheses), and
+/// whether the image is done (nothing live can beat its finished hypotheses any more).
+fn advance(
+    beams: &[Hyp],
+    step: Step<'_>,
+    finished: &mut Finished,
     sp: Specials,
     cfg: &DecodeConfig,
-) -> Result<Vec<Vec<u32>>> {
-    let n = images.dims()[0];
-    let k = cfg.beam;
-    let device = images.device();
-    let mut cache = model.new_cache(images)?;
+) -> (Vec<Hyp>, Vec<i64>, bool) {
+    let (k, v) = (cfg.beam, step.v);
+    // Every (beam, token) continuation, best first; 2k are enough to fill k live
+    // beams even if k of them end the caption.
+    let mut cands: Vec<(f64, usize, u32)> = Vec::with_capacity(beams.len() * v);
+    for (b, hyp) in beams.iter().enumerate() {
+        let row = &mut step.logp[b * v..(b + 1) * v];
+        mask_row(row, &hyp.seq, sp, cfg);
+        for (tok, &lp) in row.iter().enumerate() {
+            if lp > f32::NEG_INFINITY {
+                cands.push((hyp.logp + lp as f64, b, tok as u32));
+            }
+        }
+    }
+    let keep = (2 * k).min(cands.len());
+    if keep < cands.len() {
+        cands.select_nth_unstable_by(keep, |a, b| b.0.total_cmp(&a.0));
+        cands.truncate(keep);
+    }
+    // Ties broken by (beam, token) so the order never depends on the sort.
+    cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut live: Vec<Hyp> = Vec::with_capacity(k);
+    let mut rows: Vec<i64> = Vec::with_capacity(k);
+    for (score, b, tok) in cands {
+        if live.len() == k {
+            break;
+        }
+        if tok == sp.eos {
+            let score = normalised(score, step.gen_len, cfg.length_penalty);
+            finished.add(score, beams[b].seq.clone(), k);
+        } else {
+            let mut seq = beams[b].seq.clone();
+            seq.push(tok);
+            live.push(Hyp { seq, logp: score });
+            rows.push((step.base + b) as i64);
+        }
+    }
+    // Too few continuations (tiny vocabularies): pad with copies of the best live beam so
+    // every image keeps k rows; the copies only ever duplicate it.
+    let Some(best) = live.first().cloned() else {
+        // Everything ended: the image is done.
+        return (vec![beams[0].clone(); k], vec![step.base as i64; k], true);
+    };
+    while live.len() < k {
+        live.push(best.clone());
+        rows.push(rows[0]);
+    }
+    let done = finished.hyps.len() >= k
+        && finished.worst() >= normalised(best.logp, step.gen_len, cfg.length_penalty);
+    (live, rows, done)
+}
+
+fn beam_search<B: Backend>(b: Batch<'_, B>) -> Result<Vec<Vec<u32>>> {
+    let (model, device, sp, cfg) = (b.model, b.device, b.sp, b.cfg);
+    let (n, k, mut cache) = (b.n, cfg.beam, b.cache);
     // Step 0 runs each image once; its top-k tokens seed the k beams.
     let mut beams: Vec<Vec<Hyp>> = vec![
         vec![Hyp {
@@ -333,66 +436,15 @@ fn beam_search<B: Backend>(
                 next.push(vec![beams[i][0].clone(); k]);
                 continue;
             }
-            // Every (beam, token) continuation, best first; 2k are enough to fill k live
-            // beams even if k of them end the caption.
-            let mut cands: Vec<(f64, usize, u32)> = Vec::with_capacity(width * v);
-            for (b, hyp) in beams[i].iter().enumerate() {
-                let row = &mut logp[(base + b) * v..(base + b + 1) * v];
-                mask_row(row, &hyp.seq, sp, cfg);
-                for (tok, &lp) in row.iter().enumerate() {
-                    if lp > f32::NEG_INFINITY {
-                        cands.push((hyp.logp + lp as f64, b, tok as u32));
-                    }
-                }
-            }
-            let keep = (2 * k).min(cands.len());
-            if keep < cands.len() {
-                cands.select_nth_unstable_by(keep, |a, b| b.0.total_cmp(&a.0));
-                cands.truncate(keep);
-            }
-            // Ties broken by (beam, token) so the order never depends on the sort.
-            cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-            let mut live: Vec<Hyp> = Vec::with_capacity(k);
-            for (score, b, tok) in cands {
-                if live.len() == k {
-                    break;
-                }
-                if tok == sp.eos {
-                    finished[i].add(
-                        normalised(score, gen_len, cfg.length_penalty),
-                        beams[i][b].seq.clone(),
-                        k,
-                    );
-                } else {
-                    let mut seq = beams[i][b].seq.clone();
-                    seq.push(tok);
-                    live.push(Hyp { seq, logp: score });
-                    rows.push((base + b) as i64);
-                }
-            }
-            // Too few continuations (tiny vocabularies): pad with copies of the best live
-            // beam so every image keeps k rows; the copies only ever duplicate it.
-            while live.len() < k {
-                let src = live.first().cloned();
-                match src {
-                    Some(h) => {
-                        let parent = rows[rows.len() - live.len()];
-                        live.push(h);
-                        rows.push(parent);
-                    }
-                    None => {
-                        // Everything ended: the image is done.
-                        done[i] = true;
-                        live.push(beams[i][0].clone());
-                        rows.push(base as i64);
-                    }
-                }
-            }
-            if !done[i] {
-                let best_live = live[0].logp;
-                done[i] = finished[i].hyps.len() >= k
-                    && finished[i].worst() >= normalised(best_live, gen_len, cfg.length_penalty);
-            }
+            let step = Step {
+                logp: &mut logp[base * v..(base + width) * v],
+                v,
+                base,
+                gen_len,
+            };
+            let (live, parents, ended) = advance(&beams[i], step, &mut finished[i], sp, cfg);
+            done[i] = ended;
+            rows.extend(parents);
             next.push(live);
         }
         beams = next;
@@ -443,7 +495,8 @@ mod tests {
             ..cfg(1)
         };
         // While min_tokens masks it, the eos id never wins; pick any id other than bos.
-        let ids = greedy(&m, images(6), Specials { bos, eos: 1 }, &probe).unwrap();
+        let ids =
+            greedy(Batch::new(&m, images(6), Specials { bos, eos: 1 }, &probe).unwrap()).unwrap();
         let mut counts = std::collections::BTreeMap::new();
         for &t in ids.iter().flatten().filter(|&&t| t != bos && t != 1) {
             *counts.entry(t).or_insert(0usize) += 1;
@@ -491,6 +544,12 @@ mod tests {
             .map(&mut Randomise(11))
     }
 
+    /// The test model, its special tokens, and `n` test images.
+    fn setup(n: usize) -> (Captioner<B>, Specials, Tensor<B, 4>) {
+        let (m, sp) = model_and_specials();
+        (m, sp, images(n))
+    }
+
     fn images(n: usize) -> Tensor<B, 4> {
         let data = TensorData::new(uniform(n * 3 * 16 * 12, 1.7, 5), [n, 3, 16, 12]);
         Tensor::from_data(data, &Default::default())
@@ -525,8 +584,8 @@ mod tests {
                 ..cfg(1)
             },
         ] {
-            let g = greedy(&m, images(6), sp, &c).unwrap();
-            let b = beam_search(&m, images(6), sp, &c).unwrap();
+            let g = greedy(Batch::new(&m, images(6), sp, &c).unwrap()).unwrap();
+            let b = beam_search(Batch::new(&m, images(6), sp, &c).unwrap()).unwrap();
             assert_eq!(g, b, "{c:?}");
             // Not a degenerate comparison: the captions differ in length and content.
             let lens: std::collections::BTreeSet<usize> = g.iter().map(Vec::len).collect();
@@ -539,8 +598,7 @@ mod tests {
 
     #[test]
     fn batched_equals_unbatched() {
-        let (m, sp) = model_and_specials();
-        let x = images(4);
+        let (m, sp, x) = setup(4);
         for beam in [1, 3] {
             let c = DecodeConfig {
                 no_repeat_ngram: 3,
@@ -562,8 +620,7 @@ mod tests {
         // With no length normalisation, a beam of 4 should find captions at least as likely
         // as greedy's and, on some images, likelier (not a theorem: beam search can prune
         // the greedy path; a regression in the search shows up here as a loss).
-        let (m, sp) = model_and_specials();
-        let x = images(5);
+        let (m, sp, x) = setup(5);
         let c0 = DecodeConfig {
             length_penalty: 0.0,
             min_tokens: 3,
@@ -616,8 +673,7 @@ mod tests {
 
     #[test]
     fn max_and_min_tokens_are_honoured() {
-        let (m, sp) = model_and_specials();
-        let x = images(6);
+        let (m, sp, x) = setup(6);
         for beam in [1, 3] {
             for max in [1, 2, 5] {
                 let c = DecodeConfig {
@@ -697,38 +753,17 @@ mod tests {
 
     #[test]
     fn caption_limits_at_and_past_the_edge() {
-        let ok = CaptionLimits::default();
-        assert!(CaptionLimits {
-            batch_size: 4096,
-            max_beam: 256,
-            ..ok.clone()
-        }
-        .validate()
-        .is_ok());
-        assert!(CaptionLimits {
-            batch_size: 4097,
-            ..ok.clone()
-        }
-        .validate()
-        .is_err());
-        assert!(CaptionLimits {
-            batch_size: 0,
-            ..ok.clone()
-        }
-        .validate()
-        .is_err());
-        assert!(CaptionLimits {
-            max_beam: 257,
-            ..ok.clone()
-        }
-        .validate()
-        .is_err());
-        assert!(CaptionLimits {
-            max_length_penalty: f64::INFINITY,
-            ..ok
-        }
-        .validate()
-        .is_err());
+        // Whether the default limits with `change` applied validate.
+        let valid = |change: fn(&mut CaptionLimits)| {
+            let mut l = CaptionLimits::default();
+            change(&mut l);
+            l.validate().is_ok()
+        };
+        assert!(valid(|l| (l.batch_size, l.max_beam) = (4096, 256)));
+        assert!(!valid(|l| l.batch_size = 4097));
+        assert!(!valid(|l| l.batch_size = 0));
+        assert!(!valid(|l| l.max_beam = 257));
+        assert!(!valid(|l| l.max_length_penalty = f64::INFINITY));
     }
 
     #[test]

@@ -1,0 +1,15 @@
+//! Visual search: what a search run is (its config, labels and split), and how to use it
+//! (embed images, build and query indexes).
+
+mod config;
+mod embed;
+mod encoder;
+mod query;
+
+pub use config::{
+    open_and_split, validate_train, EvalConfig, LabelMap, LossKind, Prepared, Sampler,
+    SearchRunConfig, SearchTrain, SplitConfig, SplitRecord, TrainConfig,
+};
+pub use embed::{batch_tensor, embed_catalog, embed_pixels};
+pub use encoder::{AddReport, Encoder};
+pub use query::{index_run, query_embeddings, results, search, Query, SearchResult};

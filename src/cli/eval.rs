@@ -1,0 +1,154 @@
+//! `vitrine eval search|copy|caption|score`: evaluate a run; each writes its report into
+//! the run and prints it as a table (or JSON).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use vitrine_infer::run::files;
+
+use super::DeviceOpt;
+use crate::device::{OnBackend, PickDevice};
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Recall@K and mAP@R of a search run on its query/gallery split; writes eval.json.
+    Search {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        skip_bad: bool,
+        #[arg(long)]
+        quiet: bool,
+        /// Run the encoder in f32, f16 or bf16 (writes eval-f16.json / eval-bf16.json).
+        #[arg(long, default_value = "f32")]
+        precision: vitrine_models::Precision,
+        #[command(flatten)]
+        out: EvalOut,
+    },
+    /// Validation loss and perplexity of a copy or language-model run; for copy runs also
+    /// keyword coverage, distinct-1/2, constraint compliance and training-copy rate of
+    /// candidates generated for the validation briefs. Writes eval.json.
+    Copy {
+        #[arg(long)]
+        run: PathBuf,
+        #[command(flatten)]
+        out: EvalOut,
+    },
+    /// BLEU-1..4, ROUGE-L and CIDEr-D of a caption run on its test split for each of
+    /// eval.beams, and of the nearest-neighbour baseline under a search run. Writes
+    /// eval.json.
+    Caption {
+        #[arg(long)]
+        run: PathBuf,
+        /// Search run for the nearest-neighbour baseline (default: the run's eval.search_run).
+        #[arg(long)]
+        search_run: Option<PathBuf>,
+        /// Beam sizes to evaluate, comma-separated (default: the run's eval.beams).
+        #[arg(long, value_delimiter = ',')]
+        beams: Option<Vec<usize>>,
+        /// Length normalisation exponent (default: the run's decode.length_penalty).
+        #[arg(long, allow_negative_numbers = true)]
+        length_penalty: Option<f64>,
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        out: EvalOut,
+    },
+    /// Pairwise accuracy (all pairs and significant ones) and AUC of a scorer run on the
+    /// validation A/B tests, with the "longer headline wins" and random baselines. Writes
+    /// eval.json.
+    Score {
+        #[arg(long)]
+        run: PathBuf,
+        #[command(flatten)]
+        out: EvalOut,
+    },
+}
+
+/// Where every evaluation runs and how it prints.
+#[derive(Args, Clone)]
+pub struct EvalOut {
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    device: DeviceOpt,
+}
+
+/// An evaluation's report: as JSON, as a table, and the file the run saved it in.
+pub struct Evaluated {
+    json: String,
+    table: String,
+    saved: PathBuf,
+}
+
+impl Evaluated {
+    fn new<R: serde::Serialize>(report: &R, table: String, saved: PathBuf) -> Result<Self> {
+        Ok(Self {
+            json: serde_json::to_string_pretty(report)?,
+            table,
+            saved,
+        })
+    }
+}
+
+pub fn run(cmd: EvalCommand) -> Result<()> {
+    let out = match &cmd {
+        EvalCommand::Search { out, .. }
+        | EvalCommand::Copy { out, .. }
+        | EvalCommand::Caption { out, .. }
+        | EvalCommand::Score { out, .. } => out.clone(),
+    };
+    let done = out.device.run(cmd)?;
+    if out.json {
+        println!("{}", done.json);
+    } else {
+        print!("{}", done.table);
+        eprintln!("wrote {}", done.saved.display());
+    }
+    Ok(())
+}
+
+impl OnBackend for EvalCommand {
+    type Output = Evaluated;
+    fn run<B: PickDevice>(self, d: B::Device) -> Result<Evaluated> {
+        match self {
+            EvalCommand::Search {
+                run,
+                skip_bad,
+                quiet,
+                precision,
+                ..
+            } => {
+                let r = vitrine_eval::eval_search::<B>(&run, &d, skip_bad, quiet, precision)?;
+                let saved = run.join(vitrine_eval::search::search_eval_file(precision));
+                Evaluated::new(&r, r.table(), saved)
+            }
+            EvalCommand::Copy { run, .. } => {
+                let r = vitrine_eval::eval_copy::<B>(&run, &d)?;
+                Evaluated::new(&r, r.table(), run.join(files::EVAL))
+            }
+            EvalCommand::Score { run, .. } => {
+                let r = vitrine_eval::eval_score::<B>(&run, &d)?;
+                Evaluated::new(&r, r.table(), run.join(files::EVAL))
+            }
+            EvalCommand::Caption {
+                run,
+                search_run,
+                beams,
+                length_penalty,
+                quiet,
+                ..
+            } => {
+                let opts = vitrine_eval::CaptionEvalOptions {
+                    search_run,
+                    beams,
+                    length_penalty,
+                    quiet,
+                };
+                let r = vitrine_eval::eval_caption::<B>(&run, &opts, &d)?;
+                Evaluated::new(&r, r.table(), run.join(files::EVAL))
+            }
+        }
+    }
+}

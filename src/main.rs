@@ -67,6 +67,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output is done (`| head`): so are we.
+        Err(e) if e.chain().any(|c| c.is::<cli::StdoutClosed>()) => ExitCode::SUCCESS,
         Err(e) => {
             // Most of our errors already name their cause; print each cause once.
             let mut msg = e.to_string();

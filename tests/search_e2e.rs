@@ -92,6 +92,26 @@ fn train_eval_index_search_round_trip() {
     assert!(err.contains("already in the index"));
 }
 
+/// `vitrine search … | head -3`: a reader that stops early ends the command quietly.
+#[test]
+fn printing_commands_end_quietly_when_the_reader_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = trained_run(d, 1, "run");
+    let index = d.join("catalog.index");
+    build_index(&run, &index);
+    let search = ["search", "--index", s(&index), "--id", "201", "-k", "5"];
+    // The same command with a reader that stays prints its results.
+    assert!(ok(&search).contains("201"));
+    for args in [
+        &search[..],
+        &["search", "--index", s(&index), "--id", "201", "--json"],
+        &["eval", "search", "--run", s(&run), "--quiet"],
+    ] {
+        assert_quiet_end_of_output(&with_closed_stdout(args), &args.join(" "));
+    }
+}
+
 #[test]
 fn resumed_run_matches_uninterrupted_run() {
     let (dir, config) = catalogue_and_config(3);

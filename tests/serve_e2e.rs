@@ -533,6 +533,63 @@ fn hostile_images(search: &str) {
     assert!(r.error().contains("decode"), "{}", r.text());
 }
 
+/// A 1024x1024 JPEG of noise cut after its header and the first `keep` bytes of its scan,
+/// with an end-of-image marker appended (so the file ends as a whole JPEG does).
+fn cut_jpeg(keep: usize) -> (Vec<u8>, Vec<u8>) {
+    let img = image::RgbImage::from_fn(1024, 1024, |x, y| {
+        let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).rotate_left(x % 7);
+        image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
+    });
+    let mut whole = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut whole, image::ImageFormat::Jpeg).unwrap();
+    let whole = whole.into_inner();
+    let scan = whole.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    assert!(whole.len() > scan + 4 * keep, "{} bytes", whole.len());
+    let mut cut = whole[..scan + keep].to_vec();
+    cut.extend_from_slice(&[0xFF, 0xD9]);
+    (whole, cut)
+}
+
+/// A JPEG whose data stops early (header intact, end marker present) is a 422 naming the
+/// image on every path that takes one: search, catalogue add and caption.
+#[test]
+fn jpegs_whose_data_stops_early_are_refused_everywhere() {
+    let f = fixtures();
+    let index = own_index("cut-jpeg");
+    let srv = Server::start(&["--search", s(&index), "--caption", s(&f.caption)]);
+    let (whole, cut) = cut_jpeg(24 * 1024);
+    let search = srv.url("/v1/search");
+    expect(
+        &post_json(&search, &json!({"image": b64(&whole), "k": 1})),
+        200,
+        "the whole JPEG",
+    );
+    let r = post_json(&search, &json!({"image": b64(&cut), "k": 1}));
+    expect(&r, 422, "search with a cut JPEG");
+    assert_eq!(r.json()["field"], "image", "{}", r.text());
+    assert!(r.error().contains("JPEG"), "{}", r.text());
+
+    let items = srv.url("/v1/catalog/items");
+    let r = post_json(&items, &json!({"id": "cut-1", "image": b64(&cut)}));
+    expect(&r, 422, "catalogue add with a cut JPEG");
+    assert_eq!(r.json()["field"], "image", "{}", r.text());
+    // Nothing was added.
+    expect(
+        &post_json(&search, &json!({"id": "cut-1"})),
+        404,
+        "the refused item",
+    );
+
+    let r = post_json(&srv.url("/v1/caption"), &json!({"images": [b64(&cut)]}));
+    expect(&r, 422, "caption with a cut JPEG");
+    assert_eq!(r.json()["field"], "images", "{}", r.text());
+    assert!(
+        r.error().contains("image 0") && r.error().contains("JPEG"),
+        "{}",
+        r.text()
+    );
+}
+
 /// Bad content types, malformed JSON and out-of-range fields of search and generate.
 fn hostile_fields(search: &str, generate: &str) {
     // Wrong content type, invalid JSON, NaN, negative and huge numbers, empty text.

@@ -9,7 +9,7 @@ use clap::Args;
 use vitrine_bench::{BenchConfig, Measurement, ParityConfig, RunOptions};
 use vitrine_infer::config::load_toml;
 
-use super::{write_file, DeviceOpt};
+use super::{out, write_file, DeviceOpt};
 use crate::device::{CpuBackend, OnBackend, PickDevice};
 
 #[derive(Args)]
@@ -72,7 +72,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let report = a.device.run(Suite { cfg, opts })?;
     let table = vitrine_bench::markdown(&report);
     a.save(&report, &table)?;
-    print!("{table}");
+    out!("{table}")?;
     Ok(())
 }
 
@@ -115,7 +115,7 @@ fn parity(a: BenchArgs) -> Result<()> {
     let report = a.device.run(job)?;
     let table = report.markdown();
     a.save(&report, &table)?;
-    print!("{table}");
+    out!("{table}")?;
     let failed: Vec<&str> = report
         .checks
         .iter()

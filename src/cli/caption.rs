@@ -9,7 +9,7 @@ use vitrine_infer::caption::{
 };
 use vitrine_infer::progress::progress_bar;
 
-use super::{print_json, write_file, DeviceOpt};
+use super::{out, outln, print_json, write_file, DeviceOpt};
 use crate::device::{OnBackend, PickDevice};
 
 #[derive(Args)]
@@ -87,11 +87,11 @@ pub fn run(a: CaptionArgs) -> Result<()> {
     } else if a.json {
         print_json(&results)?;
     } else if a.csv {
-        print!("{}", captions_csv(&results));
+        out!("{}", captions_csv(&results))?;
     } else {
         for r in &results {
             if let Some(c) = &r.caption {
-                println!("{}\t{c}", r.image.display());
+                outln!("{}\t{c}", r.image.display())?;
             }
         }
     }

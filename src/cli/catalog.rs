@@ -8,7 +8,7 @@ use vitrine_data::catalog::{CatalogConfig, CatalogSource};
 use vitrine_index::{Filter, Index};
 use vitrine_infer::search::{index_run, search as search_index, Encoder, Query, SearchResult};
 
-use super::{print_json, DeviceOpt};
+use super::{outln, print_json, DeviceOpt};
 use crate::device::{OnBackend, PickDevice};
 
 /// A catalogue given on the command line (default: the run's training catalogue).
@@ -280,10 +280,10 @@ pub fn search(a: SearchArgs) -> Result<()> {
         return print_json(&results);
     }
     for (qi, hits) in results.iter().enumerate() {
-        println!("query: {}", a.label(qi));
-        println!("{:>4}  {:<12} {:>7}  title", "rank", "id", "score");
+        outln!("query: {}", a.label(qi))?;
+        outln!("{:>4}  {:<12} {:>7}  title", "rank", "id", "score")?;
         for h in hits {
-            println!(
+            outln!(
                 "{:>4}  {:<12} {:>7.4}  {}",
                 h.rank,
                 h.id,
@@ -293,10 +293,10 @@ pub fn search(a: SearchArgs) -> Result<()> {
                     .as_deref()
                     .or(h.attrs.get("label").map(String::as_str))
                     .unwrap_or("-")
-            );
+            )?;
         }
         if hits.is_empty() {
-            println!("(no item passes the filters)");
+            outln!("(no item passes the filters)")?;
         }
     }
     Ok(())

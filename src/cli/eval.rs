@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use vitrine_infer::run::files;
 
-use super::DeviceOpt;
+use super::{out, outln, DeviceOpt};
 use crate::device::{OnBackend, PickDevice};
 
 #[derive(Subcommand)]
@@ -101,9 +101,9 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     };
     let done = out.device.run(cmd)?;
     if out.json {
-        println!("{}", done.json);
+        outln!("{}", done.json)?;
     } else {
-        print!("{}", done.table);
+        out!("{}", done.table)?;
         eprintln!("wrote {}", done.saved.display());
     }
     Ok(())

@@ -9,7 +9,7 @@ use vitrine_infer::copy::{
 };
 use vitrine_infer::score::{read_lines, ScoreRun, ScoredLine};
 
-use super::{print_json, DeviceOpt};
+use super::{outln, print_json, DeviceOpt};
 use crate::device::{CpuBackend, OnBackend, PickDevice};
 
 #[derive(Args)]
@@ -60,8 +60,8 @@ pub fn generate(mut a: GenerateArgs) -> Result<()> {
     }
     for (i, c) in out.candidates.iter().enumerate() {
         match c.score {
-            Some(s) => println!("{:>3}. {s:>8.4}  {}", i + 1, c.text),
-            None => println!("{:>3}. {}", i + 1, c.text),
+            Some(s) => outln!("{:>3}. {s:>8.4}  {}", i + 1, c.text)?,
+            None => outln!("{:>3}. {}", i + 1, c.text)?,
         }
     }
     if out.budget_exhausted {
@@ -114,7 +114,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         return print_json(&ranked);
     }
     for r in &ranked {
-        println!("{:>8.4}\t{}", r.score, r.text);
+        outln!("{:>8.4}\t{}", r.score, r.text)?;
     }
     Ok(())
 }
@@ -131,11 +131,11 @@ pub struct ExportArgs {
 pub fn export(a: ExportArgs) -> Result<()> {
     // Weights are read on the CPU: exporting needs no accelerator.
     let report = export_hf::<CpuBackend>(&a.run, &a.out, &Default::default())?;
-    println!(
+    outln!(
         "wrote {} ({} tensors): {}",
         report.out.display(),
         report.tensors,
         report.files.join(", ")
-    );
+    )?;
     Ok(())
 }

@@ -29,10 +29,47 @@ impl DeviceOpt {
     }
 }
 
+/// Standard output was closed by its reader (`vitrine search … | head -3`): the normal end
+/// of output, as for `ls | head`, not a failure. `main` exits 0 on it, silently.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Writes to standard output. `println!` would panic on a closed pipe (Rust ignores
+/// SIGPIPE, so the write fails with EPIPE); this returns [`StdoutClosed`] instead.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) -> Result<()> {
+    use std::io::Write;
+    std::io::stdout().lock().write_fmt(args).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            anyhow::Error::new(StdoutClosed)
+        } else {
+            anyhow::Error::new(e).context("writing to standard output")
+        }
+    })
+}
+
+/// `print!` that returns `Result` (see [`write_stdout`]): `out!(…)?`.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*)) };
+}
+
+/// `println!` that returns `Result` (see [`write_stdout`]): `outln!(…)?`.
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+pub(crate) use {out, outln};
+
 /// Prints a value as pretty JSON.
 pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    outln!("{}", serde_json::to_string_pretty(value)?)
 }
 
 /// Writes `bytes` to `path` atomically, naming the file on failure.

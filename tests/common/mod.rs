@@ -203,6 +203,33 @@ pub fn vitrine(args: &[&str]) -> Output {
         .expect("run vitrine")
 }
 
+/// Runs vitrine with its stdout a pipe whose reader is already gone, as in `vitrine … | head`
+/// once head has what it wants: every write fails with EPIPE.
+pub fn with_closed_stdout(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run vitrine");
+    drop(child.stdout.take());
+    child.wait_with_output().expect("wait for vitrine")
+}
+
+/// A command whose output was cut off by its reader ended as `ls | head` does: exit code 0
+/// (or killed by SIGPIPE, 141 in the shell), and no panic.
+pub fn assert_quiet_end_of_output(out: &Output, what: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let err = stderr(out);
+    assert!(
+        out.status.success() || out.status.signal() == Some(13),
+        "{what}: {:?}\n{err}",
+        out.status
+    );
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    assert!(!err.contains("Broken pipe"), "{what}: {err}");
+}
+
 /// Runs vitrine and asserts success, returning stdout.
 pub fn ok(args: &[&str]) -> String {
     let out = vitrine(args);

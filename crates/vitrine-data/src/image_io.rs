@@ -111,10 +111,8 @@ fn decode_checked(
     format: ImageFormat,
     limits: &DecodeLimits,
 ) -> Result<DynamicImage> {
-    if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
-        return Err(decode_error(
-            "truncated JPEG: no end-of-image marker after the image data",
-        ));
+    if format == ImageFormat::Jpeg {
+        return decode_jpeg(bytes, limits);
     }
     // One decoder, two stages: its header tells the declared size before
     // any pixel buffer exists, so the size can be reported (the decoder's
@@ -123,6 +121,17 @@ fn decode_checked(
     reader.limits(limits.to_image_limits(false));
     let mut decoder = reader.into_decoder().map_err(map_image_error)?;
     let (width, height) = decoder.dimensions();
+    check_dimensions(width, height, limits)?;
+    // As ImageReader::decode does: the output buffer counts against the
+    // allocation budget left to the decoder.
+    let mut full = limits.to_image_limits(true);
+    full.reserve(decoder.total_bytes())
+        .map_err(map_image_error)?;
+    decoder.set_limits(full).map_err(map_image_error)?;
+    DynamicImage::from_decoder(decoder).map_err(map_image_error)
+}
+
+fn check_dimensions(width: u32, height: u32, limits: &DecodeLimits) -> Result<()> {
     if width > limits.max_width || height > limits.max_height {
         return Err(DataError::ImageTooLarge {
             width,
@@ -144,18 +153,99 @@ fn decode_checked(
             "image declares {width}x{height} pixels"
         )));
     }
-    // As ImageReader::decode does: the output buffer counts against the
-    // allocation budget left to the decoder.
-    let mut full = limits.to_image_limits(true);
-    full.reserve(decoder.total_bytes())
-        .map_err(map_image_error)?;
-    decoder.set_limits(full).map_err(map_image_error)?;
-    DynamicImage::from_decoder(decoder).map_err(map_image_error)
+    Ok(())
 }
 
-/// The JPEG decoder fills in a scan that stops early instead of failing, so
-/// a cut-off download would silently become a partly grey image. Within
-/// entropy-coded data 0xFF is always escaped, so the last start-of-scan
+/// JPEG through the same decoder `image` uses (zune-jpeg), made to refuse a scan that stops
+/// early. A lenient decoder fills what is missing: a cut-off upload would silently become a
+/// partly grey photo, even when an end-of-image marker was appended after the cut. Two
+/// things catch it: strict mode (data that ends without an end marker, and codes that do
+/// not decode, are errors), and [`ONE_BITS`] put just before the end marker. A complete
+/// scan never reads them; a scan that stops early goes on reading bits there, where a run
+/// of 1-bits longer than any Huffman code is an invalid code, an error in strict mode.
+/// The output colour types are those `image` gives (RGB, RGBA, L, LA; anything else as
+/// RGB).
+fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+
+    if !jpeg_has_end(bytes) {
+        return Err(decode_error(
+            "truncated JPEG: no end-of-image marker after the image data",
+        ));
+    }
+    // The decoder's own size limits stay at JPEG's maximum so that our check below, which
+    // names the declared size, is the one that refuses.
+    let options = DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(usize::from(u16::MAX))
+        .set_max_height(usize::from(u16::MAX));
+    let probed = with_one_bits_before_end(bytes);
+    let mut decoder =
+        zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(probed.as_slice()), options);
+    decoder.decode_headers().map_err(jpeg_error)?;
+    let (Some((width, height)), Some(input)) = (decoder.dimensions(), decoder.input_colorspace())
+    else {
+        return Err(decode_error("JPEG header without dimensions"));
+    };
+    // JPEG sides are 16-bit, so these conversions cannot fail.
+    let (width, height) = (width as u32, height as u32);
+    check_dimensions(width, height, limits)?;
+    let out = match input {
+        ColorSpace::RGB | ColorSpace::RGBA | ColorSpace::Luma | ColorSpace::LumaA => input,
+        _ => ColorSpace::RGB,
+    };
+    let needed = u64::from(width) * u64::from(height) * out.num_components() as u64;
+    if needed > limits.max_alloc_bytes {
+        return Err(decode_error(format!(
+            "decoding needs {needed} bytes, more than limits.max_alloc_bytes = {} allows",
+            limits.max_alloc_bytes
+        )));
+    }
+    decoder.set_options(decoder.options().jpeg_set_out_colorspace(out));
+    let pixels = decoder.decode().map_err(jpeg_error)?;
+    let image = match out {
+        ColorSpace::RGBA => {
+            image::RgbaImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgba8)
+        }
+        ColorSpace::Luma => {
+            image::GrayImage::from_raw(width, height, pixels).map(DynamicImage::ImageLuma8)
+        }
+        ColorSpace::LumaA => {
+            image::GrayAlphaImage::from_raw(width, height, pixels).map(DynamicImage::ImageLumaA8)
+        }
+        _ => image::RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8),
+    };
+    image.ok_or_else(|| decode_error("the JPEG decoder returned fewer pixels than declared"))
+}
+
+fn jpeg_error(e: zune_jpeg::errors::DecodeErrors) -> DataError {
+    decode_error(format!("JPEG: {e} (is the file cut short or damaged?)"))
+}
+
+/// 64 stuffed 1-bits (`FF 00` is a data byte 0xFF inside a scan): no Huffman code is that
+/// long, and an all-ones code is reserved.
+const ONE_BITS: [u8; 16] = [
+    0xFF, 0x00, 0xFF, 0x00, 0xFF, 0x00, 0xFF, 0x00, 0xFF, 0x00, 0xFF, 0x00, 0xFF, 0x00, 0xFF, 0x00,
+];
+
+/// `bytes` with [`ONE_BITS`] inserted before the end-of-image marker that ends the last scan
+/// (already known to exist, [`jpeg_has_end`]).
+fn with_one_bits_before_end(bytes: &[u8]) -> Vec<u8> {
+    let end = bytes
+        .windows(2)
+        .rposition(|w| w == [0xFF, 0xD9])
+        .unwrap_or(bytes.len());
+    let mut out = Vec::with_capacity(bytes.len() + ONE_BITS.len());
+    out.extend_from_slice(&bytes[..end]);
+    out.extend_from_slice(&ONE_BITS);
+    out.extend_from_slice(&bytes[end..]);
+    out
+}
+
+/// A quick test before decoding: a scan cut off before its end has no end-of-image marker.
+/// Within entropy-coded data 0xFF is always escaped, so the last start-of-scan
 /// marker (FF DA) must be followed by an end-of-image marker (FF D9).
 /// Bytes after the end marker are tolerated, as decoders do.
 fn jpeg_has_end(bytes: &[u8]) -> bool {
@@ -247,6 +337,14 @@ mod tests {
                 (y * 5 % 256) as u8,
                 ((x + y) % 256) as u8,
             ])
+        }))
+    }
+
+    /// Pseudo-random pixels: enough entropy that the JPEG scan is long.
+    fn noise(w: u32, h: u32) -> DynamicImage {
+        DynamicImage::ImageRgb8(ImageBuffer::from_fn(w, h, |x, y| {
+            let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).rotate_left(x % 7);
+            Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
         }))
     }
 
@@ -383,6 +481,85 @@ mod tests {
                     res.map(|i| (i.width(), i.height()))
                 );
             }
+        }
+    }
+
+    /// A header declaring the full size, data cut inside the scan, and an end-of-image
+    /// marker appended: what a cut-off transfer repaired by some tool looks like.
+    #[test]
+    fn jpeg_whose_data_stops_early_is_an_error_even_with_an_end_marker() {
+        let bytes = encode(&noise(256, 256), ImageFormat::Jpeg);
+        let sos = bytes.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        assert_cut_refused(
+            "baseline",
+            &bytes,
+            &[sos + 40, (sos + bytes.len()) / 2, bytes.len() - 200],
+        );
+    }
+
+    /// `bytes` cut at each of `cuts` with an end-of-image marker appended fails to decode.
+    fn assert_cut_refused(name: &str, bytes: &[u8], cuts: &[usize]) {
+        for &cut in cuts {
+            let mut cut_bytes = bytes[..cut].to_vec();
+            cut_bytes.extend_from_slice(&[0xFF, 0xD9]);
+            let res = decode_image(&cut_bytes, &DecodeLimits::default());
+            assert!(
+                matches!(res, Err(DataError::Decode { .. })),
+                "{name} cut at {cut} of {}: {:?}",
+                bytes.len(),
+                res.map(|i| (i.width(), i.height()))
+            );
+        }
+    }
+
+    const JPEG_FIXTURES: [(&str, &[u8]); 4] = [
+        (
+            "progressive",
+            include_bytes!("../fixtures/jpeg/progressive.jpg"),
+        ),
+        ("restart", include_bytes!("../fixtures/jpeg/restart.jpg")),
+        ("grey", include_bytes!("../fixtures/jpeg/grey.jpg")),
+        (
+            "optimized444",
+            include_bytes!("../fixtures/jpeg/optimized444.jpg"),
+        ),
+    ];
+
+    /// Progressive, restart markers, greyscale, optimised tables: whole, each decodes as
+    /// `image` decodes it; cut inside its first or last scan (end marker appended), each is
+    /// an error.
+    #[test]
+    fn jpeg_variants_whole_and_cut() {
+        for (name, bytes) in JPEG_FIXTURES {
+            let ours = decode_image(bytes, &DecodeLimits::default())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let theirs = image::load_from_memory(bytes).unwrap();
+            assert_eq!(ours.as_bytes(), theirs.as_bytes(), "{name}");
+            let scans: Vec<usize> = bytes
+                .windows(2)
+                .enumerate()
+                .filter(|(_, w)| *w == [0xFF, 0xDA])
+                .map(|(i, _)| i)
+                .collect();
+            let (first, last) = (scans[0], *scans.last().unwrap());
+            let end = bytes.len() - 2;
+            assert_cut_refused(name, bytes, &[first + 30, (last + end) / 2, end - 8]);
+        }
+    }
+
+    /// The strict decoder gives what `image`'s own JPEG path gives, colour and grey.
+    #[test]
+    fn jpeg_pixels_match_the_image_crate() {
+        let colour = encode(&noise(40, 24), ImageFormat::Jpeg);
+        let grey = encode(
+            &DynamicImage::ImageLuma8(noise(24, 40).to_luma8()),
+            ImageFormat::Jpeg,
+        );
+        for bytes in [colour, grey] {
+            let ours = decode_image(&bytes, &DecodeLimits::default()).unwrap();
+            let theirs = image::load_from_memory(&bytes).unwrap();
+            assert_eq!(ours.color(), theirs.color());
+            assert_eq!(ours.as_bytes(), theirs.as_bytes());
         }
     }
 

@@ -55,6 +55,9 @@ impl Default for ServeConfig {
 }
 
 /// What one request may ask for and how much the server takes on at once.
+/// The largest `limits.max_connections` accepted.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServeLimits {
@@ -98,6 +101,16 @@ pub struct ServeLimits {
     pub request_timeout_ms: u64,
     /// Metadata columns with more distinct values than this get no filter dropdown.
     pub max_filter_values: usize,
+    /// A connection must deliver a complete request head within this long of connecting
+    /// (or of its previous response); otherwise it is closed.
+    pub header_timeout_ms: u64,
+    /// A keep-alive connection that has not started its next request this long after its
+    /// previous response is closed. At most `header_timeout_ms`, which also runs then.
+    pub idle_timeout_ms: u64,
+    /// Open connections at most. At the cap a new connection replaces the oldest one with
+    /// no request in progress; when every one is busy it gets 503 and is closed. Keep it
+    /// well under the open-file limit (checked, and raised if allowed, at start).
+    pub max_connections: usize,
 }
 
 impl Default for ServeLimits {
@@ -121,6 +134,9 @@ impl Default for ServeLimits {
             body_timeout_ms: 10_000,
             request_timeout_ms: 60_000,
             max_filter_values: 50,
+            header_timeout_ms: 5_000,
+            idle_timeout_ms: 5_000,
+            max_connections: 512,
         }
     }
 }
@@ -198,6 +214,9 @@ impl ServeConfig {
             ("limits.max_queue", l.max_queue as u64),
             ("limits.body_timeout_ms", l.body_timeout_ms),
             ("limits.request_timeout_ms", l.request_timeout_ms),
+            ("limits.header_timeout_ms", l.header_timeout_ms),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
+            ("limits.max_connections", l.max_connections as u64),
             ("batching.max_batch", self.batching.max_batch as u64),
         ];
         for (name, v) in counts {
@@ -213,6 +232,20 @@ impl ServeConfig {
                 "limits.max_concurrent = {}: at most {}",
                 l.max_concurrent,
                 1 << 20
+            )));
+        }
+        if l.idle_timeout_ms > l.header_timeout_ms {
+            return Err(ServeError::Config(format!(
+                "limits.idle_timeout_ms = {} is longer than limits.header_timeout_ms = {}: the \
+                 head timeout also runs between requests, so it would close idle connections first",
+                l.idle_timeout_ms, l.header_timeout_ms
+            )));
+        }
+        // Past this the descriptor table, not the cap, is what stops new connections.
+        if l.max_connections > MAX_CONNECTIONS {
+            return Err(ServeError::Config(format!(
+                "limits.max_connections = {}: at most {MAX_CONNECTIONS}",
+                l.max_connections
             )));
         }
         self.bind.parse::<std::net::SocketAddr>().map_err(|e| {
@@ -271,6 +304,31 @@ mod tests {
             ..ServeConfig::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("--copy"));
+    }
+
+    #[test]
+    fn connection_limits_at_and_past_their_bounds() {
+        let mut c = served();
+        c.limits.idle_timeout_ms = c.limits.header_timeout_ms;
+        assert!(c.validate().is_ok());
+        c.limits.idle_timeout_ms += 1;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("limits.idle_timeout_ms"), "{e}");
+        let mut c = served();
+        c.limits.max_connections = MAX_CONNECTIONS;
+        assert!(c.validate().is_ok());
+        c.limits.max_connections += 1;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_connections"));
+        for field in ["header_timeout_ms", "idle_timeout_ms", "max_connections"] {
+            let c: ServeConfig =
+                toml::from_str(&format!("copy = \"r\"\n[limits]\n{field} = 0\n")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `limits.max_concurrent` admission gate turn overload into fast 429/503 answers.
 
 pub mod config;
+pub mod conn;
 pub mod engine;
 pub mod error;
 pub mod metrics;
@@ -736,7 +737,13 @@ pub fn serve<B: Backend>(config: ServeConfig, device: B::Device) -> Result<(), S
         });
         let local = listener.local_addr()?;
         // Tests and scripts read this line to find the port.
-        println!("vitrine serve: listening on http://{local}");
+        // Not println!: a closed stdout must not take the server down.
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "vitrine serve: listening on http://{local}");
+            let _ = out.flush();
+        }
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(None::<String>);
         // Load results: a failure stops the server with that error.
         let loader_stop = stop_tx.clone();
@@ -780,23 +787,28 @@ pub fn serve<B: Backend>(config: ServeConfig, device: B::Device) -> Result<(), S
         }
         let mut graceful_rx = stop_rx.clone();
         let graceful_shared = shared.clone();
-        let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-            let _ = graceful_rx.wait_for(|s| s.is_some()).await;
-            graceful_shared.shutting_down.store(true, Ordering::SeqCst);
-            eprintln!("vitrine serve: closing the listener, finishing in-flight requests");
-        });
+        conn::check_descriptor_limit(config.limits.max_connections);
+        let server = conn::accept_loop(
+            listener,
+            router(state),
+            conn::ConnLimits::from(&config.limits),
+            shared.metrics.connections.clone(),
+            async move {
+                let _ = graceful_rx.wait_for(|s| s.is_some()).await;
+                graceful_shared.shutting_down.store(true, Ordering::SeqCst);
+                eprintln!("vitrine serve: closing the listener, finishing in-flight requests");
+            },
+        );
         let grace = Duration::from_millis(config.shutdown_grace_ms);
-        let result = tokio::select! {
-            r = server => r.map_err(ServeError::Io),
+        tokio::select! {
+            () = server => {}
             _ = async {
                 let _ = stop_rx.wait_for(|s| s.is_some()).await;
                 tokio::time::sleep(grace).await;
             } => {
                 eprintln!("vitrine serve: requests still running after shutdown_grace_ms = {} ms: exiting", config.shutdown_grace_ms);
-                Ok(())
             }
-        };
-        result?;
+        }
         let reason = stop_tx.borrow().clone();
         match reason {
             Some(e) if !e.is_empty() => Err(ServeError::Config(e)),

@@ -2,9 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::conn::ConnMetrics;
 
 const LATENCY_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -61,6 +63,8 @@ pub struct Metrics {
     inner: Mutex<Inner>,
     /// Jobs waiting per worker.
     queues: Mutex<BTreeMap<&'static str, Arc<AtomicUsize>>>,
+    /// Kept by the accept loop.
+    pub connections: Arc<ConnMetrics>,
 }
 
 impl Metrics {
@@ -131,7 +135,50 @@ impl Metrics {
         out.push_str("# HELP vitrine_in_flight_requests Model requests being handled.\n");
         out.push_str("# TYPE vitrine_in_flight_requests gauge\n");
         let _ = writeln!(out, "vitrine_in_flight_requests {in_flight}");
+        self.render_connections(&mut out);
         out
+    }
+
+    fn render_connections(&self, out: &mut String) {
+        let c = &self.connections;
+        let _ = writeln!(
+            out,
+            "# HELP vitrine_connections_open Open client connections.\n\
+             # TYPE vitrine_connections_open gauge\n\
+             vitrine_connections_open {}",
+            c.open.load(Ordering::Relaxed)
+        );
+        let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        // (name, help: empty for a further series of the same counter, labels, value)
+        let series = [
+            ("accepted", "Connections accepted.", "", load(&c.accepted)),
+            (
+                "refused",
+                "New connections refused (503) at limits.max_connections with every open one busy.",
+                "",
+                load(&c.refused),
+            ),
+            (
+                "evicted",
+                "Connections without a request in progress closed to make room for a new one.",
+                "",
+                load(&c.evicted),
+            ),
+            (
+                "timed_out",
+                "Connections closed by header_timeout_ms (phase=head) or idle_timeout_ms (phase=idle).",
+                "{phase=\"head\"}",
+                load(&c.head_timeouts),
+            ),
+            ("timed_out", "", "{phase=\"idle\"}", load(&c.idle_timeouts)),
+        ];
+        for (name, help, labels, value) in series {
+            if !help.is_empty() {
+                let _ = writeln!(out, "# HELP vitrine_connections_{name}_total {help}");
+                let _ = writeln!(out, "# TYPE vitrine_connections_{name}_total counter");
+            }
+            let _ = writeln!(out, "vitrine_connections_{name}_total{labels} {value}");
+        }
     }
 }
 
@@ -167,5 +214,15 @@ mod tests {
         assert!(text.contains("vitrine_batch_size_bucket{worker=\"search\",le=\"4\"} 1"));
         assert!(text.contains("vitrine_queue_depth{worker=\"search\"} 2"));
         assert!(text.contains("vitrine_in_flight_requests 1"));
+        assert!(text.contains("vitrine_connections_open 0"));
+        m.connections.refused.fetch_add(3, Ordering::Relaxed);
+        m.connections.idle_timeouts.fetch_add(2, Ordering::Relaxed);
+        let text = m.render(0);
+        assert!(
+            text.contains("vitrine_connections_refused_total 3"),
+            "{text}"
+        );
+        assert!(text.contains("vitrine_connections_timed_out_total{phase=\"idle\"} 2"));
+        assert!(text.contains("vitrine_connections_timed_out_total{phase=\"head\"} 0"));
     }
 }

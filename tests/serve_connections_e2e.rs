@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use common::http::{get, post_json, Server};
@@ -15,17 +15,15 @@ use common::{build_index, s, trained_run};
 use serde_json::json;
 
 /// A tiny search index, built once per test binary.
-fn index() -> &'static PathBuf {
-    static I: OnceLock<PathBuf> = OnceLock::new();
-    I.get_or_init(|| {
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-connections");
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        let run = trained_run(&root, 1, "search");
-        let index = root.join("products.vtridx");
-        build_index(&run, &index);
-        index
-    })
+static INDEX: LazyLock<PathBuf> = LazyLock::new(|| {
+    let root = common::fresh_dir("serve-connections");
+    let index = root.join("products.vtridx");
+    build_index(&trained_run(&root, 1, "search"), &index);
+    index
+});
+
+fn index() -> &'static Path {
+    &INDEX
 }
 
 fn start(name: &str, limits: &str) -> Server {

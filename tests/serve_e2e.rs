@@ -30,9 +30,7 @@ struct Fixtures {
 fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
     F.get_or_init(|| {
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-e2e");
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
+        let root = common::fresh_dir("serve-e2e");
         let search = trained_run(&root, 4, "search");
         let index = root.join("products.vtridx");
         build_index(&search, &index);
@@ -564,30 +562,28 @@ fn jpegs_whose_data_stops_early_are_refused_everywhere() {
         200,
         "the whole JPEG",
     );
-    let r = post_json(&search, &json!({"image": b64(&cut), "k": 1}));
-    expect(&r, 422, "search with a cut JPEG");
-    assert_eq!(r.json()["field"], "image", "{}", r.text());
-    assert!(r.error().contains("JPEG"), "{}", r.text());
-
+    let refused = |url: &str, body: serde_json::Value, what: &str, field: &str| {
+        let r = post_json(url, &body);
+        expect(&r, 422, what);
+        assert_eq!(r.json()["field"], field, "{what}: {}", r.text());
+        assert!(r.error().contains("JPEG"), "{what}: {}", r.text());
+        r.error()
+    };
+    refused(
+        &search,
+        json!({"image": b64(&cut), "k": 1}),
+        "search",
+        "image",
+    );
     let items = srv.url("/v1/catalog/items");
-    let r = post_json(&items, &json!({"id": "cut-1", "image": b64(&cut)}));
-    expect(&r, 422, "catalogue add with a cut JPEG");
-    assert_eq!(r.json()["field"], "image", "{}", r.text());
+    let add = json!({"id": "cut-1", "image": b64(&cut)});
+    refused(&items, add, "catalogue add", "image");
     // Nothing was added.
-    expect(
-        &post_json(&search, &json!({"id": "cut-1"})),
-        404,
-        "the refused item",
-    );
-
-    let r = post_json(&srv.url("/v1/caption"), &json!({"images": [b64(&cut)]}));
-    expect(&r, 422, "caption with a cut JPEG");
-    assert_eq!(r.json()["field"], "images", "{}", r.text());
-    assert!(
-        r.error().contains("image 0") && r.error().contains("JPEG"),
-        "{}",
-        r.text()
-    );
+    let r = post_json(&search, &json!({"id": "cut-1"}));
+    expect(&r, 404, "the refused item");
+    let body = json!({"images": [b64(&cut)]});
+    let error = refused(&srv.url("/v1/caption"), body, "caption", "images");
+    assert!(error.contains("image 0"), "{error}");
 }
 
 /// Bad content types, malformed JSON and out-of-range fields of search and generate.

@@ -203,6 +203,14 @@ pub fn vitrine(args: &[&str]) -> Output {
         .expect("run vitrine")
 }
 
+/// An empty folder `name` under the test binary's scratch space (emptied if it was there).
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    root
+}
+
 /// Runs vitrine with its stdout a pipe whose reader is already gone, as in `vitrine … | head`
 /// once head has what it wants: every write fails with EPIPE.
 pub fn with_closed_stdout(args: &[&str]) -> Output {

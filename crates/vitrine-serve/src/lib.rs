@@ -724,7 +724,7 @@ pub fn serve<B: Backend>(config: ServeConfig, device: B::Device) -> Result<(), S
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             ServeError::Config(format!("cannot listen on {addr}: {e}"))
         })?;
-        let (loaded_tx, mut loaded_rx) = tmpsc::unbounded_channel();
+        let (loaded_tx, loaded_rx) = tmpsc::unbounded_channel();
         let engine = engine::start::<B>(&config, device, loaded_tx)?;
         let shared = engine.shared.clone();
         let state = Arc::new(AppState {
@@ -745,43 +745,8 @@ pub fn serve<B: Backend>(config: ServeConfig, device: B::Device) -> Result<(), S
             let _ = out.flush();
         }
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(None::<String>);
-        // Load results: a failure stops the server with that error.
-        let loader_stop = stop_tx.clone();
-        let workers = shared.workers;
-        tokio::spawn(async move {
-            let mut ok = 0;
-            while let Some(r) = loaded_rx.recv().await {
-                match r {
-                    Ok(task) => {
-                        ok += 1;
-                        eprintln!("vitrine serve: {task} model loaded");
-                        if ok == workers {
-                            eprintln!("vitrine serve: ready");
-                        }
-                    }
-                    Err(e) => {
-                        let _ = loader_stop.send(Some(e.to_string()));
-                        return;
-                    }
-                }
-            }
-        });
-        let signal_stop = stop_tx.clone();
-        let (drain_shared, drain) = (shared.clone(), Duration::from_millis(config.shutdown_drain_ms));
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            // Not ready, but still listening and serving: load balancers see /readyz turn
-            // 503 and move traffic away before the listener closes.
-            drain_shared.draining.store(true, Ordering::SeqCst);
-            tokio::spawn(async {
-                shutdown_signal().await;
-                eprintln!("vitrine serve: second signal: exiting now");
-                std::process::exit(130);
-            });
-            eprintln!("vitrine serve: shutting down: draining for shutdown_drain_ms = {} ms", drain.as_millis());
-            tokio::time::sleep(drain).await;
-            let _ = signal_stop.send(Some(String::new()));
-        });
+        watch_loading(loaded_rx, shared.workers, stop_tx.clone());
+        watch_signals(shared.clone(), Duration::from_millis(config.shutdown_drain_ms), stop_tx.clone());
         if config.search.is_some() && config.api_key_file.is_none() {
             eprintln!("vitrine serve: warning: no --api-key-file: anyone who can reach {local} can change the catalogue");
         }
@@ -818,6 +783,58 @@ pub fn serve<B: Backend>(config: ServeConfig, device: B::Device) -> Result<(), S
             }
         }
     })
+}
+
+/// Reports each model as it loads; a model that fails to load stops the server with its
+/// error.
+fn watch_loading(
+    mut loaded: tmpsc::UnboundedReceiver<Result<&'static str, ServeError>>,
+    workers: usize,
+    stop: tokio::sync::watch::Sender<Option<String>>,
+) {
+    tokio::spawn(async move {
+        let mut ok = 0;
+        while let Some(r) = loaded.recv().await {
+            match r {
+                Ok(task) => {
+                    ok += 1;
+                    eprintln!("vitrine serve: {task} model loaded");
+                    if ok == workers {
+                        eprintln!("vitrine serve: ready");
+                    }
+                }
+                Err(e) => {
+                    let _ = stop.send(Some(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// On SIGTERM/SIGINT: not ready, but still listening and serving for `drain` (load
+/// balancers see /readyz turn 503 and move traffic away), then the stop. A second signal
+/// exits at once.
+fn watch_signals(
+    shared: Arc<engine::Shared>,
+    drain: Duration,
+    stop: tokio::sync::watch::Sender<Option<String>>,
+) {
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        shared.draining.store(true, Ordering::SeqCst);
+        tokio::spawn(async {
+            shutdown_signal().await;
+            eprintln!("vitrine serve: second signal: exiting now");
+            std::process::exit(130);
+        });
+        eprintln!(
+            "vitrine serve: shutting down: draining for shutdown_drain_ms = {} ms",
+            drain.as_millis()
+        );
+        tokio::time::sleep(drain).await;
+        let _ = stop.send(Some(String::new()));
+    });
 }
 
 async fn shutdown_signal() {

@@ -170,18 +170,18 @@ fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage> {
     use zune_core::colorspace::ColorSpace;
     use zune_core::options::DecoderOptions;
 
-    if !jpeg_has_end(bytes) {
+    let Some(end) = jpeg_end(bytes) else {
         return Err(decode_error(
             "truncated JPEG: no end-of-image marker after the image data",
         ));
-    }
+    };
     // The decoder's own size limits stay at JPEG's maximum so that our check below, which
     // names the declared size, is the one that refuses.
     let options = DecoderOptions::default()
         .set_strict_mode(true)
         .set_max_width(usize::from(u16::MAX))
         .set_max_height(usize::from(u16::MAX));
-    let probed = with_one_bits_before_end(bytes);
+    let probed = with_one_bits_at(bytes, end);
     let mut decoder =
         zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(probed.as_slice()), options);
     decoder.decode_headers().map_err(jpeg_error)?;
@@ -230,13 +230,8 @@ const ONE_BITS: [u8; 16] = [
     0xFF, 0x00, 0xFF, 0x00, 0xFF, 0x00, 0xFF, 0x00, 0xFF, 0x00, 0xFF, 0x00, 0xFF, 0x00, 0xFF, 0x00,
 ];
 
-/// `bytes` with [`ONE_BITS`] inserted before the end-of-image marker that ends the last scan
-/// (already known to exist, [`jpeg_has_end`]).
-fn with_one_bits_before_end(bytes: &[u8]) -> Vec<u8> {
-    let end = bytes
-        .windows(2)
-        .rposition(|w| w == [0xFF, 0xD9])
-        .unwrap_or(bytes.len());
+/// `bytes` with [`ONE_BITS`] inserted at `end` ([`jpeg_end`]).
+fn with_one_bits_at(bytes: &[u8], end: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + ONE_BITS.len());
     out.extend_from_slice(&bytes[..end]);
     out.extend_from_slice(&ONE_BITS);
@@ -244,17 +239,18 @@ fn with_one_bits_before_end(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A quick test before decoding: a scan cut off before its end has no end-of-image marker.
-/// Within entropy-coded data 0xFF is always escaped, so the last start-of-scan
-/// marker (FF DA) must be followed by an end-of-image marker (FF D9).
-/// Bytes after the end marker are tolerated, as decoders do.
-fn jpeg_has_end(bytes: &[u8]) -> bool {
+/// Where the scan data ends: the position of the end-of-image marker that follows the last
+/// scan (the input's length when there is no scan at all: the decoder reports what is
+/// missing). None when the last scan has no end marker after it: a scan cut off before its
+/// end. Within entropy-coded data 0xFF is always escaped, so the last start-of-scan marker
+/// (FF DA) must be followed by an end-of-image marker (FF D9). Bytes after the end marker
+/// are tolerated, as decoders do.
+fn jpeg_end(bytes: &[u8]) -> Option<usize> {
     let is_sos = |w: &[u8]| w == [0xFF, 0xDA];
     // The end marker is normally within the last few bytes: search backwards.
     match bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]) {
-        Some(eoi) => !bytes.get(eoi..).unwrap_or_default().windows(2).any(is_sos),
-        // No scan at all either: let the decoder report what is missing.
-        None => !bytes.windows(2).any(is_sos),
+        Some(eoi) => (!bytes[eoi..].windows(2).any(is_sos)).then_some(eoi),
+        None => (!bytes.windows(2).any(is_sos)).then_some(bytes.len()),
     }
 }
 

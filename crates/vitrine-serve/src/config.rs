@@ -54,10 +54,10 @@ impl Default for ServeConfig {
     }
 }
 
-/// What one request may ask for and how much the server takes on at once.
 /// The largest `limits.max_connections` accepted.
 pub const MAX_CONNECTIONS: usize = 1 << 20;
 
+/// What one request may ask for and how much the server takes on at once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServeLimits {
@@ -157,6 +157,14 @@ impl ServeLimits {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
 }
 
 /// Dynamic batching of image embedding and captioning.
@@ -226,26 +234,22 @@ impl ServeConfig {
                 )));
             }
         }
-        // tokio's semaphore holds at most usize::MAX >> 3 permits.
-        if l.max_concurrent > 1 << 20 {
-            return Err(ServeError::Config(format!(
-                "limits.max_concurrent = {}: at most {}",
-                l.max_concurrent,
-                1 << 20
-            )));
+        let ceilings = [
+            // tokio's semaphore holds at most usize::MAX >> 3 permits.
+            ("limits.max_concurrent", l.max_concurrent, 1 << 20),
+            // Past this the descriptor table, not the cap, is what stops new connections.
+            ("limits.max_connections", l.max_connections, MAX_CONNECTIONS),
+        ];
+        for (name, v, max) in ceilings {
+            if v > max {
+                return Err(ServeError::Config(format!("{name} = {v}: at most {max}")));
+            }
         }
         if l.idle_timeout_ms > l.header_timeout_ms {
             return Err(ServeError::Config(format!(
                 "limits.idle_timeout_ms = {} is longer than limits.header_timeout_ms = {}: the \
                  head timeout also runs between requests, so it would close idle connections first",
                 l.idle_timeout_ms, l.header_timeout_ms
-            )));
-        }
-        // Past this the descriptor table, not the cap, is what stops new connections.
-        if l.max_connections > MAX_CONNECTIONS {
-            return Err(ServeError::Config(format!(
-                "limits.max_connections = {}: at most {MAX_CONNECTIONS}",
-                l.max_connections
             )));
         }
         self.bind.parse::<std::net::SocketAddr>().map_err(|e| {

@@ -260,24 +260,6 @@ impl Table {
     }
 }
 
-/// What the accept loop needs from the limits.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnLimits {
-    pub max_connections: usize,
-    pub header_timeout: Duration,
-    pub idle_timeout: Duration,
-}
-
-impl From<&ServeLimits> for ConnLimits {
-    fn from(l: &ServeLimits) -> Self {
-        ConnLimits {
-            max_connections: l.max_connections,
-            header_timeout: Duration::from_millis(l.header_timeout_ms),
-            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
-        }
-    }
-}
-
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
 connection: close\r\ncontent-length: 0\r\n\r\n";
 
@@ -286,14 +268,14 @@ connection: close\r\ncontent-length: 0\r\n\r\n";
 pub async fn accept_loop(
     listener: TcpListener,
     router: Router,
-    limits: ConnLimits,
+    limits: &ServeLimits,
     metrics: Arc<ConnMetrics>,
     stop: impl Future<Output = ()>,
 ) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        .header_read_timeout(limits.header_timeout())
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let table = Arc::new(Mutex::new(Table::default()));
@@ -326,7 +308,7 @@ pub async fn accept_loop(
         let io = Watched {
             io: stream,
             slot: slot.clone(),
-            idle: limits.idle_timeout,
+            idle: limits.idle_timeout(),
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             metrics: metrics.clone(),
         };

@@ -756,7 +756,7 @@ pub fn serve<B: Backend>(config: ServeConfig, device: B::Device) -> Result<(), S
         let server = conn::accept_loop(
             listener,
             router(state),
-            conn::ConnLimits::from(&config.limits),
+            &config.limits,
             shared.metrics.connections.clone(),
             async move {
                 let _ = graceful_rx.wait_for(|s| s.is_some()).await;

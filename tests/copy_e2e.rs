@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use common::{
@@ -11,12 +12,13 @@ use common::{
 };
 
 /// What a trained copy run's folder holds.
-const RUN_FILES: [&str; 5] = [
+const RUN_FILES: [&str; 6] = [
     "config.toml",
     "tokenizer.json",
     "model.mpk",
     "metrics.jsonl",
     "train-lines.txt",
+    "lexicon.txt",
 ];
 
 fn texts(v: &serde_json::Value) -> Vec<String> {
@@ -181,4 +183,119 @@ fn resumed_copy_run_matches_uninterrupted_run() {
     assert_eq!(read(&full), read(&parts));
     let args = ["--keywords", "bags", "-n", "2", "--seed", "1"];
     assert_eq!(generate_json(&full, &args), generate_json(&parts, &args));
+}
+
+/// The words of `lines` that are neither in `lexicon` nor words of `keywords` nor numbers.
+fn unknown_words(lines: &[String], lexicon: &HashSet<String>, keywords: &str) -> Vec<String> {
+    let kw: HashSet<String> = vitrine_data::copy::words(keywords).into_iter().collect();
+    lines
+        .iter()
+        .flat_map(|l| vitrine_data::copy::words(l))
+        .filter(|w| {
+            !lexicon.contains(w) && !kw.contains(w) && !w.bytes().all(|b| b.is_ascii_digit())
+        })
+        .collect()
+}
+
+fn read_words(p: &Path) -> HashSet<String> {
+    let text = std::fs::read_to_string(p).unwrap();
+    text.split_whitespace().map(String::from).collect()
+}
+
+/// Held to the lexicon (the default), a barely trained model writes only words of its
+/// corpus, the keywords and numbers, over many seeds; unconstrained, it invents words (so
+/// the check can fail). A keyword the corpus never had can still be written.
+#[test]
+fn lexicon_keeps_lines_to_known_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = train(dir.path(), "run", 1);
+    let lexicon = read_words(&run.join("lexicon.txt"));
+    assert_eq!(lexicon, read_words(&run.join("train-lines.txt")));
+    let keywords = "sandals, Zorblax";
+    let (mut candidates, mut invented, mut zorblax) = (0, 0, 0);
+    for seed in 0..6 {
+        let seed = seed.to_string();
+        let args = ["--keywords", keywords, "-n", "4", "--seed", &seed];
+        let on = generate_json(&run, &[&args[..], &["--lexicon", "corpus"]].concat());
+        assert_eq!(on, generate_json(&run, &args), "corpus is the default");
+        let lines = texts(&on);
+        candidates += lines.len();
+        assert_eq!(
+            unknown_words(&lines, &lexicon, keywords),
+            Vec::<String>::new(),
+            "{lines:?}"
+        );
+        zorblax += lines.iter().filter(|l| l.contains("Zorblax")).count();
+        let off = generate_json(&run, &[&args[..], &["--lexicon", "off"]].concat());
+        invented += unknown_words(&texts(&off), &lexicon, keywords).len();
+        assert!(on["tokens"].as_u64().unwrap() > 0);
+    }
+    assert!(candidates > 0);
+    assert!(invented > 0, "the unconstrained model should invent words");
+    assert!(
+        zorblax > 0,
+        "the keyword outside the lexicon was never written"
+    );
+
+    // A run made before lexicon.txt existed derives the same lexicon from its lines.
+    let args = ["--keywords", keywords, "-n", "4", "--seed", "2"];
+    let with_file = generate_json(&run, &args);
+    std::fs::remove_file(run.join("lexicon.txt")).unwrap();
+    assert_eq!(generate_json(&run, &args), with_file);
+
+    // A lexicon no line can be finished with in the token budget: every sample is
+    // rejected, the output says the budget ran out, and generation ends.
+    std::fs::write(
+        run.join("lexicon.txt"),
+        "pneumonoultramicroscopicsilicovolcanoconiosis\n",
+    )
+    .unwrap();
+    let out = generate_json(
+        &run,
+        &["-n", "2", "--max-tokens", "3", "--keyword-boost", "0"],
+    );
+    assert_eq!(out["budget_exhausted"], true, "{out}");
+    assert_eq!(out["sampled"], 6);
+    assert!(texts(&out).is_empty());
+
+    // generate.lexicon_extra: read when the run loads; a missing file names itself.
+    let config = run.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let with_extra = text.replace(
+        "[generate]\n",
+        "[generate]\nlexicon_extra = \"extra.txt\"\n",
+    );
+    assert_ne!(with_extra, text);
+    std::fs::write(&config, with_extra).unwrap();
+    let (good, err) = outcome(&["generate", "--run", s(&run), "-n", "1"]);
+    assert!(
+        !good && err.contains("generate.lexicon_extra") && err.contains("extra.txt"),
+        "{err}"
+    );
+    std::fs::write(run.join("extra.txt"), "sale\n").unwrap();
+    let out = generate_json(&run, &["-n", "1", "--max-tokens", "3"]);
+    assert!(out["sampled"].as_u64().unwrap() > 0);
+
+    // eval copy reports the lexicon figures, and --lexicon off goes to its own file.
+    std::fs::write(&config, &text).unwrap();
+    std::fs::remove_file(run.join("lexicon.txt")).unwrap();
+    let list = dir.path().join("words.txt");
+    std::fs::write(&list, "sandals\nsale\nsummer\n").unwrap();
+    let on = eval_json("copy", &run, &["--word-list", s(&list)]);
+    let lx = &on["generation"]["lexicon"];
+    let shares = &lx["word_list"];
+    for k in ["generated", "valid"] {
+        let v = shares[k].as_f64().unwrap();
+        assert!(v > 0.0 && v < 1.0, "{k}: {shares}");
+    }
+    assert_eq!(
+        (lx["mode"].as_str(), lx["words_outside"].as_u64()),
+        (Some("corpus"), Some(0)),
+        "{on}"
+    );
+    assert!(lx["valid_share"].as_f64().unwrap() > 0.5, "{on}");
+    assert!(on["generation"]["tokens_per_sec"].as_f64().unwrap() > 0.0);
+    let off = eval_json("copy", &run, &["--lexicon", "off"]);
+    assert_eq!(off["generation"]["lexicon"]["mode"], "off");
+    assert!(run.join("eval-lexicon-off.json").exists());
 }

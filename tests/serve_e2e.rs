@@ -138,7 +138,7 @@ fn every_endpoint_answers_over_http() {
     let metrics = get(&srv.url("/metrics")).text();
     for needle in [
         "vitrine_http_requests_total{route=\"/v1/search\",status=\"200\"} 3",
-        "vitrine_http_request_duration_seconds_count{route=\"/v1/generate\"} 3",
+        "vitrine_http_request_duration_seconds_count{route=\"/v1/generate\"} 4",
         "vitrine_http_requests_total{route=\"/v1/generate\",status=\"422\"} 1",
         "vitrine_batch_size_count{worker=\"search\"}",
         "vitrine_batch_size_count{worker=\"caption\"} 2",
@@ -239,6 +239,13 @@ fn generate_endpoints(srv: &Server) {
         }
     }
     assert_eq!(accepted, cands.len());
+    // The lexicon constraint is on by default and can be turned off per request.
+    let off = post_json(
+        &srv.url("/v1/generate"),
+        &json!({"keywords": "sandals", "n": 3, "seed": 1, "lexicon": "off"}),
+    );
+    expect(&off, 200, "generate without the lexicon");
+    assert!(off.json()["tokens"].as_u64().unwrap() > 0);
     // A request the run's own limits refuse is a 422 before any event is sent.
     let r = post_json(
         &srv.url("/v1/generate"),
@@ -619,6 +626,7 @@ fn hostile_fields(search: &str, generate: &str) {
             json!({"keywords": "sandals", "max_tokens": 0}),
             "max_tokens",
         ),
+        (json!({"keywords": "sandals", "lexicon": "all"}), "lexicon"),
     ] {
         let r = post_json(generate, &body);
         expect(&r, 422, &body.to_string());

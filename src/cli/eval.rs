@@ -27,11 +27,19 @@ pub enum EvalCommand {
         out: EvalOut,
     },
     /// Validation loss and perplexity of a copy or language-model run; for copy runs also
-    /// keyword coverage, distinct-1/2, constraint compliance and training-copy rate of
-    /// candidates generated for the validation briefs. Writes eval.json.
+    /// keyword coverage, distinct-1/2, constraint compliance, training-copy rate, the share
+    /// of words in the lexicon and tokens/s of candidates generated for the validation
+    /// briefs. Writes eval.json (with --lexicon: eval-lexicon-MODE.json).
     Copy {
         #[arg(long)]
         run: PathBuf,
+        /// Generate held to the run's lexicon or not (default: the run's generate.lexicon).
+        #[arg(long, value_enum)]
+        lexicon: Option<vitrine_infer::copy::LexiconMode>,
+        /// Also report the share of candidate and validation words found in this word list
+        /// (one word per line, e.g. /usr/share/dict/words from Debian's wamerican).
+        #[arg(long)]
+        word_list: Option<PathBuf>,
         #[command(flatten)]
         out: EvalOut,
     },
@@ -124,9 +132,15 @@ impl OnBackend for EvalCommand {
                 let saved = run.join(vitrine_eval::search::search_eval_file(precision));
                 Evaluated::new(&r, r.table(), saved)
             }
-            EvalCommand::Copy { run, .. } => {
-                let r = vitrine_eval::eval_copy::<B>(&run, &d)?;
-                Evaluated::new(&r, r.table(), run.join(files::EVAL))
+            EvalCommand::Copy {
+                run,
+                lexicon,
+                word_list,
+                ..
+            } => {
+                let opts = vitrine_eval::CopyEvalOptions { lexicon, word_list };
+                let r = vitrine_eval::eval_copy::<B>(&run, &opts, &d)?;
+                Evaluated::new(&r, r.table(), run.join(opts.report_file()))
             }
             EvalCommand::Score { run, .. } => {
                 let r = vitrine_eval::eval_score::<B>(&run, &d)?;

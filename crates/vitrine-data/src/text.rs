@@ -235,6 +235,41 @@ impl Tokenizer {
         }
     }
 
+    /// The bytes each token id stands for, for decoders that constrain tokens by their text;
+    /// `None` for added (special) tokens, which stand for no text. Only byte-level
+    /// tokenizers (GPT-2's scheme: every byte is a printable character in the vocabulary)
+    /// have a byte string per token; others are an error.
+    pub fn token_bytes(&self) -> Result<Vec<Option<Vec<u8>>>> {
+        let not_byte_level = || {
+            DataError::Tokenizer(
+                "this tokenizer is not byte-level BPE, so its tokens have no byte strings".into(),
+            )
+        };
+        let Self::Hf(t) = self else {
+            return Err(not_byte_level());
+        };
+        if !matches!(t.get_decoder(), Some(DecoderWrapper::ByteLevel(_))) {
+            return Err(not_byte_level());
+        }
+        let to_byte = byte_level_chars();
+        let added = t.get_added_tokens_decoder();
+        (0..t.get_vocab_size(true) as u32)
+            .map(|id| {
+                if added.contains_key(&id) {
+                    return Ok(None);
+                }
+                let Some(token) = t.id_to_token(id) else {
+                    return Ok(None);
+                };
+                token
+                    .chars()
+                    .map(|c| to_byte.get(&c).copied().ok_or_else(not_byte_level))
+                    .collect::<Result<Vec<u8>>>()
+                    .map(Some)
+            })
+            .collect()
+    }
+
     /// Text of `ids`, special tokens left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match self {
@@ -254,9 +289,27 @@ impl Tokenizer {
     }
 }
 
+/// GPT-2's byte-level alphabet, character → byte: the printable bytes stand for
+/// themselves, the others (controls, space, …) for the characters from U+0100 on, in order.
+fn byte_level_chars() -> HashMap<char, u8> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut next = 256u32;
+    (0..=255u8)
+        .map(|b| {
+            if printable(b) {
+                (char::from(b), b)
+            } else {
+                next += 1;
+                (char::from_u32(next - 1).expect("below U+0200"), b)
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     fn corpus() -> Vec<String> {
         (0..200)
@@ -286,6 +339,36 @@ mod tests {
         let back = Tokenizer::from_file(&path).unwrap();
         assert_eq!(back.vocab_size(), tok.vocab_size());
         assert_eq!(back.encode(&text).unwrap(), ids);
+    }
+
+    #[test]
+    fn token_bytes_concatenate_to_the_text() {
+        let texts = corpus();
+        let tok =
+            Tokenizer::train_bpe(texts.iter().map(String::as_str), 400, &[EOS, "<|x|>"]).unwrap();
+        let bytes = tok.token_bytes().unwrap();
+        assert_eq!(bytes.len(), tok.vocab_size());
+        assert_eq!((&bytes[0], &bytes[1]), (&None, &None), "special tokens");
+        let text = "Summer sandals, café ☀ 42\n\t";
+        let ids = tok.encode(text).unwrap();
+        let joined: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| bytes[i as usize].clone().unwrap())
+            .collect();
+        assert_eq!(joined, text.as_bytes());
+        // Every byte has a one-byte token.
+        let singles: HashSet<u8> = bytes
+            .iter()
+            .flatten()
+            .filter(|b| b.len() == 1)
+            .map(|b| b[0])
+            .collect();
+        assert_eq!(singles.len(), 256);
+        let err = Tokenizer::build_char("ab")
+            .token_bytes()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not byte-level"), "{err}");
     }
 
     #[test]

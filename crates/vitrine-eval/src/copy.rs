@@ -4,13 +4,16 @@
 //! the rate of candidates that repeat a training line.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 use vitrine_data::copy::{normalize, words, Brief};
-use vitrine_infer::copy::{check_request, eval_loss, generate, prepare, GenerateParams, LmRun};
+use vitrine_infer::copy::{
+    check_request, eval_loss, generate, is_number, prepare, GenerateParams, Lexicon, LexiconMode,
+    LmPrepared, LmRun,
+};
 use vitrine_infer::run::files;
 use vitrine_infer::Result;
 
@@ -41,6 +44,62 @@ pub struct GenerationMetrics {
     /// Briefs that got fewer than n candidates within the budget.
     pub briefs_short: usize,
     pub sampled: usize,
+    pub lexicon: LexiconMetrics,
+    /// Tokens generated (all samples, rejected ones included) per second of generation.
+    pub tokens: usize,
+    pub tokens_per_sec: f64,
+}
+
+/// The words of the candidates against the run's lexicon (and an independent word list).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LexiconMetrics {
+    /// How the candidates were generated: held to the lexicon (`corpus`) or not (`off`).
+    pub mode: LexiconMode,
+    /// Words in the run's lexicon (training corpus + `generate.lexicon_extra`).
+    pub size: usize,
+    /// Words of all candidates.
+    pub words: usize,
+    /// Candidate words in neither the lexicon nor their brief's keywords (numbers pass).
+    pub words_outside: usize,
+    /// Share of candidate words in the lexicon, their brief's keywords or numbers.
+    pub share: f64,
+    /// Share of the validation headlines' words (never seen in training) in the lexicon or
+    /// numbers: how much a real headline the constraint would let through.
+    pub valid_share: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub word_list: Option<WordListShares>,
+}
+
+/// Shares of words (numbers left out) found in an independent word list, used only to report.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WordListShares {
+    pub path: String,
+    pub entries: usize,
+    /// Candidate words.
+    pub generated: f64,
+    /// Validation headlines' words.
+    pub valid: f64,
+}
+
+/// What `vitrine eval copy` may change from the run's `[eval]`.
+#[derive(Debug, Clone, Default)]
+pub struct CopyEvalOptions {
+    /// Generate with or without the lexicon, whatever the run's `generate.lexicon` says.
+    pub lexicon: Option<LexiconMode>,
+    /// An independent word list (e.g. Debian's `wamerican`) to report words against.
+    pub word_list: Option<PathBuf>,
+}
+
+impl CopyEvalOptions {
+    /// Where the report goes in the run: `eval.json`, or `eval-lexicon-off.json` /
+    /// `eval-lexicon-corpus.json` when `--lexicon` chose the mode.
+    pub fn report_file(&self) -> String {
+        match self.lexicon {
+            None => files::EVAL.to_string(),
+            Some(LexiconMode::Corpus) => "eval-lexicon-corpus.json".into(),
+            Some(LexiconMode::Off) => "eval-lexicon-off.json".into(),
+        }
+    }
 }
 
 impl CopyEvalReport {
@@ -68,7 +127,27 @@ impl CopyEvalReport {
                 ("constraint compliance", f(g.constraint_compliance)),
                 ("training-copy rate", f(g.training_copy_rate)),
                 ("briefs short of n", g.briefs_short.to_string()),
+                (
+                    "lexicon",
+                    format!("{:?} ({} words)", g.lexicon.mode, g.lexicon.size).to_lowercase(),
+                ),
+                (
+                    "candidate words outside lexicon + keywords",
+                    format!("{} of {}", g.lexicon.words_outside, g.lexicon.words),
+                ),
+                ("candidate words in lexicon + keywords", f(g.lexicon.share)),
+                (
+                    "validation headline words in lexicon",
+                    f(g.lexicon.valid_share),
+                ),
+                ("generation tokens/s", format!("{:.1}", g.tokens_per_sec)),
             ]);
+            if let Some(w) = &g.lexicon.word_list {
+                rows.extend([
+                    ("candidate words in word list", f(w.generated)),
+                    ("validation headline words in word list", f(w.valid)),
+                ]);
+            }
         }
         let mut s = String::from("| metric | value |\n|---|---|\n");
         for (name, value) in rows {
@@ -96,7 +175,11 @@ pub fn distinct_n(texts: &[String], n: usize) -> f64 {
     }
 }
 
-pub fn eval_copy<B: Backend>(run_path: &Path, device: &B::Device) -> Result<CopyEvalReport> {
+pub fn eval_copy<B: Backend>(
+    run_path: &Path,
+    opts: &CopyEvalOptions,
+    device: &B::Device,
+) -> Result<CopyEvalReport> {
     let started = Instant::now();
     let run = LmRun::<B>::load(run_path, device)?;
     let prepared = prepare(&run.config, Some(run.tokenizer.clone()))?;
@@ -107,51 +190,7 @@ pub fn eval_copy<B: Backend>(run_path: &Path, device: &B::Device) -> Result<Copy
             .eval_batches(t.fit.batch_size, t.task.block_size, t.task.eval_batches);
     let (val_loss, val_tokens) = eval_loss(&run.model, &batches, device)?;
     let generation = if run.config.is_copy() && run.config.eval.briefs > 0 {
-        {
-            let e = &run.config.eval;
-            let mut texts = Vec::new();
-            let (mut coverage, mut compliant, mut copies) = (0.0, 0usize, 0usize);
-            let (mut short, mut sampled, mut briefs) = (0, 0, 0);
-            for brief in prepared.valid_briefs.iter().take(e.briefs) {
-                let req = GenerateParams {
-                    keywords: brief.keywords.join(", "),
-                    tone: brief.tone.clone(),
-                    seed: e.generate.seed ^ briefs as u64,
-                    ..e.generate.clone()
-                };
-                let checked = check_request(&req, &run, &run.config.generate)?;
-                let out = generate(&run, &checked, &run.config.generate, device)?;
-                briefs += 1;
-                sampled += out.sampled;
-                short += usize::from(out.budget_exhausted);
-                let parsed = Brief::parse(&req.keywords, req.tone.as_deref());
-                let mut seen = HashSet::new();
-                for c in out.candidates {
-                    coverage += parsed.coverage(&c.text);
-                    let norm = normalize(&c.text);
-                    if !norm.is_empty()
-                        && c.text.chars().count() <= e.generate.max_chars
-                        && seen.insert(norm.clone())
-                    {
-                        compliant += 1;
-                    }
-                    copies += usize::from(run.train_lines.contains(&norm));
-                    texts.push(c.text);
-                }
-            }
-            let n = texts.len().max(1) as f64;
-            Some(GenerationMetrics {
-                briefs,
-                candidates: texts.len(),
-                keyword_coverage: coverage / n,
-                distinct_1: distinct_n(&texts, 1),
-                distinct_2: distinct_n(&texts, 2),
-                constraint_compliance: compliant as f64 / n,
-                training_copy_rate: copies as f64 / n,
-                briefs_short: short,
-                sampled,
-            })
-        }
+        Some(eval_generation(&run, &prepared, opts, device)?)
     } else {
         None
     };
@@ -163,8 +202,123 @@ pub fn eval_copy<B: Backend>(run_path: &Path, device: &B::Device) -> Result<Copy
         generation,
         secs: started.elapsed().as_secs_f64(),
     };
-    run.dir.save_json(files::EVAL, &report)?;
+    run.dir.save_json(&opts.report_file(), &report)?;
     Ok(report)
+}
+
+/// Generates for the first `eval.briefs` validation briefs and measures the candidates.
+fn eval_generation<B: Backend>(
+    run: &LmRun<B>,
+    prepared: &LmPrepared,
+    opts: &CopyEvalOptions,
+    device: &B::Device,
+) -> Result<GenerationMetrics> {
+    let e = &run.config.eval;
+    let mode = opts
+        .lexicon
+        .or(e.generate.lexicon)
+        .unwrap_or(run.config.generate.lexicon);
+    let lexicon = match &run.lexicon {
+        Ok(ix) => ix.lexicon.clone(),
+        Err(_) => Lexicon::from_texts(run.train_lines.iter().map(String::as_str)),
+    };
+    let mut texts = Vec::new();
+    let (mut coverage, mut compliant, mut copies) = (0.0, 0usize, 0usize);
+    let (mut short, mut sampled, mut briefs, mut tokens) = (0, 0, 0, 0);
+    let (mut words_all, mut outside) = (0usize, 0usize);
+    let mut gen_secs = 0.0;
+    for brief in prepared.valid_briefs.iter().take(e.briefs) {
+        let req = GenerateParams {
+            keywords: brief.keywords.join(", "),
+            tone: brief.tone.clone(),
+            seed: e.generate.seed ^ briefs as u64,
+            lexicon: Some(mode),
+            ..e.generate.clone()
+        };
+        let checked = check_request(&req, run, &run.config.generate)?;
+        let t0 = Instant::now();
+        let out = generate(run, &checked, &run.config.generate, device)?;
+        gen_secs += t0.elapsed().as_secs_f64();
+        briefs += 1;
+        sampled += out.sampled;
+        tokens += out.tokens;
+        short += usize::from(out.budget_exhausted);
+        let parsed = Brief::parse(&req.keywords, req.tone.as_deref());
+        let keyword_words = Lexicon::from_texts(parsed.keywords.iter().map(String::as_str));
+        let mut seen = HashSet::new();
+        for c in out.candidates {
+            coverage += parsed.coverage(&c.text);
+            let norm = normalize(&c.text);
+            if !norm.is_empty()
+                && c.text.chars().count() <= e.generate.max_chars
+                && seen.insert(norm.clone())
+            {
+                compliant += 1;
+            }
+            copies += usize::from(run.train_lines.contains(&norm));
+            for w in words(&c.text) {
+                words_all += 1;
+                outside += usize::from(!lexicon.allows(&w) && !keyword_words.allows(&w));
+            }
+            texts.push(c.text);
+        }
+    }
+    let n = texts.len().max(1) as f64;
+    let word_list = match &opts.word_list {
+        Some(p) => Some(word_list_shares(p, &texts, &prepared.valid_texts)?),
+        None => None,
+    };
+    Ok(GenerationMetrics {
+        briefs,
+        candidates: texts.len(),
+        keyword_coverage: coverage / n,
+        distinct_1: distinct_n(&texts, 1),
+        distinct_2: distinct_n(&texts, 2),
+        constraint_compliance: compliant as f64 / n,
+        training_copy_rate: copies as f64 / n,
+        briefs_short: short,
+        sampled,
+        lexicon: LexiconMetrics {
+            mode,
+            size: lexicon.len(),
+            words: words_all,
+            words_outside: outside,
+            share: 1.0 - outside as f64 / words_all.max(1) as f64,
+            valid_share: share_in(&prepared.valid_texts, |w| lexicon.allows(w)),
+            word_list,
+        },
+        tokens,
+        tokens_per_sec: tokens as f64 / gen_secs.max(1e-9),
+    })
+}
+
+/// Share of the words of `texts` that `known` accepts (0 when there are none).
+fn share_in(texts: &[String], mut known: impl FnMut(&str) -> bool) -> f64 {
+    let (mut all, mut hit) = (0usize, 0usize);
+    for w in texts.iter().flat_map(|t| words(t)) {
+        all += 1;
+        hit += usize::from(known(&w));
+    }
+    hit as f64 / all.max(1) as f64
+}
+
+/// Shares of generated and validation words (numbers left out) in the word list at `path`.
+fn word_list_shares(path: &Path, generated: &[String], valid: &[String]) -> Result<WordListShares> {
+    let list = Lexicon::read(path)?;
+    let drop_numbers = |texts: &[String]| -> Vec<String> {
+        texts
+            .iter()
+            .flat_map(|t| words(t))
+            .filter(|w| !is_number(w))
+            .collect()
+    };
+    let in_list = |ws: Vec<String>| share_in(&ws, |w| list.allows(w));
+    Ok(WordListShares {
+        path: path.display().to_string(),
+        entries: list.len(),
+        generated: in_list(drop_numbers(generated)),
+        valid: in_list(drop_numbers(valid)),
+    })
 }
 
 #[cfg(test)]

@@ -40,6 +40,9 @@ pub mod files {
     pub const SPLIT: &str = "split.json";
     /// Copy runs: the normalised training lines (`--no-copy`).
     pub const TRAIN_LINES: &str = "train-lines.txt";
+    /// Copy runs: the words of the training corpus, one per line (lexicon-constrained
+    /// decoding; runs made before it derive it from the training lines).
+    pub const LEXICON: &str = "lexicon.txt";
     /// Scorer runs: the best development epoch and its weights.
     pub const BEST: &str = "best.json";
     pub const BEST_MODEL: &str = "best-model.mpk";

@@ -691,6 +691,8 @@ pub struct GenerateResponse {
     pub rejected: BTreeMap<String, usize>,
     /// Fewer than `requested` passed within the sampling budget.
     pub budget_exhausted: bool,
+    /// Tokens generated over all samples.
+    pub tokens: usize,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -718,6 +720,7 @@ impl From<GenerateOutput> for GenerateResponse {
             sampled: o.sampled,
             rejected: o.rejected,
             budget_exhausted: o.budget_exhausted,
+            tokens: o.tokens,
         }
     }
 }

@@ -9,7 +9,7 @@ use burn::tensor::Tensor;
 use serde::Serialize;
 use vitrine_data::copy::KeywordCase;
 use vitrine_infer::copy::{
-    eval_loss, inputs, masked_cross_entropy, prepare, HostBatch, LmCorpus, LmRunConfig,
+    eval_loss, inputs, masked_cross_entropy, prepare, HostBatch, Lexicon, LmCorpus, LmRunConfig,
 };
 use vitrine_infer::run::files;
 use vitrine_models::gpt::Gpt;
@@ -113,6 +113,8 @@ pub fn train<B: AutodiffBackend>(job: Job<'_, LmRunConfig, B>) -> Result<Trained
         let mut text = prepared.train_lines.join("\n");
         text.push('\n');
         start.keep_text(files::TRAIN_LINES, &text)?;
+        let lexicon = Lexicon::from_texts(prepared.train_lines.iter().map(String::as_str));
+        start.keep_text(files::LEXICON, &lexicon.to_text())?;
     }
     // A resumed run's weights come from its checkpoint (fit loads it), not from `init`.
     let model = start.init_model(|| match &init_dir {

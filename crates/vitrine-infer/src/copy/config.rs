@@ -210,6 +210,9 @@ impl RunConfig for LmRunConfig {
         }
         self.tokenizer.resolve_paths(base);
         resolve_init_path(&mut self.init, base);
+        if let Some(p) = &mut self.generate.lexicon_extra {
+            absolutize_in(base, p);
+        }
     }
 
     fn vocab_size_mut(&mut self) -> Option<(&'static str, &mut usize)> {

@@ -198,6 +198,8 @@ pub struct LmPrepared {
     pub keyword_case: KeywordCase,
     /// The brief of every validation line (copy runs), as in training.
     pub valid_briefs: Vec<Brief>,
+    /// The validation lines as written (copy runs).
+    pub valid_texts: Vec<String>,
     pub train_tokens: usize,
 }
 
@@ -243,6 +245,7 @@ pub fn prepare(config: &LmRunConfig, existing: Option<Tokenizer>) -> Result<LmPr
                 truncated: 0,
                 keyword_case: KeywordCase::AsTyped,
                 valid_briefs: Vec::new(),
+                valid_texts: Vec::new(),
             })
         }
         LmData::Copy { train, valid } => {
@@ -288,6 +291,7 @@ pub fn prepare(config: &LmRunConfig, existing: Option<Tokenizer>) -> Result<LmPr
                 train_lines: train_lines.iter().map(|l| normalize(&l.text)).collect(),
                 truncated,
                 valid_briefs,
+                valid_texts: valid_lines.into_iter().map(|l| l.text).collect(),
             })
         }
     }

@@ -8,7 +8,7 @@
 //! top-k, top-p, then a draw from one seeded RNG in row order, so the same seed and request
 //! give the same output.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -16,6 +16,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
 use vitrine_data::copy::{contains_phrase, words, Brief, Rejection};
 
+use super::lexicon::{KeywordTrie, LexiconIndex, WordState};
 use super::params::{CheckedRequest, GenerateLimits, Sampling};
 use super::run::LmRun;
 use crate::error::{InferError, Result};
@@ -39,11 +40,27 @@ pub struct GenerateOutput {
     pub rejected: BTreeMap<String, usize>,
     /// Fewer than `requested` passed within the budget.
     pub budget_exhausted: bool,
+    /// Tokens generated over all samples (end-of-line tokens included).
+    pub tokens: usize,
 }
 
 /// Applies repetition penalty, temperature, top-k and top-p to `logits` in place and draws
 /// one token id.
 pub fn sample_token(logits: &mut [f32], generated: &[u32], s: &Sampling, rng: &mut StdRng) -> u32 {
+    let all = (0..logits.len() as u32).collect();
+    sample_among(logits, generated, s, rng, all).expect("a vocabulary is not empty")
+}
+
+/// [`sample_token`] restricted to the token ids `ids`: top-k and top-p apply among them, so
+/// the draw is from the model's distribution conditioned on the allowed tokens. `None` when
+/// `ids` is empty. With every id, in order, the draw is [`sample_token`]'s.
+pub fn sample_among(
+    logits: &mut [f32],
+    generated: &[u32],
+    s: &Sampling,
+    rng: &mut StdRng,
+    mut ids: Vec<u32>,
+) -> Option<u32> {
     if s.repetition_penalty != 1.0 {
         let mut seen = HashSet::new();
         let p = s.repetition_penalty as f32;
@@ -57,14 +74,13 @@ pub fn sample_token(logits: &mut [f32], generated: &[u32], s: &Sampling, rng: &m
     }
     let inv_t = (1.0 / s.temperature) as f32;
     // Candidate ids sorted by logit, best first (top-k keeps the first k).
-    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
     let cmp = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
     if s.top_k > 0 && s.top_k < ids.len() {
         ids.select_nth_unstable_by(s.top_k - 1, cmp);
         ids.truncate(s.top_k);
     }
     ids.sort_unstable_by(cmp);
-    let max = logits[ids[0] as usize] * inv_t;
+    let max = logits[*ids.first()? as usize] * inv_t;
     let mut probs: Vec<f64> = ids
         .iter()
         .map(|&i| (((logits[i as usize] * inv_t) - max) as f64).exp())
@@ -88,10 +104,36 @@ pub fn sample_token(logits: &mut [f32], generated: &[u32], s: &Sampling, rng: &m
     for (j, p) in probs.iter().enumerate() {
         r -= p;
         if r <= 0.0 {
-            return ids[j];
+            return Some(ids[j]);
         }
     }
-    ids[keep - 1]
+    Some(ids[keep - 1])
+}
+
+/// One request's lexicon constraint: the run's index, the keywords' words, and the tokens
+/// each word state allows, listed once per state (most steps of a request revisit states:
+/// every word starts from the same one).
+struct Constraint<'a> {
+    index: &'a LexiconIndex,
+    keywords: &'a KeywordTrie,
+    allowed: HashMap<WordState, Vec<u32>>,
+}
+
+impl Constraint<'_> {
+    /// States remembered at most (a request rarely reaches it; past it the lists are
+    /// recomputed).
+    const MAX_STATES: usize = 1 << 14;
+
+    fn allowed(&mut self, state: WordState) -> Vec<u32> {
+        if let Some(ids) = self.allowed.get(&state) {
+            return ids.clone();
+        }
+        let ids = self.index.allowed_tokens(self.keywords, state);
+        if self.allowed.len() < Self::MAX_STATES {
+            self.allowed.insert(state, ids.clone());
+        }
+        ids
+    }
 }
 
 /// How one sampled row ended.
@@ -106,6 +148,8 @@ struct Row {
     keywords: Vec<KeywordState>,
     /// The text reported to the observer so far.
     reported: String,
+    /// Where the word being written stands in the lexicon (constrained requests).
+    word: WordState,
 }
 
 impl Row {
@@ -232,6 +276,37 @@ fn cancelled() -> InferError {
     InferError::Cancelled("generation was cancelled".into())
 }
 
+/// The row's next token: the keyword's forced token, or a draw; under a lexicon constraint
+/// only tokens that keep the line's words in the lexicon (a forced token that would not is
+/// drawn instead). Advances the row's word state. `None`: no token is allowed.
+fn next_token(
+    row: &mut Row,
+    forced: Option<u32>,
+    logits: &mut [f32],
+    draws: &mut Draws<'_>,
+    sampling: &Sampling,
+) -> Option<u32> {
+    let rng = &mut draws.rng;
+    let Some(c) = draws.constraint.as_mut() else {
+        return Some(forced.unwrap_or_else(|| sample_token(logits, &row.ids, sampling, rng)));
+    };
+    let (state, kw) = (row.word, c.keywords);
+    let tok = match forced.filter(|&t| c.index.allows(kw, state, t)) {
+        Some(t) => t,
+        None => sample_among(logits, &row.ids, sampling, rng, c.allowed(state))?,
+    };
+    row.word = c.index.advance(kw, state, tok)?;
+    Some(tok)
+}
+
+/// What a request's draws share across its batches: one seeded RNG (so the same request
+/// gives the same lines), the lexicon constraint, and the count of tokens drawn.
+struct Draws<'a> {
+    rng: StdRng,
+    constraint: Option<Constraint<'a>>,
+    tokens: usize,
+}
+
 /// Samples `rows` continuations of the prompt in one batch with a KV cache; `first` is the
 /// number of the batch's first sample in the request.
 fn sample_batch<B: Backend>(
@@ -239,7 +314,7 @@ fn sample_batch<B: Backend>(
     req: &CheckedRequest,
     rows: usize,
     first: usize,
-    rng: &mut StdRng,
+    draws: &mut Draws<'_>,
     device: &B::Device,
     observer: &mut Observer<'_>,
 ) -> Result<Vec<Row>> {
@@ -262,6 +337,7 @@ fn sample_batch<B: Backend>(
             too_long: false,
             keywords: vec![KeywordState::Unused; req.keyword_tokens.len()],
             reported: String::new(),
+            word: WordState::START,
         })
         .collect();
     let max_chars = req.constraints.max_chars;
@@ -282,10 +358,12 @@ fn sample_batch<B: Backend>(
             }
             let mut l = host[r * v..(r + 1) * v].to_vec();
             let forced = keyword_step(row, &req.keyword_tokens, req.keyword_boost, &mut l);
-            let tok = match forced {
-                Some(t) => t,
-                None => sample_token(&mut l, &row.ids, &req.sampling, rng),
+            let Some(tok) = next_token(row, forced, &mut l, draws, &req.sampling) else {
+                // No token can continue the line within the lexicon: it stays unfinished.
+                row.done = true;
+                continue;
             };
+            draws.tokens += 1;
             if Some(tok) == eos {
                 row.done = true;
                 row.ended = true;
@@ -371,15 +449,31 @@ pub fn generate_observed<B: Backend>(
     device: &B::Device,
     observer: &mut Observer<'_>,
 ) -> Result<GenerateOutput> {
-    let mut rng = StdRng::seed_from_u64(req.seed);
     let budget = req.n * limits.budget_factor;
     let mut accepted: HashSet<String> = HashSet::new();
     let mut candidates = Vec::new();
     let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
     let mut sampled = 0;
+    // The lexicon constraint of this request: the run's index and the keywords' words.
+    let constraint = match &req.lexicon {
+        Some(keywords) => Some(Constraint {
+            index: run
+                .lexicon
+                .as_ref()
+                .map_err(|e| InferError::Invalid(e.clone()))?,
+            keywords,
+            allowed: HashMap::new(),
+        }),
+        None => None,
+    };
+    let mut draws = Draws {
+        rng: StdRng::seed_from_u64(req.seed),
+        constraint,
+        tokens: 0,
+    };
     while candidates.len() < req.n && sampled < budget {
         let rows = limits.batch_size.min(budget - sampled);
-        let batch = sample_batch(run, req, rows, sampled, &mut rng, device, observer)?;
+        let batch = sample_batch(run, req, rows, sampled, &mut draws, device, observer)?;
         let first = sampled;
         sampled += rows;
         for (r, row) in batch.into_iter().enumerate() {
@@ -425,6 +519,7 @@ pub fn generate_observed<B: Backend>(
         requested: req.n,
         sampled,
         rejected,
+        tokens: draws.tokens,
     })
 }
 
@@ -483,6 +578,43 @@ mod tests {
         assert_eq!(seen.len(), 4);
     }
 
+    #[test]
+    fn allowed_tokens_bound_the_draw_and_all_allowed_changes_nothing() {
+        let s = Sampling {
+            temperature: 0.9,
+            top_k: 3,
+            top_p: 0.95,
+            repetition_penalty: 1.1,
+        };
+        let logits = |i: usize| -> Vec<f32> {
+            (0..40)
+                .map(|j| ((i * 7 + j * 13) % 17) as f32 * 0.4)
+                .collect()
+        };
+        let (mut a, mut b) = (StdRng::seed_from_u64(4), StdRng::seed_from_u64(4));
+        for i in 0..200 {
+            let plain = sample_token(&mut logits(i), &[2, 5], &s, &mut a);
+            let all = sample_among(&mut logits(i), &[2, 5], &s, &mut b, (0..40).collect());
+            assert_eq!(Some(plain), all);
+        }
+        // Only odd tokens: every draw is odd, and with top-k 1 it is the best odd token.
+        let odd: Vec<u32> = (1..40).step_by(2).collect();
+        let mut rng = StdRng::seed_from_u64(1);
+        for i in 0..200 {
+            let t = sample_among(&mut logits(i), &[], &s, &mut rng, odd.clone()).unwrap();
+            assert_eq!(t % 2, 1);
+        }
+        let l = logits(3);
+        let best_odd = odd.iter().map(|&t| l[t as usize]).fold(f32::MIN, f32::max);
+        let got = sample_among(&mut l.clone(), &[], &greedy(), &mut rng, odd).unwrap();
+        assert_eq!(l[got as usize], best_odd);
+        // Nothing allowed: no token.
+        assert_eq!(
+            sample_among(&mut logits(0), &[], &s, &mut rng, Vec::new()),
+            None
+        );
+    }
+
     fn row(ids: Vec<u32>, n_keywords: usize) -> Row {
         Row {
             ids,
@@ -492,6 +624,7 @@ mod tests {
             too_long: false,
             keywords: vec![KeywordState::Unused; n_keywords],
             reported: String::new(),
+            word: WordState::START,
         }
     }
 

@@ -2,9 +2,12 @@
 //! `vitrine generate` (flags), `POST /v1/generate` (JSON, plus `stream`) and
 //! `vitrine eval copy` (`[eval]`); and the limits a copy run puts on them.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 use vitrine_data::copy::{Brief, Constraints, KeywordCase};
 
+use super::lexicon::{KeywordTrie, LexiconMode};
 use crate::error::{InferError, Result};
 
 /// Candidates returned when a request does not say (or the limit, if lower).
@@ -71,6 +74,11 @@ pub struct GenerateParams {
     #[cfg_attr(feature = "clap", arg(long))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<usize>,
+    /// Write only words of the training corpus, keywords and numbers (`corpus`), or any
+    /// (`off`) (default: the run's `generate.lexicon`).
+    #[cfg_attr(feature = "clap", arg(long, value_enum))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lexicon: Option<LexiconMode>,
 }
 
 /// The defaults of every entry point.
@@ -89,6 +97,7 @@ pub const DEFAULTS: GenerateParams = GenerateParams {
     no_copy: false,
     keyword_boost: None,
     max_tokens: None,
+    lexicon: None,
 };
 
 impl Default for GenerateParams {
@@ -130,6 +139,12 @@ pub struct GenerateLimits {
     pub keyword_boost: f64,
     /// Largest keyword boost a request may ask for.
     pub max_keyword_boost: f64,
+    /// Default for requests that do not say: hold lines to the run's lexicon (`corpus`) or
+    /// not (`off`).
+    pub lexicon: LexiconMode,
+    /// More allowed words, one per line (read when the run is loaded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lexicon_extra: Option<PathBuf>,
 }
 
 impl Default for GenerateLimits {
@@ -145,6 +160,8 @@ impl Default for GenerateLimits {
             keyword_case: KeywordCase::Auto,
             keyword_boost: 8.0,
             max_keyword_boost: 20.0,
+            lexicon: LexiconMode::Corpus,
+            lexicon_extra: None,
         }
     }
 }
@@ -201,4 +218,6 @@ pub struct CheckedRequest {
     /// Per keyword: its tokens inside a line (after a space) and at the line's start.
     pub keyword_tokens: Vec<[Vec<u32>; 2]>,
     pub keyword_boost: f32,
+    /// Set when lines are held to the run's lexicon: the keywords' words, also allowed.
+    pub lexicon: Option<KeywordTrie>,
 }

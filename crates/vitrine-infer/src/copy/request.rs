@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use burn::tensor::backend::Backend;
 use vitrine_data::copy::{Brief, Constraints};
 
+use super::lexicon::{KeywordTrie, LexiconMode};
 use super::params::{CheckedRequest, GenerateLimits, GenerateParams, Sampling};
 use super::run::LmRun;
 use crate::error::{InferError, Result};
@@ -33,6 +34,17 @@ pub fn check_request<B: Backend>(
     let sampling = check_sampling(req)?;
     let counts = check_counts(req, limits)?;
     let (brief, prompt_ids, keyword_tokens) = encode_brief(req, run, limits)?;
+    let lexicon = match req.lexicon.unwrap_or(limits.lexicon) {
+        LexiconMode::Off => None,
+        LexiconMode::Corpus => match &run.lexicon {
+            Ok(_) => Some(KeywordTrie::new(brief.keywords.iter().map(String::as_str))),
+            Err(why) => {
+                return Err(InferError::Invalid(format!(
+                    "lexicon = corpus: {why}; use lexicon = off (generate.lexicon in the run's config.toml, or --lexicon off)"
+                )))
+            }
+        },
+    };
     let n_ctx = run.config.model.n_ctx;
     let banned = req
         .banned
@@ -59,6 +71,7 @@ pub fn check_request<B: Backend>(
         seed: req.seed,
         keyword_tokens,
         keyword_boost: counts.keyword_boost as f32,
+        lexicon,
     })
 }
 

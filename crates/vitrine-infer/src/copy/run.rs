@@ -10,6 +10,7 @@ use vitrine_data::text::{Tokenizer, EOS};
 use vitrine_models::gpt::Gpt;
 
 use super::config::LmRunConfig;
+use super::lexicon::{Lexicon, LexiconIndex};
 use crate::error::{io_err, InferError, Result};
 use crate::run::{files, RunDir};
 
@@ -20,6 +21,8 @@ pub struct LmRun<B: Backend> {
     pub tokenizer: Tokenizer,
     /// Normalised training lines (copy runs).
     pub train_lines: HashSet<String>,
+    /// The words lines may use (copy runs with a byte-level tokenizer), or why there are none.
+    pub lexicon: std::result::Result<LexiconIndex, String>,
     pub dir: RunDir,
 }
 
@@ -37,11 +40,19 @@ impl<B: Backend> LmRun<B> {
         } else {
             HashSet::new()
         };
+        let lexicon = if config.is_copy() {
+            let lexicon = load_lexicon(&dir, &config, &train_lines)?;
+            let eos = tokenizer.token_id(EOS);
+            LexiconIndex::new(lexicon, &tokenizer, eos).map_err(|e| e.to_string())
+        } else {
+            Err("a plain language-model run has no lexicon".into())
+        };
         Ok(Self {
             config,
             model,
             tokenizer,
             train_lines,
+            lexicon,
             dir,
         })
     }
@@ -49,6 +60,28 @@ impl<B: Backend> LmRun<B> {
     pub fn eos(&self) -> Option<u32> {
         self.tokenizer.token_id(EOS)
     }
+}
+
+/// A copy run's lexicon: `lexicon.txt`, or for runs made before it was saved the words of
+/// the training lines (the same set); then the words of `generate.lexicon_extra`.
+fn load_lexicon(
+    dir: &RunDir,
+    config: &LmRunConfig,
+    train_lines: &HashSet<String>,
+) -> Result<Lexicon> {
+    let saved = dir.file(files::LEXICON);
+    let mut lexicon = if saved.exists() {
+        Lexicon::read(&saved)?
+    } else {
+        Lexicon::from_texts(train_lines.iter().map(String::as_str))
+    };
+    if let Some(extra) = &config.generate.lexicon_extra {
+        // Relative to the run (training writes it absolute).
+        let more = Lexicon::read(&dir.path.join(extra))
+            .map_err(|e| InferError::Invalid(format!("generate.lexicon_extra: {e}")))?;
+        lexicon.merge(more);
+    }
+    Ok(lexicon)
 }
 
 /// What [`export_hf`] wrote.

@@ -218,10 +218,7 @@ fn eval_generation<B: Backend>(
         .lexicon
         .or(e.generate.lexicon)
         .unwrap_or(run.config.generate.lexicon);
-    let lexicon = match &run.lexicon {
-        Ok(ix) => ix.lexicon.clone(),
-        Err(_) => Lexicon::from_texts(run.train_lines.iter().map(String::as_str)),
-    };
+    let lexicon = &run.lexicon;
     let mut texts = Vec::new();
     let (mut coverage, mut compliant, mut copies) = (0.0, 0usize, 0usize);
     let (mut short, mut sampled, mut briefs, mut tokens) = (0, 0, 0, 0);
@@ -284,7 +281,7 @@ fn eval_generation<B: Backend>(
             words: words_all,
             words_outside: outside,
             share: 1.0 - outside as f64 / words_all.max(1) as f64,
-            valid_share: share_in(&prepared.valid_texts, |w| lexicon.allows(w)),
+            valid_share: share_of(words_of(&prepared.valid_texts), |w| lexicon.allows(w)),
             word_list,
         },
         tokens,
@@ -292,10 +289,15 @@ fn eval_generation<B: Backend>(
     })
 }
 
-/// Share of the words of `texts` that `known` accepts (0 when there are none).
-fn share_in(texts: &[String], mut known: impl FnMut(&str) -> bool) -> f64 {
+/// The words of all `texts`, in order.
+fn words_of(texts: &[String]) -> impl Iterator<Item = String> + '_ {
+    texts.iter().flat_map(|t| words(t))
+}
+
+/// Share of `words` that `known` accepts (0 when there are none).
+fn share_of(words: impl Iterator<Item = String>, known: impl Fn(&str) -> bool) -> f64 {
     let (mut all, mut hit) = (0usize, 0usize);
-    for w in texts.iter().flat_map(|t| words(t)) {
+    for w in words {
         all += 1;
         hit += usize::from(known(&w));
     }
@@ -305,19 +307,16 @@ fn share_in(texts: &[String], mut known: impl FnMut(&str) -> bool) -> f64 {
 /// Shares of generated and validation words (numbers left out) in the word list at `path`.
 fn word_list_shares(path: &Path, generated: &[String], valid: &[String]) -> Result<WordListShares> {
     let list = Lexicon::read(path)?;
-    let drop_numbers = |texts: &[String]| -> Vec<String> {
-        texts
-            .iter()
-            .flat_map(|t| words(t))
-            .filter(|w| !is_number(w))
-            .collect()
+    let in_list = |texts| {
+        share_of(words_of(texts).filter(|w| !is_number(w)), |w| {
+            list.allows(w)
+        })
     };
-    let in_list = |ws: Vec<String>| share_in(&ws, |w| list.allows(w));
     Ok(WordListShares {
         path: path.display().to_string(),
         entries: list.len(),
-        generated: in_list(drop_numbers(generated)),
-        valid: in_list(drop_numbers(valid)),
+        generated: in_list(generated),
+        valid: in_list(valid),
     })
 }
 

@@ -458,7 +458,7 @@ pub fn generate_observed<B: Backend>(
     let constraint = match &req.lexicon {
         Some(keywords) => Some(Constraint {
             index: run
-                .lexicon
+                .lexicon_index
                 .as_ref()
                 .map_err(|e| InferError::Invalid(e.clone()))?,
             keywords,

@@ -203,11 +203,10 @@ impl Default for ByteTrie {
     }
 }
 
-/// The run's half of the constraint: the lexicon, its trie, each token's bytes, and the
-/// tokens as a trie of their bytes (to list the tokens a state allows without trying all).
+/// The run's half of the constraint: the lexicon's trie, each token's bytes, and the tokens
+/// as a trie of their bytes (to list the tokens a state allows without trying all).
 #[derive(Debug, Clone)]
 pub struct LexiconIndex {
-    pub lexicon: Lexicon,
     trie: ByteTrie,
     /// Per token id its bytes; `None` for special tokens (never allowed in a line).
     tokens: Vec<Option<Box<[u8]>>>,
@@ -217,7 +216,7 @@ pub struct LexiconIndex {
 
 impl LexiconIndex {
     /// Fails when the tokenizer's tokens have no byte strings (not byte-level BPE).
-    pub fn new(lexicon: Lexicon, tokenizer: &Tokenizer, eos: Option<u32>) -> Result<Self> {
+    pub fn new(lexicon: &Lexicon, tokenizer: &Tokenizer, eos: Option<u32>) -> Result<Self> {
         let tokens = tokenizer
             .token_bytes()?
             .into_iter()
@@ -226,7 +225,7 @@ impl LexiconIndex {
         Ok(Self::from_parts(lexicon, tokens, eos))
     }
 
-    fn from_parts(lexicon: Lexicon, tokens: Vec<Option<Box<[u8]>>>, eos: Option<u32>) -> Self {
+    fn from_parts(lexicon: &Lexicon, tokens: Vec<Option<Box<[u8]>>>, eos: Option<u32>) -> Self {
         let token_trie = ByteTrie::build_valued(
             tokens
                 .iter()
@@ -235,7 +234,6 @@ impl LexiconIndex {
         );
         Self {
             trie: ByteTrie::build(lexicon.iter()),
-            lexicon,
             tokens,
             token_trie,
             eos,
@@ -492,7 +490,7 @@ mod tests {
         ] {
             tokens.push(Some(t.as_bytes().into()));
         }
-        LexiconIndex::from_parts(Lexicon::from_texts([words]), tokens, Some(256))
+        LexiconIndex::from_parts(&Lexicon::from_texts([words]), tokens, Some(256))
     }
 
     /// Whether `text` then the end of line can be written, byte by byte.
@@ -579,7 +577,8 @@ mod tests {
         use rand::{rngs::StdRng, Rng, SeedableRng};
         let ix = index("the cat's hat, don't 3d café");
         let kw = KeywordTrie::new(["Pcal"]);
-        let allowed_word = |w: &String| ix.lexicon.allows(w) || w == "pcal";
+        let lexicon = Lexicon::from_texts(["the cat's hat, don't 3d café"]);
+        let allowed_word = |w: &String| lexicon.allows(w) || w == "pcal";
         let mut ended = 0;
         for seed in 0..300 {
             let mut rng = StdRng::seed_from_u64(seed);

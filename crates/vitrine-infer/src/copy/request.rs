@@ -36,7 +36,7 @@ pub fn check_request<B: Backend>(
     let (brief, prompt_ids, keyword_tokens) = encode_brief(req, run, limits)?;
     let lexicon = match req.lexicon.unwrap_or(limits.lexicon) {
         LexiconMode::Off => None,
-        LexiconMode::Corpus => match &run.lexicon {
+        LexiconMode::Corpus => match &run.lexicon_index {
             Ok(_) => Some(KeywordTrie::new(brief.keywords.iter().map(String::as_str))),
             Err(why) => {
                 return Err(InferError::Invalid(format!(

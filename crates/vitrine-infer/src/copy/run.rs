@@ -21,8 +21,11 @@ pub struct LmRun<B: Backend> {
     pub tokenizer: Tokenizer,
     /// Normalised training lines (copy runs).
     pub train_lines: HashSet<String>,
-    /// The words lines may use (copy runs with a byte-level tokenizer), or why there are none.
-    pub lexicon: std::result::Result<LexiconIndex, String>,
+    /// The words lines may use (copy runs; empty for plain language models).
+    pub lexicon: Lexicon,
+    /// The lexicon as the decoder walks it (copy runs with a byte-level tokenizer), or why
+    /// there is none.
+    pub lexicon_index: std::result::Result<LexiconIndex, String>,
     pub dir: RunDir,
 }
 
@@ -40,12 +43,14 @@ impl<B: Backend> LmRun<B> {
         } else {
             HashSet::new()
         };
-        let lexicon = if config.is_copy() {
+        let (lexicon, lexicon_index) = if config.is_copy() {
             let lexicon = load_lexicon(&dir, &config, &train_lines)?;
             let eos = tokenizer.token_id(EOS);
-            LexiconIndex::new(lexicon, &tokenizer, eos).map_err(|e| e.to_string())
+            let index = LexiconIndex::new(&lexicon, &tokenizer, eos).map_err(|e| e.to_string());
+            (lexicon, index)
         } else {
-            Err("a plain language-model run has no lexicon".into())
+            let why = "a plain language-model run has no lexicon";
+            (Lexicon::default(), Err(why.into()))
         };
         Ok(Self {
             config,
@@ -53,6 +58,7 @@ impl<B: Backend> LmRun<B> {
             tokenizer,
             train_lines,
             lexicon,
+            lexicon_index,
             dir,
         })
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Builds the tiny Hugging Face parity fixtures under tests/fixtures/hf/.
 
-Each architecture Vitrine loads from Hugging Face (GPT-2, ViT, CLIP, ViT-GPT2) gets one
+Each architecture Vitrine loads from Hugging Face (GPT-2, ViT, CLIP, ViT-GPT2, BERT) gets one
 folder holding a tiny random-initialised model saved by `transformers` in its own format
 (`config.json`, `model.safetensors`, `tokenizer.json`, `preprocessor_config.json`), plus
 `reference.json`: the inputs and what the PyTorch reference computes from them (logits,
@@ -10,7 +10,7 @@ embeddings, greedy token ids). The Rust parity tests load each folder and compar
 The fixtures are committed; re-run this only when changing them:
 
     pip install torch transformers tokenizers safetensors pillow   # CPU wheels suffice
-    python3 scripts/make_hf_fixtures.py [OUT_DIR]
+    python3 scripts/make_hf_fixtures.py [OUT_DIR [NAME ...]]
 
 Everything is seeded, and nothing is downloaded: tokenizers are trained here on a few lines.
 """
@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
+    BertConfig,
+    BertModel,
     CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
@@ -86,6 +88,24 @@ def clip_tokenizer():
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS_CLIP} $A {EOS}", special_tokens=[(BOS_CLIP, bos), (EOS, eos)]
     )
+    return tok
+
+
+def bert_tokenizer():
+    """Lower-cased WordPiece wrapped in [CLS] ... [SEP], as BERT's; padded to 16 like
+    all-MiniLM-L6-v2's file pads to 128 (the loader must turn that padding off)."""
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=120, special_tokens=special, show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tok.enable_padding(pad_id=0, pad_token="[PAD]", length=16)
     return tok
 
 
@@ -318,11 +338,67 @@ def make_vit_gpt2(out):
     )
 
 
+def make_bert(out):
+    """A tiny BertModel with the sentence-transformers files of all-MiniLM-L6-v2 (mean
+    pooling, then Normalize); the reference is `transformers` with the attention mask."""
+    folder = os.path.join(out, "bert")
+    os.makedirs(os.path.join(folder, "1_Pooling"), exist_ok=True)
+    tok = bert_tokenizer()
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        type_vocab_size=2,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+    )
+    torch.manual_seed(0)
+    model = spread(BertModel(config).eval(), 0.3)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "1_Pooling", "config.json"), "w") as f:
+        json.dump({"word_embedding_dimension": 16, "pooling_mode_cls_token": False,
+                   "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
+                   "pooling_mode_mean_sqrt_len_tokens": False}, f, indent=2)
+    with open(os.path.join(folder, "modules.json"), "w") as f:
+        json.dump([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ], f, indent=2)
+    texts = ["Red summer dress with a floral print!", "blue denim"]
+    enc = tok.encode_batch(texts)
+    ids = torch.tensor([e.ids for e in enc])
+    mask = torch.tensor([e.attention_mask for e in enc])
+    t = int(mask.sum(1).max())
+    ids, mask = ids[:, :t], mask[:, :t]
+    with torch.no_grad():
+        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * m).sum(1) / m.sum(1)
+    pooled = torch.nn.functional.normalize(pooled, dim=1)
+    save_reference(
+        folder,
+        {
+            "texts": texts,
+            "input_ids": [[i for i, a in zip(e.ids, e.attention_mask) if a] for e in enc],
+            "last_hidden_state": tensor_json(hidden),
+            "embeddings": tensor_json(pooled),
+        },
+    )
+
+
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "tests", "fixtures", "hf")
     torch.set_grad_enabled(False)
-    for make in (make_gpt2, make_vit, make_clip, make_vit_gpt2):
+    only = sys.argv[2:]  # e.g. `... tests/fixtures/hf bert` rebuilds one fixture
+    for make in (make_gpt2, make_vit, make_clip, make_vit_gpt2, make_bert):
+        if only and make.__name__[5:] not in only:
+            continue
         make(out)
         print(f"wrote {make.__name__[5:]}")
 

@@ -39,6 +39,9 @@ enum Command {
     /// Score lines read from stdin (one per line) with a click-through scorer run; prints
     /// them best first.
     Score(cli::generate::ScoreArgs),
+    /// Sentence embeddings of lines read from stdin with a pretrained BERT-family encoder
+    /// (e.g. all-MiniLM-L6-v2; `scripts/get-models.sh` fetches it).
+    Embed(cli::embed::EmbedArgs),
     /// Write a title / alt text for product photos with a caption run.
     Caption(cli::caption::CaptionArgs),
     /// Write a trained copy / language-model run as a Hugging Face GPT-2 folder
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Search(a) => cli::catalog::search(a),
         Command::Generate(a) => cli::generate::generate(a),
         Command::Score(a) => cli::generate::score(a),
+        Command::Embed(a) => cli::embed::run(a),
         Command::Caption(a) => cli::caption::run(a),
         Command::Export(a) => cli::generate::export(a),
         Command::Bench(a) => cli::bench::run(a),

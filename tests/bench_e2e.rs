@@ -38,7 +38,8 @@ fn quick_suite_reports_every_group_in_json_and_markdown() {
     ]);
     let json: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let rows = results(&json);
-    // quick: 3 encoder batches, 3 training steps, 2 generation batches, 2 query batches.
+    // quick: 3 image-encoder and 2 text-encoder batches, 3 training steps, 2 generation
+    // batches, 2 query batches.
     let count = |g: &str| rows.iter().filter(|r| r["group"] == g).count();
     assert_eq!(
         (
@@ -47,9 +48,11 @@ fn quick_suite_reports_every_group_in_json_and_markdown() {
             count("generate"),
             count("search")
         ),
-        (3, 3, 2, 2),
+        (5, 3, 2, 2),
         "{json:#}"
     );
+    let text_rows = rows.iter().filter(|r| r["unit"] == "sentences/s").count();
+    assert_eq!(text_rows, 2, "{json:#}");
     for r in rows {
         for key in ["throughput", "median_ms", "min_ms", "max_ms"] {
             let v = r[key].as_f64().unwrap();
@@ -140,7 +143,8 @@ fn half_precision_inference_runs() {
         "f16",
     ]);
     assert_eq!(json["precision"], "f16");
-    assert_eq!(results(&json).len(), 5);
+    // 3 image-encoder, 2 text-encoder and 2 generation rows.
+    assert_eq!(results(&json).len(), 7);
     assert!(results(&json).iter().all(|r| r["precision"] == "f16"));
 }
 

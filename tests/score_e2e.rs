@@ -245,3 +245,76 @@ fn bad_scorer_configs_are_refused() {
         assert!(!o.status.success() && err.contains(needle), "{to:?}: {err}");
     }
 }
+
+/// The tiny scorer recipe on a pretrained BERT trunk (the fixture folder), its head
+/// started from the frozen-embedding logistic regression.
+fn write_bert_score_config(dir: &Path, overflow: &str) -> std::path::PathBuf {
+    common::write_ab_tests(dir);
+    let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/bert");
+    let train = common::train_toml(
+        8,
+        8,
+        "dev_fraction = 0.1\nhead_init = \"frozen-lr\"\n",
+        "3e-3",
+        5,
+    );
+    let cfg = format!(
+        "task = \"score\"\nseed = 3\ninit = \"{}\"\n\n{}\n[model]\ntrunk = \"bert\"\nhead_lr_scale = 2.0\n\n[text]\nmax_tokens = 64\noverflow = \"{overflow}\"\n\n{train}\n[limits]\nmax_lines = 5\nmax_chars = 200\nbatch_size = 3\n",
+        init.display(),
+        common::splits_toml(dir, "ab-train.csv", "ab-valid.csv"),
+    );
+    write_file(dir, &format!("score-bert-{overflow}.toml"), &cfg)
+}
+
+#[test]
+fn bert_trunk_scorer_trains_scores_and_reports_the_frozen_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = train_in(
+        dir.path(),
+        "bert",
+        &write_bert_score_config(dir.path(), "refuse"),
+    );
+    assert_run_files(&run, &RUN_FILES);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("train-report.json")).unwrap())
+            .unwrap();
+    let frozen = &report["frozen_lr"];
+    assert!(frozen["l2"].as_f64().unwrap() > 0.0, "{report}");
+    // The config holds the folder's architecture, so the run loads without the folder.
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        config.contains("[model.bert]") && config.contains("d_model = 16"),
+        "{config}"
+    );
+
+    let e = eval_json("score", &run, &[]);
+    assert_eq!(e["model"]["pairs"], 120);
+    let acc = e["model"]["accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.8, "model pairwise accuracy {acc}");
+    let f = &e["frozen_lr"];
+    assert_eq!(f["valid"]["pairs"], 120, "{e}");
+    assert!(f["valid"]["accuracy"].as_f64().is_some());
+
+    // The free line first; a line past text.max_tokens = 64 is refused, naming it.
+    let input = b"Winter boots today only\nWinter boots free\n";
+    let (good, out, err) = score(&run, input, &[]);
+    assert!(good, "{err}");
+    assert!(
+        out.lines().next().unwrap().ends_with("Winter boots free"),
+        "{out}"
+    );
+    let long = b"ok\nsummer sale on linen dresses and cotton shirts, new arrivals: leather boots, wool coats and silk scarves, free shipping on every order over fifty dollars, last chance: twenty percent off\n";
+    let (good, _, err) = score(&run, long, &[]);
+    assert!(
+        !good && err.contains("line 2") && err.contains("max_tokens = 64"),
+        "{err}"
+    );
+    // With overflow = "truncate" the same line is cut and scored.
+    let cut = train_in(
+        dir.path(),
+        "bert-cut",
+        &write_bert_score_config(dir.path(), "truncate"),
+    );
+    let (good, out, err) = score(&cut, long, &[]);
+    assert!(good && out.lines().count() == 2, "{err}");
+}

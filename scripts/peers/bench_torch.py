@@ -4,7 +4,9 @@
 Same architectures and shapes as the Rust suite (crates/vitrine-bench), the same timing
 rule (warm-up, then repeats until both a count and a time are reached; medians), and the
 same JSON schema, so `scripts/peers/compare.py` can pair the rows. Optional: needs
-`pip install torch` (CPU wheels are enough). Run with the thread count you want compared:
+`pip install torch` (CPU wheels are enough), and `transformers` for the text-encoder rows
+(Hugging Face's own BertModel, as a user would run all-MiniLM-L6-v2; skipped without it).
+Run with the thread count you want compared:
 
     python3 scripts/peers/bench_torch.py --threads 2 --out peer-torch.json
     python3 scripts/peers/compare.py bench-results.json peer-torch.json
@@ -210,6 +212,41 @@ def encoders(cfg, out):
             out.append(row("encoder", f"{case['preset']} {h}x{w} inference", b, "images/s", b, secs))
 
 
+# crates/vitrine-models/src/bert.rs presets: (vocab, positions, width, layers, heads).
+BERTS = {"tiny": (64, 32, 16, 2, 4), "minilm-l6": (30522, 512, 384, 6, 12)}
+
+
+@torch.no_grad()
+def text_encoders(cfg, out):
+    cases = cfg.get("text_encoders", [])
+    if not cases:
+        return
+    try:
+        from transformers import BertConfig, BertModel
+    except ImportError:
+        print("skipping text encoders: pip install transformers", flush=True)
+        return
+    for case in cases:
+        vocab, pos, d, layers, heads = BERTS[case["preset"]]
+        model = BertModel(BertConfig(vocab_size=vocab, max_position_embeddings=pos, hidden_size=d,
+                                     num_hidden_layers=layers, num_attention_heads=heads,
+                                     intermediate_size=4 * d), add_pooling_layer=False).eval()
+        t = case["seq_len"]
+        for b in case["batches"]:
+            ids = torch.randint(0, vocab, (b, t))
+            ids[:, 0], ids[:, -1] = 101, 102
+            mask = torch.ones(b, t, dtype=torch.long)
+
+            def embed():
+                # As sentence-transformers: mean over the mask, then normalise.
+                h = model(input_ids=ids.clone(), attention_mask=mask).last_hidden_state
+                m = mask.unsqueeze(-1).to(h.dtype)
+                return F.normalize((h * m).sum(1) / m.sum(1), dim=1)
+
+            secs, _ = measure(cfg["timing"], embed)
+            out.append(row("encoder", f"{case['preset']} text inference, {t} tokens", b, "sentences/s", b, secs))
+
+
 def supcon(z, labels, tau):
     sim = z @ z.T / tau
     n = z.shape[0]
@@ -317,7 +354,8 @@ def main():
     cfg = doc.get("config", doc)
     groups = [g for g in a.only.split(",") if g] or ["encoder", "train", "generate", "search"]
     started, out = time.time(), []
-    for g, fn in [("encoder", encoders), ("train", train), ("generate", generate), ("search", search)]:
+    for g, fn in [("encoder", encoders), ("encoder", text_encoders), ("train", train),
+                  ("generate", generate), ("search", search)]:
         if g in groups:
             fn(cfg, out)
     report = {

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod caption;
 pub mod catalog;
+pub mod embed;
 pub mod eval;
 pub mod generate;
 pub mod serve;

@@ -16,6 +16,7 @@ use std::fmt::Write as _;
 
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
+use vitrine_models::bert::BertConfig;
 use vitrine_models::{ImageEncoderConfig, ModelError};
 
 pub use parity::{parity, ParityConfig, ParityReport};
@@ -71,6 +72,17 @@ pub struct EncoderCase {
     /// One of [`ImageEncoderConfig::PRESETS`].
     pub preset: String,
     pub batches: Vec<usize>,
+}
+
+/// Sentence-encoder inference (BERT family, random weights of a named shape): sentences/s
+/// at each batch size, every row `seq_len` tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextEncoderCase {
+    /// One of [`BertConfig::PRESETS`].
+    pub preset: String,
+    pub batches: Vec<usize>,
+    pub seq_len: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +165,7 @@ pub struct BenchConfig {
     pub timing: TimingConfig,
     pub limits: BenchLimits,
     pub encoders: Vec<EncoderCase>,
+    pub text_encoders: Vec<TextEncoderCase>,
     pub train: Vec<TrainCase>,
     pub generate: Vec<GenerateCase>,
     pub search: Vec<SearchCase>,
@@ -165,6 +178,7 @@ impl Default for BenchConfig {
             timing: TimingConfig::default(),
             limits: BenchLimits::default(),
             encoders: Vec::new(),
+            text_encoders: Vec::new(),
             train: Vec::new(),
             generate: Vec::new(),
             search: Vec::new(),
@@ -190,6 +204,12 @@ impl BenchConfig {
             timing: TimingConfig::default(),
             limits: BenchLimits::default(),
             encoders: ImageEncoderConfig::PRESETS.iter().map(|p| enc(p)).collect(),
+            // all-MiniLM-L6-v2's shape at a headline's length.
+            text_encoders: vec![TextEncoderCase {
+                preset: "minilm-l6".into(),
+                batches: vec![1, 64],
+                seq_len: 16,
+            }],
             train: vec![
                 // The shipped recipes' shapes: search-fashion-products, copy-upworthy,
                 // caption-fashion-products; GPT-2 small at a CPU-sized batch.
@@ -237,6 +257,11 @@ impl BenchConfig {
                     batches: vec![2],
                 },
             ],
+            text_encoders: vec![TextEncoderCase {
+                preset: "tiny".into(),
+                batches: vec![1, 3],
+                seq_len: 8,
+            }],
             train: vec![
                 TrainCase {
                     model: TrainModel::Search,
@@ -297,6 +322,21 @@ impl BenchConfig {
             }
             for &b in &c.batches {
                 check_batch(&format!("encoder {}", c.preset), b)?;
+            }
+        }
+        for c in &self.text_encoders {
+            let positions = BertConfig::preset(&c.preset)?.max_positions;
+            if c.batches.is_empty() {
+                return bad(format!("text encoder {}: no batch sizes", c.preset));
+            }
+            for &b in &c.batches {
+                check_batch(&format!("text encoder {}", c.preset), b)?;
+            }
+            if c.seq_len < 2 || c.seq_len > positions {
+                return bad(format!(
+                    "text encoder {}: seq_len {} (allowed 2..={positions}: [CLS] and [SEP] within the model's positions)",
+                    c.preset, c.seq_len
+                ));
             }
         }
         for c in &self.train {
@@ -473,6 +513,9 @@ pub fn run_suite<B: AutodiffBackend>(
     for c in cfg.encoders.iter().filter(|_| wants(Group::Encoder)) {
         workloads::encoder::<B::InnerBackend>(c, &mut w, device)?;
     }
+    for c in cfg.text_encoders.iter().filter(|_| wants(Group::Encoder)) {
+        workloads::text_encoder::<B::InnerBackend>(c, &mut w, device)?;
+    }
     for c in cfg.train.iter().filter(|_| wants(Group::Train)) {
         workloads::train_step::<B>(c, &mut w, device)?;
     }
@@ -636,6 +679,19 @@ mod tests {
         cfg.validate().unwrap();
         cfg.generate[0].new_tokens = n_ctx - 3;
         assert!(cfg.validate().unwrap_err().to_string().contains("context"));
+    }
+
+    #[test]
+    fn text_encoder_rows_must_fit_the_positions() {
+        let mut cfg = BenchConfig::quick();
+        let positions = BertConfig::preset("tiny").unwrap().max_positions;
+        cfg.text_encoders[0].seq_len = positions;
+        cfg.validate().unwrap();
+        cfg.text_encoders[0].seq_len = positions + 1;
+        assert!(cfg.validate().unwrap_err().to_string().contains("seq_len"));
+        cfg.text_encoders[0].seq_len = 8;
+        cfg.text_encoders[0].preset = "bert-9000".into();
+        assert!(cfg.validate().is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use vitrine_index::{DeviceIndex, Filter, Index, IndexItem, ModelInfo};
 use vitrine_infer::config::LoopConfig;
 use vitrine_infer::copy::{masked_cross_entropy, HostBatch};
+use vitrine_models::bert::BertConfig;
 use vitrine_models::captioner::CaptionerConfig;
 use vitrine_models::gpt::{Gpt, GptConfig};
 use vitrine_models::ImageEncoderConfig;
@@ -21,7 +22,7 @@ use vitrine_train::trainer::optimizer;
 use crate::timing::{measure, median, Stats, TimingConfig};
 use crate::{
     BenchError, EncoderCase, GenerateCase, Group, Measurement, Precision, Result, SearchCase,
-    TrainCase, TrainModel,
+    TextEncoderCase, TrainCase, TrainModel,
 };
 
 type Push<'a> = dyn FnMut(Measurement) + 'a;
@@ -152,6 +153,49 @@ pub(crate) fn encoder<B: Backend>(c: &EncoderCase, w: &mut Work, device: &B::Dev
             format!("{} {h}x{w} inference", c.preset),
             batch,
             "images/s",
+            batch as f64,
+            &stats,
+            precision,
+        ));
+    }
+    Ok(())
+}
+
+/// Sentence embeddings (forward, pooling, normalisation) of `batch` rows of `seq_len`
+/// tokens each: `[CLS]`, random ids, `[SEP]`.
+pub(crate) fn text_encoder<B: Backend>(
+    c: &TextEncoderCase,
+    w: &mut Work,
+    device: &B::Device,
+) -> Result<()> {
+    let (timing, precision, push) = (w.timing, w.precision, &mut *w.push);
+    let config = BertConfig::preset(&c.preset)?;
+    let model = precision.apply(config.init::<B>(device)?);
+    expect_dtype(model.word.weight.val().dtype(), precision)?;
+    let t = c.seq_len;
+    for &batch in &c.batches {
+        let mut ids: Vec<i64> = token_ids(batch * t, config.vocab_size, 11)
+            .into_iter()
+            .map(i64::from)
+            .collect();
+        // BERT's [CLS] (101) and [SEP] (102) where the vocabulary has them.
+        let v = config.vocab_size as i64;
+        for r in 0..batch {
+            ids[r * t] = 101.min(v - 2);
+            ids[r * t + t - 1] = 102.min(v - 1);
+        }
+        let lengths = vec![t; batch];
+        let (stats, _) = measure(timing, || {
+            let x =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [batch, t]), device);
+            let _ = model.embed(x, &lengths)?.into_data();
+            Ok(())
+        })?;
+        push(row(
+            Group::Encoder,
+            format!("{} text inference, {t} tokens", c.preset),
+            batch,
+            "sentences/s",
             batch as f64,
             &stats,
             precision,

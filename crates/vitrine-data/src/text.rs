@@ -140,7 +140,11 @@ impl Tokenizer {
             }
             return Ok(Self::Char(vocab));
         }
-        let tok = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| bad(&e))?;
+        let mut tok = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| bad(&e))?;
+        // Callers pad and cut rows themselves: a file's own padding (BERT folders pad every
+        // row to 128) or truncation would change the ids silently.
+        tok.with_padding(None);
+        tok.with_truncation(None).map_err(|e| bad(&e))?;
         Ok(Self::Hf(Box::new(tok)))
     }
 

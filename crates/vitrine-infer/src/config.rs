@@ -23,6 +23,12 @@ pub trait RunConfig: Serialize + DeserializeOwned + Clone + Send + 'static {
     fn vocab_size_mut(&mut self) -> Option<(&'static str, &mut usize)> {
         None
     }
+    /// Token ids the model's embedding holds when the tokenizer need not match it exactly
+    /// (a pretrained checkpoint's embedding may have more rows than its tokenizer has
+    /// tokens); `None`: the tokenizer's size must equal `vocab_size_mut`.
+    fn embedding_rows(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// What a run was trained to do (`task` in its config; `search` when absent).

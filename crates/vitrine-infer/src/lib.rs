@@ -14,6 +14,7 @@ pub mod run;
 pub mod schedule;
 pub mod score;
 pub mod search;
+pub mod sentence;
 pub mod tokenizer;
 
 pub use error::{InferError, Result};

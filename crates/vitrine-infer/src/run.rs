@@ -140,8 +140,22 @@ impl RunDir {
             dir.expect_task(task, what)?;
         }
         let mut config: C = dir.load_config()?;
-        let vocab = config.vocab_size_mut().map_or(0, |(_, v)| *v);
-        let tokenizer = dir.load_tokenizer(vocab)?;
+        let tokenizer = match config.embedding_rows() {
+            Some(rows) => {
+                let t = Tokenizer::from_file(&dir.file(files::TOKENIZER))?;
+                if t.vocab_size() > rows {
+                    return Err(dir.error(format!(
+                        "tokenizer.json has {} tokens but the model's embedding has {rows} rows",
+                        t.vocab_size()
+                    )));
+                }
+                t
+            }
+            None => {
+                let vocab = config.vocab_size_mut().map_or(0, |(_, v)| *v);
+                dir.load_tokenizer(vocab)?
+            }
+        };
         Ok((dir, config, tokenizer))
     }
 

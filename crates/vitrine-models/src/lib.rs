@@ -1,11 +1,12 @@
 //! Vitrine's model definitions. Every model is generic over `B: Backend` so the trainer,
 //! the evaluator and the server share one definition that runs on CPU, WGPU and CUDA.
 //!
-//! One file per architecture (`cnn`, `vit`), each with its config (serde, defaults), module,
+//! One file per architecture (`cnn`, `vit`, `gpt`, `bert`, `clip`), each with its config (serde, defaults), module,
 //! `init`, `forward` with shape comments and the Hugging Face weight-name mapping where one
 //! exists. `transformer` holds the pre-LayerNorm blocks shared by the ViT and the GPT
 //! decoder (`gpt`).
 
+pub mod bert;
 pub mod captioner;
 pub mod clip;
 pub mod cnn;

@@ -1,14 +1,22 @@
-//! Click-through scorer: the GPT decoder trunk as a text encoder with a scalar head.
+//! Click-through scorer: a text trunk with a scalar head. The trunk is our GPT decoder
+//! (trained from scratch or warm-started from a copy run) or a pretrained BERT-family
+//! sentence encoder (e.g. all-MiniLM-L6-v2, which knows English).
 //!
 //! ```text
 //! tokens [B, T] (int), lengths (≤ T, right padding)
 //! for each of M members:
-//!   gpt.forward_hidden (causal, ln_f)          [B, T, D]
-//!   pool: last real token | mean of real tokens [B, D]
-//!   head (Linear D -> 1)                        [B]
-//! member scores                                 [M, B]
-//! score = mean over members                     [B]
+//!   gpt:  forward_hidden (causal, ln_f)          [B, T, D]
+//!         pool: last real token | mean of real   [B, D]
+//!   bert: embed (its own pooling, normalised)    [B, D]
+//!   head (Linear D -> 1) × head_lr_scale         [B]
+//! member scores                                  [M, B]
+//! score = mean over members                      [B]
 //! ```
+//!
+//! `head_lr_scale` gives the head its own learning rate under Adam-type optimisers, whose
+//! steps do not depend on the gradient's scale: the head is stored divided by the scale
+//! and multiplied back in `forward`, so each step moves its effective weights `scale`
+//! times as far as the trunk's (the trunk at 2e-5 and the head at 1e-4 is scale 5).
 //!
 //! `members > 1` is a deep ensemble: members start from different random weights and each
 //! is trained on its own pairwise loss (not on the averaged score, which would couple them
@@ -31,6 +39,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::bert::{Bert, BertConfig};
 use crate::error::{check_range, invalid, ModelError};
 use crate::gpt::{Gpt, GptConfig};
 
@@ -44,61 +53,150 @@ pub enum Pooling {
     Mean,
 }
 
+/// Which text model the scorer reads headlines with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrunkKind {
+    /// Our GPT decoder (`[model.gpt]`).
+    #[default]
+    Gpt,
+    /// A BERT-family encoder (`[model.bert]`, filled from the `init` model folder).
+    Bert,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScorerConfig {
-    /// The trunk (same presets and fields as a copy model's `[model]`).
+    #[serde(default)]
+    pub trunk: TrunkKind,
+    /// The GPT trunk (same presets and fields as a copy model's `[model]`).
     #[serde(default)]
     pub gpt: GptConfig,
+    /// The BERT trunk's architecture; written from the init folder's `config.json`.
+    #[serde(default)]
+    pub bert: Option<BertConfig>,
+    /// Pooling of the GPT trunk (a BERT trunk pools as its folder says).
     #[serde(default)]
     pub pooling: Pooling,
     /// Ensemble size (1 = a single scorer).
     #[serde(default = "one")]
     pub members: usize,
+    /// The head's learning rate relative to the trunk's (see the module docs).
+    #[serde(default = "one_f64")]
+    pub head_lr_scale: f64,
 }
 
 fn one() -> usize {
     1
 }
 
+fn one_f64() -> f64 {
+    1.0
+}
+
 impl Default for ScorerConfig {
     fn default() -> Self {
         Self {
+            trunk: TrunkKind::Gpt,
             gpt: GptConfig::default(),
+            bert: None,
             pooling: Pooling::default(),
             members: 1,
+            head_lr_scale: 1.0,
         }
     }
+}
+
+/// One member's trunk, before it joins a scorer.
+#[derive(Debug, Clone)]
+pub enum Trunk<B: Backend> {
+    Gpt(Gpt<B>),
+    Bert(Bert<B>),
 }
 
 impl ScorerConfig {
     pub fn validate(&self) -> Result<(), ModelError> {
         check_range("members", self.members, 64)?;
-        self.gpt.validate()
+        if !(self.head_lr_scale.is_finite() && (1e-3..=1e4).contains(&self.head_lr_scale)) {
+            return Err(invalid("head_lr_scale", self.head_lr_scale, "1e-3..=1e4"));
+        }
+        match self.trunk {
+            TrunkKind::Gpt => self.gpt.validate(),
+            TrunkKind::Bert => self.bert_config()?.validate(),
+        }
+    }
+
+    fn bert_config(&self) -> Result<&BertConfig, ModelError> {
+        self.bert.as_ref().ok_or_else(|| {
+            invalid(
+                "bert",
+                "none",
+                "a [model.bert] section (training fills it from init = <BERT folder>)",
+            )
+        })
+    }
+
+    /// Width of the trunk's pooled output.
+    pub fn d_model(&self) -> usize {
+        match (self.trunk, &self.bert) {
+            (TrunkKind::Bert, Some(b)) => b.d_model,
+            _ => self.gpt.d_model,
+        }
+    }
+
+    /// Longest row in tokens.
+    pub fn n_ctx(&self) -> usize {
+        match (self.trunk, &self.bert) {
+            (TrunkKind::Bert, Some(b)) => b.max_positions,
+            _ => self.gpt.n_ctx,
+        }
     }
 
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Scorer<B>, ModelError> {
         self.validate()?;
         let trunks = (0..self.members)
-            .map(|_| self.gpt.init(device))
+            .map(|_| match self.trunk {
+                TrunkKind::Gpt => self.gpt.init(device).map(Trunk::Gpt),
+                TrunkKind::Bert => self.bert_config()?.init(device).map(Trunk::Bert),
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self.with_trunks(trunks, device))
+        self.with_trunks(trunks, device)
     }
 
-    /// A scorer whose members start from the given (e.g. copy-trained) trunks, with fresh
-    /// heads. Each trunk's parameters get their own identity, so copies of one trunk train
-    /// apart (the optimiser and the gradients key parameters by id).
-    pub fn with_trunks<B: Backend>(&self, trunks: Vec<Gpt<B>>, device: &B::Device) -> Scorer<B> {
-        Scorer {
-            members: trunks
-                .into_iter()
-                .map(|gpt| Member {
-                    head: LinearConfig::new(self.gpt.d_model, 1).init(device),
-                    gpt: gpt.map(&mut FreshParams),
-                })
-                .collect(),
+    /// A scorer whose members start from the given (e.g. copy-trained or pretrained)
+    /// trunks, with fresh heads. Each trunk's parameters get their own identity, so copies
+    /// of one trunk train apart (the optimiser and the gradients key parameters by id).
+    pub fn with_trunks<B: Backend>(
+        &self,
+        trunks: Vec<Trunk<B>>,
+        device: &B::Device,
+    ) -> Result<Scorer<B>, ModelError> {
+        let scale = self.head_lr_scale as f32;
+        let members = trunks
+            .into_iter()
+            .map(|trunk| {
+                let (gpt, bert) = match (trunk, self.trunk) {
+                    (Trunk::Gpt(g), TrunkKind::Gpt) => (Some(g.map(&mut FreshParams)), None),
+                    (Trunk::Bert(b), TrunkKind::Bert) => (None, Some(b.map(&mut FreshParams))),
+                    _ => {
+                        return Err(invalid(
+                            "trunk",
+                            format!("{:?}", self.trunk),
+                            "the kind of the trunks given",
+                        ))
+                    }
+                };
+                let mut head = LinearConfig::new(self.d_model(), 1).init(device);
+                // Stored divided by the scale, so the effective initial head is the usual one.
+                head.weight = head.weight.map(|w| w.div_scalar(scale));
+                Ok(Member { gpt, bert, head })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Scorer {
+            members,
             mean_pool: self.pooling == Pooling::Mean,
-        }
+            head_scale: scale,
+        })
     }
 }
 
@@ -114,21 +212,77 @@ impl<B: Backend> ModuleMapper<B> for FreshParams {
     }
 }
 
+/// One ensemble member: exactly one of `gpt` and `bert` is present. (Runs saved before
+/// BERT trunks existed hold a plain `gpt`, which loads as `Some`.)
 #[derive(Module, Debug)]
 pub struct Member<B: Backend> {
-    pub gpt: Gpt<B>,
+    pub gpt: Option<Gpt<B>>,
+    pub bert: Option<Bert<B>>,
     pub head: Linear<B>,
+}
+
+impl<B: Backend> Member<B> {
+    /// Pooled trunk output [B, D] of rows `tokens` [B, T] with real `lengths`; `w` holds the
+    /// GPT pooling weights [B, T, 1].
+    fn pooled(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        lengths: &[usize],
+        w: &Tensor<B, 3>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        match (&self.gpt, &self.bert) {
+            (Some(gpt), _) => {
+                let [b, _] = tokens.dims();
+                let h = gpt.forward_hidden(tokens, &mut gpt.new_cache(), false)?; // [B, T, D]
+                let d = h.dims()[2];
+                Ok((h * w.clone()).sum_dim(1).reshape([b, d]))
+            }
+            (None, Some(bert)) => bert.embed(tokens, lengths),
+            (None, None) => Err(invalid("trunk", "none", "a gpt or bert trunk")),
+        }
+    }
 }
 
 #[derive(Module, Debug)]
 pub struct Scorer<B: Backend> {
     pub members: Vec<Member<B>>,
     pub mean_pool: bool,
+    /// `head_lr_scale`: the head's output is multiplied by it.
+    pub head_scale: f32,
 }
 
 impl<B: Backend> Scorer<B> {
     pub fn n_ctx(&self) -> usize {
-        self.members[0].gpt.n_ctx
+        let m = &self.members[0];
+        match (&m.gpt, &m.bert) {
+            (Some(g), _) => g.n_ctx,
+            (None, Some(b)) => b.max_positions(),
+            (None, None) => 0,
+        }
+    }
+
+    /// Sets every member's head to the effective weights `w` [D] and bias `b` (e.g. a
+    /// logistic regression fitted on frozen embeddings).
+    pub fn set_heads(&mut self, w: &[f32], b: f32) -> Result<(), ModelError> {
+        let scale = self.head_scale;
+        for m in &mut self.members {
+            let [d, _] = m.head.weight.dims();
+            if w.len() != d {
+                return Err(ModelError::InputShape {
+                    got: vec![w.len()],
+                    expected: vec![d],
+                });
+            }
+            let device = m.head.weight.device();
+            let stored: Vec<f32> = w.iter().map(|x| x / scale).collect();
+            let weight = Tensor::<B, 2>::from_data(TensorData::new(stored, [d, 1]), &device);
+            m.head.weight = Param::initialized(ParamId::new(), weight.require_grad());
+            if let Some(bias) = &mut m.head.bias {
+                let v = Tensor::<B, 1>::from_data(TensorData::new(vec![b / scale], [1]), &device);
+                *bias = Param::initialized(ParamId::new(), v.require_grad());
+            }
+        }
+        Ok(())
     }
 
     /// Each member's scores [M, B] of right-padded rows `tokens` [B, T] whose real
@@ -160,12 +314,13 @@ impl<B: Backend> Scorer<B> {
             Tensor::<B, 2>::from_data(TensorData::new(w, [b, t]), &device).unsqueeze_dim::<3>(2);
         let mut scores = Vec::with_capacity(self.members.len());
         for m in &self.members {
-            let h = m
-                .gpt
-                .forward_hidden(tokens.clone(), &mut m.gpt.new_cache(), false)?; // [B, T, D]
-            let d = h.dims()[2];
-            let pooled = (h * w.clone()).sum_dim(1).reshape([b, d]); // [B, D]
-            scores.push(m.head.forward(pooled).reshape([1, b]));
+            let pooled = m.pooled(tokens.clone(), lengths, &w)?; // [B, D]
+            let s = m.head.forward(pooled).reshape([1, b]);
+            scores.push(if self.head_scale == 1.0 {
+                s
+            } else {
+                s.mul_scalar(self.head_scale)
+            });
         }
         Ok(Tensor::cat(scores, 0))
     }
@@ -187,7 +342,7 @@ mod tests {
     use super::*;
     use crate::testing::B;
 
-    fn tokens(rows: &[&[i64]], t: usize) -> Tensor<B, 2, Int> {
+    pub(super) fn tokens(rows: &[&[i64]], t: usize) -> Tensor<B, 2, Int> {
         let mut flat = vec![0i64; rows.len() * t];
         for (i, r) in rows.iter().enumerate() {
             flat[i * t..i * t + r.len()].copy_from_slice(r);
@@ -201,11 +356,12 @@ mod tests {
             gpt,
             pooling,
             members,
+            ..ScorerConfig::default()
         };
         cfg.init::<B>(&Default::default()).unwrap()
     }
 
-    fn scores(s: Tensor<B, 1>) -> Vec<f32> {
+    pub(super) fn scores(s: Tensor<B, 1>) -> Vec<f32> {
         s.into_data().to_vec().unwrap()
     }
 
@@ -266,6 +422,7 @@ mod tests {
             gpt: gpt_cfg.clone(),
             pooling: Pooling::Last,
             members: 2,
+            ..ScorerConfig::default()
         };
         // A trunk loaded from weights, as a warm start's is (a freshly built one is lazily
         // initialised, and each clone would draw its own values).
@@ -277,8 +434,14 @@ mod tests {
             .init::<B>(&Default::default())
             .unwrap()
             .load_record(saved);
-        let m = cfg.with_trunks(vec![trunk.clone(), trunk.clone()], &Default::default());
-        let (a, b) = (&m.members[0].gpt.wte.weight, &m.members[1].gpt.wte.weight);
+        let m = cfg
+            .with_trunks(
+                vec![Trunk::Gpt(trunk.clone()), Trunk::Gpt(trunk.clone())],
+                &Default::default(),
+            )
+            .unwrap();
+        let gpt = |i: usize| m.members[i].gpt.as_ref().unwrap();
+        let (a, b) = (&gpt(0).wte.weight, &gpt(1).wte.weight);
         assert_ne!(a.id, b.id);
         assert_ne!(a.id, trunk.wte.weight.id);
         let diff: f32 = (a.val() - trunk.wte.weight.val()).abs().max().into_scalar();
@@ -306,5 +469,116 @@ mod tests {
             (per[0] - per[2]).abs() > 1e-6,
             "members start from different weights"
         );
+    }
+}
+
+#[cfg(test)]
+mod bert_trunk_tests {
+    use super::tests::{scores, tokens};
+    use super::*;
+    use crate::bert::TextPooling;
+    use crate::testing::B;
+    use crate::transformer::Activation;
+
+    fn bert_scorer(members: usize, head_lr_scale: f64) -> Scorer<B> {
+        let bert = BertConfig {
+            vocab_size: 40,
+            max_positions: 12,
+            type_vocab_size: 2,
+            d_model: 8,
+            n_layers: 1,
+            n_heads: 2,
+            mlp_ratio: 2,
+            layer_norm_eps: 1e-12,
+            activation: Activation::Gelu,
+            dropout: 0.0,
+            pooling: TextPooling::Mean,
+            normalize: true,
+        };
+        ScorerConfig {
+            trunk: TrunkKind::Bert,
+            bert: Some(bert),
+            members,
+            head_lr_scale,
+            ..ScorerConfig::default()
+        }
+        .init::<B>(&Default::default())
+        .unwrap()
+    }
+
+    /// Right padding leaves a BERT-trunk score unchanged; the context is the model's positions.
+    #[test]
+    fn bert_trunk_scores_padded_rows_as_alone() {
+        let m = bert_scorer(2, 1.0);
+        assert_eq!(m.n_ctx(), 12);
+        let a: &[i64] = &[1, 5, 6, 7, 2];
+        let b: &[i64] = &[1, 9, 2];
+        let both = scores(m.forward(tokens(&[a, b], 5), &[5, 3]).unwrap());
+        let alone = scores(m.forward(tokens(&[b], 3), &[3]).unwrap());
+        assert!((both[1] - alone[0]).abs() < 1e-5);
+        assert!((both[0] - both[1]).abs() > 1e-6);
+        let long = vec![3i64; 13];
+        assert!(m.forward(tokens(&[&long], 13), &[13]).is_err());
+    }
+
+    /// `set_heads` takes effective weights: the score is w · embedding + b whatever the
+    /// head's learning-rate scale.
+    #[test]
+    fn set_heads_gives_the_same_scores_at_any_scale() {
+        let row: &[i64] = &[1, 4, 8, 2];
+        let w: Vec<f32> = (0..8).map(|i| 0.1 * i as f32 - 0.3).collect();
+        let mut got = Vec::new();
+        for scale in [1.0, 5.0] {
+            let mut m = bert_scorer(1, scale);
+            m.set_heads(&w, 0.25).unwrap();
+            let bert = m.members[0].bert.as_ref().unwrap();
+            let e: Vec<f32> = bert
+                .embed(tokens(&[row], 4), &[4])
+                .unwrap()
+                .into_data()
+                .to_vec()
+                .unwrap();
+            let want = e.iter().zip(&w).map(|(x, y)| x * y).sum::<f32>() + 0.25;
+            let s = scores(m.forward(tokens(&[row], 4), &[4]).unwrap())[0];
+            assert!((s - want).abs() < 1e-5, "scale {scale}: {s} vs {want}");
+            got.push(
+                m.members[0]
+                    .head
+                    .weight
+                    .val()
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap()[1],
+            );
+            assert!(m.set_heads(&w[..7], 0.0).is_err());
+        }
+        // Stored weights are divided by the scale.
+        assert!((got[0] / got[1] - 5.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn a_bert_trunk_needs_its_config_and_a_sane_head_scale() {
+        let c = ScorerConfig {
+            trunk: TrunkKind::Bert,
+            ..ScorerConfig::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("[model.bert]"));
+        for (s, ok) in [
+            (1e-3, true),
+            (1e4, true),
+            (0.0, false),
+            (1.1e4, false),
+            (f64::NAN, false),
+        ] {
+            let c = ScorerConfig {
+                head_lr_scale: s,
+                ..ScorerConfig::default()
+            };
+            assert_eq!(c.validate().is_ok(), ok, "head_lr_scale = {s}");
+        }
     }
 }

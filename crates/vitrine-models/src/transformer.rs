@@ -65,35 +65,45 @@ impl BlockConfig {
         Ok(())
     }
 
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Block<B> {
+    pub(crate) fn layer_norm<B: Backend>(&self, device: &B::Device) -> LayerNorm<B> {
+        LayerNormConfig::new(self.d_model)
+            .with_epsilon(self.layer_norm_eps)
+            .init(device)
+    }
+
+    /// Self- or cross-attention with separate q/k/v projections.
+    pub(crate) fn attention<B: Backend>(&self, device: &B::Device) -> Attention<B> {
         let d = self.d_model;
-        let ln = || {
-            LayerNormConfig::new(d)
-                .with_epsilon(self.layer_norm_eps)
-                .init(device)
-        };
-        let lin = |i, o| LinearConfig::new(i, o).init(device);
-        let attention = || Attention {
-            query: lin(d, d),
-            key: lin(d, d),
-            value: lin(d, d),
-            out: lin(d, d),
+        let lin = || LinearConfig::new(d, d).init(device);
+        Attention {
+            query: lin(),
+            key: lin(),
+            value: lin(),
+            out: lin(),
             n_heads: self.n_heads,
-        };
+        }
+    }
+
+    pub(crate) fn mlp<B: Backend>(&self, device: &B::Device) -> Mlp<B> {
+        let (d, inner) = (self.d_model, self.d_model * self.mlp_ratio);
+        Mlp {
+            fc_in: LinearConfig::new(d, inner).init(device),
+            fc_out: LinearConfig::new(inner, d).init(device),
+            gelu_tanh: self.activation == Activation::GeluTanh,
+            quick_gelu: self.activation == Activation::QuickGelu,
+        }
+    }
+
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Block<B> {
         Block {
-            ln_1: ln(),
-            attn: attention(),
+            ln_1: self.layer_norm(device),
+            attn: self.attention(device),
             cross: self.cross_attention.then(|| CrossLayer {
-                ln: ln(),
-                attn: attention(),
+                ln: self.layer_norm(device),
+                attn: self.attention(device),
             }),
-            ln_2: ln(),
-            mlp: Mlp {
-                fc_in: lin(d, d * self.mlp_ratio),
-                fc_out: lin(d * self.mlp_ratio, d),
-                gelu_tanh: self.activation == Activation::GeluTanh,
-                quick_gelu: self.activation == Activation::QuickGelu,
-            },
+            ln_2: self.layer_norm(device),
+            mlp: self.mlp(device),
             dropout: DropoutConfig::new(self.dropout).init(),
         }
     }
@@ -126,13 +136,16 @@ impl<B: Backend> Attention<B> {
     }
 
     /// Softmax attention of queries [B, H, T, dk] over keys/values [B, H, S, dk], with an
-    /// optional mask [T, S] (true = hidden): -> [B, T, D] after the output projection.
+    /// optional mask [T, S] (true = hidden) and an optional additive bias broadcast to
+    /// [B, H, T, S] (e.g. [B, 1, 1, S] hiding padded keys): -> [B, T, D] after the output
+    /// projection.
     fn attend(
         &self,
         q: Tensor<B, 4>,
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
         mask: Option<Tensor<B, 2, burn::tensor::Bool>>,
+        bias: Option<Tensor<B, 4>>,
     ) -> Tensor<B, 3> {
         let [b, h, t, dk] = q.dims();
         let s = k.dims()[2];
@@ -140,6 +153,9 @@ impl<B: Backend> Attention<B> {
         let mut scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dk as f64).sqrt());
         if let Some(mask) = mask {
             scores = scores.mask_fill(mask.reshape([1, 1, t, s]), f32::NEG_INFINITY);
+        }
+        if let Some(bias) = bias {
+            scores = scores + bias;
         }
         let attn = softmax(scores, 3);
         // [B, H, T, dk] -> [B, T, D]
@@ -159,7 +175,16 @@ impl<B: Backend> Attention<B> {
     /// Cross-attention of x [B, T, D] over `memory` (from [`Attention::memory_kv`]).
     pub fn forward_cross(&self, x: Tensor<B, 3>, memory: &LayerKv<B>) -> Tensor<B, 3> {
         let q = self.split_heads(self.query.forward(x));
-        self.attend(q, memory.k.clone(), memory.v.clone(), None)
+        self.attend(q, memory.k.clone(), memory.v.clone(), None, None)
+    }
+
+    /// Bidirectional self-attention with an additive `bias` on the scores (broadcast to
+    /// [B, H, T, T]; BERT's key-padding mask): [B, T, D] -> [B, T, D].
+    pub fn forward_biased(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
+        let q = self.split_heads(self.query.forward(x.clone()));
+        let k = self.split_heads(self.key.forward(x.clone()));
+        let v = self.split_heads(self.value.forward(x));
+        self.attend(q, k, v, None, Some(bias))
     }
 
     /// [B, T, D] -> [B, T, D]. `causal` masks attention to later positions.
@@ -188,7 +213,7 @@ impl<B: Backend> Attention<B> {
         let mask = (causal && t > 1).then(|| {
             Tensor::<B, 2, burn::tensor::Bool>::tril_mask([t, s], (s - t) as i64, &q.device())
         });
-        let y = self.attend(q, k.clone(), v.clone(), mask);
+        let y = self.attend(q, k.clone(), v.clone(), mask, None);
         (y, LayerKv { k, v })
     }
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::Value;
+use vitrine_models::bert::{load_hf_bert, TextPooling};
 use vitrine_models::captioner::load_hf_vit_gpt2;
 use vitrine_models::clip::load_hf_clip;
 use vitrine_models::gpt::{load_hf_gpt2, Gpt, KvCache};
@@ -183,4 +184,38 @@ fn a_wrong_checkpoint_is_a_clear_error() {
         .to_string();
     assert!(err.contains("model.safetensors"), "{err}");
     std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// BERT with the attention mask: a batch of two rows, the shorter right-padded with
+/// [PAD] (0) as `transformers` was given them; every position's final state, and the
+/// mean-pooled, normalised sentence embeddings (the folder's sentence-transformers files).
+#[test]
+fn bert_hidden_states_and_sentence_embeddings_match_transformers() {
+    let r = reference("bert");
+    let (config, model) = load_hf_bert::<B>(&fixture("bert"), &Default::default()).unwrap();
+    assert_eq!(
+        (config.pooling, config.normalize, config.layer_norm_eps),
+        (TextPooling::Mean, true, 1e-12)
+    );
+    let rows: Vec<Vec<i64>> = r["input_ids"].as_array().unwrap().iter().map(ids).collect();
+    let t = rows.iter().map(Vec::len).max().unwrap();
+    let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
+    let mut flat = vec![0i64; rows.len() * t];
+    for (i, row) in rows.iter().enumerate() {
+        flat[i * t..i * t + row.len()].copy_from_slice(row);
+    }
+    let batch = || -> Tensor<B, 2, Int> {
+        Tensor::from_data(
+            TensorData::new(flat.clone(), [rows.len(), t]),
+            &Default::default(),
+        )
+    };
+    assert!(lengths[0] != lengths[1], "the fixture pads one row");
+    let d_hidden = max_diff(
+        model.forward_hidden(batch(), &lengths).unwrap(),
+        &r["last_hidden_state"],
+    );
+    let d_emb = max_diff(model.embed(batch(), &lengths).unwrap(), &r["embeddings"]);
+    println!("bert max abs diff: hidden {d_hidden:.2e}, embeddings {d_emb:.2e}");
+    assert!(d_hidden <= TOL && d_emb <= TOL, "{d_hidden} {d_emb}");
 }

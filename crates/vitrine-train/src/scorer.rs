@@ -7,8 +7,11 @@
 //! every epoch its pairwise accuracy picks the best weights (`best-model.mpk`), which become
 //! the run's model. The validation split is only reported, never used to choose.
 //!
-//! `init = "runs/copy-…"` warm-starts the trunk from a copy run: its tokenizer, its model
-//! size and its weights; the head starts fresh.
+//! `init = "runs/copy-…"` warm-starts the GPT trunk from a copy run: its tokenizer, its
+//! model size and its weights; the head starts fresh. With `model.trunk = "bert"`, `init`
+//! names a pretrained BERT-family folder (or `hf:` repo) whose tokenizer, architecture and
+//! weights the trunk takes; `train.head_init = "frozen-lr"` then starts the head from a
+//! logistic regression on the frozen embeddings (see `vitrine_infer::score::frozen`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,13 +23,15 @@ use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use vitrine_data::copy::SPECIAL_TOKENS;
-use vitrine_data::ctr::{read_ab_tests, AbTest, PairRule, PairwiseMetrics};
-use vitrine_data::split::{mix, split_indices};
+use vitrine_data::ctr::{read_ab_tests, PairRule, PairwiseMetrics};
+use vitrine_data::split::mix;
 use vitrine_infer::copy::LmRun;
 use vitrine_infer::run::{files, load_module_bytes, save_module, RunDir};
-use vitrine_infer::score::{pad, EncodedPairs, ScoreRunConfig};
+use vitrine_infer::score::frozen::{fit_frozen_lr, FrozenLr};
+use vitrine_infer::score::{dev_split, pad, EncodedPairs, HeadInit, RowCodec, ScoreRunConfig};
+use vitrine_infer::sentence::{embed_rows, SentenceEncoder};
 use vitrine_infer::tokenizer::build_tokenizer;
-use vitrine_models::scorer::Scorer;
+use vitrine_models::scorer::{Scorer, Trunk, TrunkKind};
 
 use crate::error::{io_err, Result, TrainError};
 use crate::start::{Job, RunStart, Summary, Trained};
@@ -172,17 +177,15 @@ pub struct Report {
     pub truncated_headlines: usize,
     pub parameters: usize,
     pub warm_start: Option<String>,
+    /// The frozen-embedding logistic regression the heads started from.
+    pub frozen_lr: Option<FrozenLrReport>,
 }
 
-/// Splits training tests into (fit, dev) by a seeded shuffle of the tests.
-fn dev_split(tests: Vec<AbTest>, fraction: f64, seed: u64) -> (Vec<AbTest>, Vec<AbTest>) {
-    let (fit_idx, dev_idx) = split_indices(tests.len(), fraction as f32, mix(seed, 0xde5));
-    let mut slots: Vec<Option<AbTest>> = tests.into_iter().map(Some).collect();
-    let mut take = |idx: Vec<usize>| -> Vec<AbTest> {
-        idx.into_iter().filter_map(|i| slots[i].take()).collect()
-    };
-    let fit = take(fit_idx);
-    (fit, take(dev_idx))
+#[derive(Debug, Clone, Serialize)]
+pub struct FrozenLrReport {
+    pub l2: f64,
+    pub dev: Option<PairwiseMetrics>,
+    pub secs: f64,
 }
 
 impl Summary for Report {
@@ -208,19 +211,32 @@ impl Summary for Report {
 
 /// Trains (or resumes, with `opts.resume`) a run of this task (`tasks::Score`).
 pub fn train<B: AutodiffBackend>(job: Job<'_, ScoreRunConfig, B>) -> Result<Trained<Report>> {
-    let (run, device) = (job.run, job.device);
+    let (run, device, quiet) = (job.run, job.device, job.opts.quiet());
     let mut start = RunStart::open(job, |_| Ok(()))?;
     let train_tests = read_ab_tests(&start.config.data.train)?;
     // Tokenizer and trunk: the run's own tokenizer when resuming (the checkpoint then
-    // replaces the weights), the init run's for a warm start, else a new one.
-    let warm = match &start.config.init {
-        Some(init) if !start.resume => Some(warm_start::<B>(init, device)?),
+    // replaces the weights), the init model's for a warm start, else a new one.
+    let warm = match (&start.config.init, start.config.model.trunk) {
+        (Some(init), TrunkKind::Gpt) if !start.resume => {
+            Some(Warm::Copy(Box::new(warm_start::<B>(init, device)?)))
+        }
+        (Some(init), TrunkKind::Bert) if !start.resume => {
+            let spec = init.display().to_string();
+            Some(Warm::Bert(Box::new(SentenceEncoder::<B>::load(
+                &spec, device,
+            )?)))
+        }
         _ => None,
     };
     let tokenizer = match &warm {
-        Some(lm) => {
+        Some(Warm::Copy(lm)) => {
             start.config.model.gpt = lm.config.model.clone();
             start.tokenizer(|_| Ok(lm.tokenizer.clone()))?
+        }
+        Some(Warm::Bert(enc)) => {
+            start.config.model.bert = Some(enc.config.clone());
+            vitrine_infer::config::RunConfig::validate(&start.config)?;
+            start.tokenizer(|_| Ok(enc.tokenizer.clone()))?
         }
         None => start.tokenizer(|config| {
             let texts = train_tests
@@ -232,20 +248,55 @@ pub fn train<B: AutodiffBackend>(job: Job<'_, ScoreRunConfig, B>) -> Result<Trai
     };
     start.create(Some(&tokenizer))?;
     let config = &start.config;
-    let model = start.init_model(|| match warm {
-        // Every member starts from the copy model's trunk; their heads differ.
-        Some(lm) => Ok(config
-            .model
-            .with_trunks(vec![lm.model; config.model.members], device)),
-        None => Ok(config.model.init::<B>(device)?),
-    })?;
-    let n_ctx = config.model.gpt.n_ctx;
+    let codec = RowCodec::of(config);
     let (fit_tests, dev_tests) =
         dev_split(train_tests, config.train.task.dev_fraction, config.seed);
-    let fit_enc = EncodedPairs::new(&fit_tests, &tokenizer, n_ctx)?;
+    let fit_enc = EncodedPairs::new(&fit_tests, &tokenizer, &codec)?;
     let dev = (!dev_tests.is_empty())
-        .then(|| EncodedPairs::new(&dev_tests, &tokenizer, n_ctx))
+        .then(|| EncodedPairs::new(&dev_tests, &tokenizer, &codec))
         .transpose()?;
+    let mut frozen_lr = None;
+    let model = start.init_model(|| {
+        let Some(warm) = warm else {
+            return Ok(config.model.init::<B>(device)?);
+        };
+        // Every member starts from the init model's trunk; their heads differ.
+        let members = config.model.members;
+        let (trunk, bert) = match warm {
+            Warm::Copy(lm) => (Trunk::Gpt(lm.model), None),
+            Warm::Bert(enc) => (Trunk::Bert(enc.model.clone()), Some(enc.model)),
+        };
+        let mut model = config.model.with_trunks(vec![trunk; members], device)?;
+        if let (Some(bert), HeadInit::FrozenLr) = (bert, config.train.task.head_init) {
+            let started = std::time::Instant::now();
+            let bert = bert.valid();
+            let batch = config.limits.batch_size;
+            let fit_emb = embed_rows(&bert, &fit_enc.rows, batch)?;
+            let dev_emb = match &dev {
+                Some(d) => Some(embed_rows(&bert, &d.rows, batch)?),
+                None => None,
+            };
+            let dev_pair = dev.as_ref().zip(dev_emb.as_deref());
+            let lr: FrozenLr =
+                fit_frozen_lr(&fit_enc, &fit_emb, dev_pair, &config.pairs, bert.d_model());
+            model.set_heads(&lr.w, 0.0)?;
+            let report = FrozenLrReport {
+                l2: lr.l2,
+                dev: lr.dev,
+                secs: started.elapsed().as_secs_f64(),
+            };
+            if !quiet {
+                eprintln!(
+                "heads start from the frozen-embedding logistic regression: l2 = {}, dev pairwise accuracy {} ({:.1} s)",
+                report.l2,
+                report.dev.as_ref().map_or("-".into(), |m| format!("{:.4}", m.accuracy)),
+                report.secs
+            );
+            }
+            frozen_lr = Some(report);
+        }
+        Ok(model)
+    })?;
     let truncated = fit_enc.truncated + dev.as_ref().map_or(0, |d| d.truncated);
     let train = TrainGroups::new(fit_enc, &config.pairs);
     let parameters = burn::module::Module::num_params(&model);
@@ -290,8 +341,15 @@ pub fn train<B: AutodiffBackend>(job: Job<'_, ScoreRunConfig, B>) -> Result<Trai
         truncated_headlines: truncated,
         parameters,
         warm_start: config.init.as_ref().map(|p| p.display().to_string()),
+        frozen_lr,
     };
     start.report(fit, report)
+}
+
+/// What a fresh scorer's trunk starts from (boxed: both are large and short-lived).
+enum Warm<B: AutodiffBackend> {
+    Copy(Box<LmRun<B>>),
+    Bert(Box<SentenceEncoder<B>>),
 }
 
 /// The copy run a scorer warm-starts from.
@@ -310,6 +368,7 @@ fn warm_start<B: AutodiffBackend>(init: &std::path::Path, device: &B::Device) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vitrine_data::ctr::AbTest;
     use vitrine_data::text::Tokenizer;
 
     #[test]
@@ -349,7 +408,7 @@ mod tests {
             &SPECIAL_TOKENS,
         )
         .unwrap();
-        let enc = EncodedPairs::new(&tests, &tok, 64).unwrap();
+        let enc = EncodedPairs::new(&tests, &tok, &RowCodec::Gpt { n_ctx: 64 }).unwrap();
         // Distinct headlines: one, two, three, four, same.
         assert_eq!(enc.rows.len(), 5);
         assert_eq!(enc.row_of, vec![0, 1, 2, 1, 3, 4, 4]);

@@ -4,12 +4,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use vitrine_data::ctr::{AbTestsConfig, PairRule};
-use vitrine_models::scorer::ScorerConfig;
+use vitrine_models::scorer::{ScorerConfig, TrunkKind};
 
 use crate::config::{absolutize_in, check_task, LoopConfig, RunConfig, TrainExtras, TrainSection};
 use crate::error::{InferError, Result};
 use crate::run::TaskKind;
 use crate::schedule::Schedule;
+use crate::sentence::TextLimits;
 use crate::tokenizer::TokenizerSource;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,11 +27,26 @@ pub struct ScoreData {
 pub struct ScoreTrain {
     /// Share of the training tests held out to pick the best epoch (0 = keep the last).
     pub dev_fraction: f64,
+    /// How the heads start: `random`, or `frozen-lr` (a logistic regression on the
+    /// pretrained trunk's frozen embeddings, fitted on the training pairs, its L2 strength
+    /// chosen on the dev split) so fine-tuning starts from the frozen baseline.
+    pub head_init: HeadInit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadInit {
+    #[default]
+    Random,
+    FrozenLr,
 }
 
 impl Default for ScoreTrain {
     fn default() -> Self {
-        Self { dev_fraction: 0.1 }
+        Self {
+            dev_fraction: 0.1,
+            head_init: HeadInit::Random,
+        }
     }
 }
 
@@ -102,9 +118,15 @@ pub struct ScoreRunConfig {
     /// Required unless `init` gives the tokenizer.
     #[serde(default)]
     pub tokenizer: Option<TokenizerSource>,
-    /// A copy run whose tokenizer, trunk size and weights the scorer starts from.
+    /// What the trunk starts from: a copy run (its tokenizer, trunk size and weights) for
+    /// `model.trunk = "gpt"`; a BERT-family model folder or `hf:<repo>` (its tokenizer,
+    /// `config.json` and weights) for `model.trunk = "bert"`.
     #[serde(default)]
     pub init: Option<PathBuf>,
+    /// Token limit of a BERT trunk's rows (training cuts or refuses as it says, and so does
+    /// scoring).
+    #[serde(default)]
+    pub text: TextLimits,
     #[serde(default)]
     pub model: ScorerConfig,
     #[serde(default)]
@@ -126,7 +148,24 @@ impl RunConfig for ScoreRunConfig {
             return bad("tokenizer.kind = \"char\" cannot hold the special tokens a scorer reads: use \"bpe\" or \"file\"".into());
         }
         self.pairs.validate().map_err(InferError::Invalid)?;
-        self.model.validate()?;
+        if self.model.trunk == TrunkKind::Bert {
+            if self.init.is_none() && self.model.bert.is_none() {
+                return bad(
+                    "model.trunk = \"bert\" needs init = \"<BERT model folder or hf:repo>\"".into(),
+                );
+            }
+            self.text
+                .validate()
+                .map_err(|e| InferError::Invalid(format!("text.{e}")))?;
+        } else if self.train.task.head_init == HeadInit::FrozenLr {
+            return bad(
+                "train.head_init = \"frozen-lr\" needs a pretrained trunk (model.trunk = \"bert\")"
+                    .into(),
+            );
+        }
+        if self.model.trunk == TrunkKind::Gpt || self.model.bert.is_some() {
+            self.model.validate()?;
+        }
         self.train.fit.validate()?;
         let t = &self.train.task;
         if !(0.0..0.5).contains(&t.dev_fraction) {
@@ -159,11 +198,24 @@ impl RunConfig for ScoreRunConfig {
             t.resolve_paths(base);
         }
         if let Some(init) = &mut self.init {
-            absolutize_in(base, init);
+            if !init.to_string_lossy().starts_with("hf:") {
+                absolutize_in(base, init);
+            }
         }
     }
 
+    /// The GPT trunk's vocabulary is the tokenizer's; a BERT trunk's is its checkpoint's.
     fn vocab_size_mut(&mut self) -> Option<(&'static str, &mut usize)> {
-        Some(("model.gpt.vocab_size", &mut self.model.gpt.vocab_size))
+        match self.model.trunk {
+            TrunkKind::Gpt => Some(("model.gpt.vocab_size", &mut self.model.gpt.vocab_size)),
+            TrunkKind::Bert => None,
+        }
+    }
+
+    fn embedding_rows(&self) -> Option<usize> {
+        match (self.model.trunk, &self.model.bert) {
+            (TrunkKind::Bert, Some(b)) => Some(b.vocab_size),
+            _ => None,
+        }
     }
 }

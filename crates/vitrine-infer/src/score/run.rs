@@ -10,16 +10,66 @@ use serde::Serialize;
 use vitrine_data::ctr::{
     pairwise_metrics, read_ab_tests, scorer_input, AbTest, PairRule, Pairs, PairwiseMetrics,
 };
+use vitrine_data::split::{mix, split_indices};
 use vitrine_data::text::Tokenizer;
-use vitrine_models::scorer::Scorer;
+use vitrine_models::scorer::{Scorer, TrunkKind};
 
 use super::config::ScoreRunConfig;
 use crate::copy::Candidate;
 use crate::error::{InferError, Result};
 use crate::run::{RunDir, TaskKind};
+use crate::sentence::{encode_sentence, TextLimits};
 
-/// Token ids of a headline as the scorer reads it, cut to `n_ctx` (the final end-of-text
-/// kept, so `last` pooling still reads it). Returns (ids, whether it was cut).
+/// How a scorer's rows are made from headlines.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowCodec {
+    /// `<|endoftext|> headline <|endoftext|>` for the GPT trunk, at most `n_ctx` tokens.
+    Gpt { n_ctx: usize },
+    /// The tokenizer's own framing (`[CLS] … [SEP]`) for a BERT trunk, within `limits`.
+    Bert(TextLimits),
+}
+
+impl RowCodec {
+    pub fn of(config: &ScoreRunConfig) -> Self {
+        match config.model.trunk {
+            TrunkKind::Gpt => Self::Gpt {
+                n_ctx: config.model.gpt.n_ctx,
+            },
+            TrunkKind::Bert => Self::Bert(config.text.capped(config.model.n_ctx())),
+        }
+    }
+
+    /// Ids of `text` for training and evaluation: too-long GPT rows are cut (keeping the
+    /// final end-of-text); BERT rows are cut or refused as `text.overflow` says.
+    /// Returns (ids, whether it was cut).
+    pub fn encode(&self, tok: &Tokenizer, text: &str) -> Result<(Vec<u32>, bool)> {
+        match self {
+            Self::Gpt { n_ctx } => encode_for_training(tok, text, *n_ctx),
+            Self::Bert(limits) => encode_sentence(tok, text, limits),
+        }
+    }
+
+    /// Ids of a line to score: a GPT row past the context is refused; a BERT row is cut
+    /// or refused as `text.overflow` says.
+    fn encode_line(&self, tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+        match self {
+            Self::Gpt { n_ctx } => {
+                let ids = tok.encode(&scorer_input(text))?;
+                if ids.len() > *n_ctx {
+                    return Err(InferError::Invalid(format!(
+                        "{} tokens, more than the model's context of {n_ctx}",
+                        ids.len()
+                    )));
+                }
+                Ok(ids)
+            }
+            Self::Bert(limits) => Ok(encode_sentence(tok, text, limits)?.0),
+        }
+    }
+}
+
+/// Token ids of a headline as the GPT scorer reads it, cut to `n_ctx` (the final
+/// end-of-text kept, so `last` pooling still reads it). Returns (ids, whether it was cut).
 pub fn encode_for_training(tok: &Tokenizer, text: &str, n_ctx: usize) -> Result<(Vec<u32>, bool)> {
     let mut ids = tok.encode(&scorer_input(text))?;
     if ids.len() <= n_ctx {
@@ -78,7 +128,7 @@ pub struct EncodedPairs {
 }
 
 impl EncodedPairs {
-    pub fn new(tests: &[AbTest], tok: &Tokenizer, n_ctx: usize) -> Result<Self> {
+    pub fn new(tests: &[AbTest], tok: &Tokenizer, codec: &RowCodec) -> Result<Self> {
         let pairs = Pairs::build(tests);
         let mut index: HashMap<&str, usize> = HashMap::new();
         let mut rows = Vec::new();
@@ -88,7 +138,9 @@ impl EncodedPairs {
             let next = rows.len();
             let r = *index.entry(v.text.as_str()).or_insert(next);
             if r == next {
-                let (ids, cut) = encode_for_training(tok, &v.text, n_ctx)?;
+                let (ids, cut) = codec
+                    .encode(tok, &v.text)
+                    .map_err(|e| InferError::Invalid(format!("headline {:?}: {e}", v.text)))?;
                 truncated += cut as usize;
                 rows.push(ids);
             }
@@ -123,6 +175,17 @@ impl EncodedPairs {
         let scores = self.scores(model, batch_size, device)?;
         Ok(pairwise_metrics(&self.pairs, &scores, rule.significance_z))
     }
+}
+
+/// Splits training tests into (fit, dev) (`train.dev_fraction`) by a seeded shuffle of the tests.
+pub fn dev_split(tests: Vec<AbTest>, fraction: f64, seed: u64) -> (Vec<AbTest>, Vec<AbTest>) {
+    let (fit_idx, dev_idx) = split_indices(tests.len(), fraction as f32, mix(seed, 0xde5));
+    let mut slots: Vec<Option<AbTest>> = tests.into_iter().map(Some).collect();
+    let mut take = |idx: Vec<usize>| -> Vec<AbTest> {
+        idx.into_iter().filter_map(|i| slots[i].take()).collect()
+    };
+    let fit = take(fit_idx);
+    (fit, take(dev_idx))
 }
 
 /// A trained scorer ready for inference.
@@ -168,7 +231,7 @@ impl<B: Backend> ScoreRun<B> {
                 l.max_lines
             )));
         }
-        let n_ctx = self.model.n_ctx();
+        let codec = RowCodec::of(&self.config);
         let mut errors = Vec::new();
         let mut rows = Vec::with_capacity(lines.len());
         for (i, text) in lines.iter().enumerate() {
@@ -184,15 +247,9 @@ impl<B: Backend> ScoreRun<B> {
             } else if text.chars().any(char::is_control) {
                 errors.push(format!("line {}: contains a control character", i + 1));
             } else {
-                let ids = self.tokenizer.encode(&scorer_input(text))?;
-                if ids.len() > n_ctx {
-                    errors.push(format!(
-                        "line {}: {} tokens, more than the model's context of {n_ctx}",
-                        i + 1,
-                        ids.len()
-                    ));
-                } else {
-                    rows.push(ids);
+                match codec.encode_line(&self.tokenizer, text) {
+                    Ok(ids) => rows.push(ids),
+                    Err(e) => errors.push(format!("line {}: {e}", i + 1)),
                 }
             }
         }
@@ -255,7 +312,7 @@ impl<B: Backend> ScoreRun<B> {
     /// Validation-split pairs, encoded for this model.
     pub fn validation_pairs(&self) -> Result<EncodedPairs> {
         let tests = read_ab_tests(&self.config.data.valid)?;
-        EncodedPairs::new(&tests, &self.tokenizer, self.model.n_ctx())
+        EncodedPairs::new(&tests, &self.tokenizer, &RowCodec::of(&self.config))
     }
 }
 

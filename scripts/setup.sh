@@ -11,6 +11,9 @@ packages=(
   nodejs                  # runs the browser test (Playwright)
   wrk                     # HTTP load generator for scripts/load.sh
   curl
+  openmpi-bin             # mpirun: multi-process training (cargo feature mpi) and its tests
+  libopenmpi-dev          # the MPI library and headers rsmpi builds against
+  libclang-dev            # bindgen, for rsmpi's bindings
 )
 # Debian ships npm apart from nodejs; other nodejs builds include it.
 command -v npm >/dev/null || packages+=(npm)

@@ -7,7 +7,7 @@ use burn::backend::Autodiff;
 use clap::Args;
 use vitrine_infer::config::{load_toml, RunConfig};
 use vitrine_infer::run::{RunDir, TaskKind};
-use vitrine_train::dist::{Cluster, DEFAULT_TIMEOUT_SECS};
+use vitrine_train::dist::{Cluster, MpiLaunch, DEFAULT_TIMEOUT_SECS};
 use vitrine_train::start::{train_on, Summary, TrainTask, Trained};
 use vitrine_train::tasks::{Caption, Lm, Score, Search};
 use vitrine_train::trainer::FitOptions;
@@ -47,44 +47,49 @@ pub struct TrainArgs {
     param_trace: Option<PathBuf>,
 }
 
-/// Data-parallel training (Burn's collective engine): gradients are averaged across all
-/// workers every step; `train.batch_size` is the global batch, split evenly.
+/// Data-parallel training: gradients are averaged across all workers every step;
+/// `train.batch_size` is the global batch, split evenly. Several devices of this process
+/// (`--devices`), or one process per rank under `mpirun` / `srun` (built with `--features mpi`).
 #[derive(Args, Clone)]
 struct DistArgs {
     /// Several local devices of one kind, one worker each: cuda:0,cuda:1 or cpu,cpu.
     #[arg(long, value_delimiter = ',', conflicts_with = "device")]
     devices: Vec<DeviceArg>,
-    /// Processes (machines) in the job, one per node.
-    #[arg(long, default_value_t = 1)]
-    nodes: u32,
-    /// This process's index among the nodes (0 runs the coordinator and writes the run).
-    #[arg(long, default_value_t = 0)]
-    node_rank: u32,
-    /// Node 0's HOST:PORT as every node reaches it (node 0 listens on PORT).
-    #[arg(long, value_name = "HOST:PORT")]
-    coordinator: Option<String>,
-    /// Where the other nodes reach this node's tensor service (HOST:PORT; default on a
-    /// loopback coordinator: its host, port = coordinator port + 1 + node rank).
-    #[arg(long, value_name = "HOST:PORT")]
-    node_address: Option<String>,
     /// Longest wait for the other workers at any step before failing with an error.
     #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
     collective_timeout_secs: u64,
-    /// Allow --nodes > 1, which Burn 0.21 cannot complete (docs/distributed.md).
-    #[arg(long)]
+    /// Removed: the multi-node flags of Burn's collective engine, whose global all-reduce
+    /// never completes twice. Each is a clear error pointing to MPI.
+    #[arg(long, hide = true)]
+    nodes: Option<String>,
+    #[arg(long, hide = true)]
+    node_rank: Option<String>,
+    #[arg(long, hide = true)]
+    coordinator: Option<String>,
+    #[arg(long, hide = true)]
+    node_address: Option<String>,
+    #[arg(long, hide = true)]
     experimental_multi_node: bool,
 }
 
 impl DistArgs {
-    fn cluster(&self) -> Cluster {
-        Cluster {
-            nodes: self.nodes,
-            node_rank: self.node_rank,
-            coordinator: self.coordinator.clone(),
-            node_address: self.node_address.clone(),
-            timeout: std::time::Duration::from_secs(self.collective_timeout_secs),
-            experimental_multi_node: self.experimental_multi_node,
+    fn cluster(&self) -> Result<Cluster> {
+        let removed = [
+            ("--nodes", self.nodes.is_some()),
+            ("--node-rank", self.node_rank.is_some()),
+            ("--coordinator", self.coordinator.is_some()),
+            ("--node-address", self.node_address.is_some()),
+            ("--experimental-multi-node", self.experimental_multi_node),
+        ];
+        if let Some((flag, _)) = removed.iter().find(|(_, given)| *given) {
+            anyhow::bail!(
+                "{flag} was removed with Burn's multi-node collective, whose global all-reduce never completes a second time; train across processes or machines over MPI: build with `cargo build --release --features mpi` and start one rank per device, e.g. `mpirun -np 2 -H a,b vitrine train --config C.toml --device cuda` (docs/distributed.md)"
+            );
         }
+        Ok(Cluster {
+            mpi: MpiLaunch::from_env(),
+            timeout: std::time::Duration::from_secs(self.collective_timeout_secs),
+        })
     }
 }
 
@@ -121,7 +126,8 @@ fn train<T: TrainTask>(a: &TrainArgs) -> Result<()> {
         param_trace: a.param_trace.clone(),
         skip_bad: a.skip_bad,
     };
-    let devices = train_devices(a)?
+    let cluster = a.dist.cluster()?;
+    let devices = train_devices(a, cluster.mpi.as_ref())?
         .iter()
         .map(DeviceArg::open)
         .collect::<Result<Vec<_>>>()?;
@@ -130,9 +136,13 @@ fn train<T: TrainTask>(a: &TrainArgs) -> Result<()> {
         run: RunDir::new(&run_dir),
         opts,
         devices: devices.clone(),
-        cluster: a.dist.cluster(),
+        cluster: cluster.clone(),
     };
     let trained = device::on(&devices[0], launch)?;
+    // Under MPI every rank returns here; rank 0 speaks for the job.
+    if !cluster.mpi.as_ref().is_none_or(MpiLaunch::is_chief) {
+        return Ok(());
+    }
     let f = &trained.fit;
     eprintln!(
         "{} {}: {} epochs, {} steps, {}",
@@ -159,10 +169,17 @@ fn default_run_dir(a: &TrainArgs, config: &Path) -> PathBuf {
     })
 }
 
-/// The devices `train` runs on: `--devices` (all of one kind) or `--device`.
-fn train_devices(a: &TrainArgs) -> Result<Vec<DeviceArg>> {
+/// The devices `train` runs on: `--devices` (all of one kind) or `--device`. Under MPI,
+/// `--device cuda` (= `cuda:0`) is the rank's GPU on its machine ([`MpiLaunch::gpu_index`]).
+fn train_devices(a: &TrainArgs, mpi: Option<&MpiLaunch>) -> Result<Vec<DeviceArg>> {
     let args = if a.dist.devices.is_empty() {
-        vec![a.device.device.clone()]
+        match (&a.device.device, mpi) {
+            (DeviceArg::Cuda(0), Some(m)) => {
+                let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+                vec![DeviceArg::Cuda(m.gpu_index(visible.as_deref()))]
+            }
+            (d, _) => vec![d.clone()],
+        }
     } else {
         a.dist.devices.clone()
     };

@@ -1,17 +1,16 @@
-//! Data-parallel training on Burn's collective engine (`burn-collective`).
+//! Data-parallel training: one worker per device, gradients averaged every step.
 //!
-//! One process per node, one thread per local device. Every worker computes the loss of
-//! its own equal share of each global batch ([`Shard`]); the gradients of all workers are
-//! averaged with one all-reduce per step (flattened into a single vector, so a step costs
-//! one collective round, not one per parameter), and every worker applies the same update.
-//! Node 0 also runs the collective coordinator. Burn's collective calls have no deadline of
-//! their own, so each one runs on a helper thread and is given up after
-//! [`Cluster::timeout`]: a worker that died, or a coordinator nobody can reach, becomes a
-//! clear error on every other worker instead of a hang.
+//! Every worker computes the loss of its own equal share of each global batch ([`Shard`]);
+//! the gradients of all workers are averaged with one all-reduce per step (flattened into a
+//! single vector, so a step costs one collective round, not one per parameter), and every
+//! worker applies the same update. Two transports carry the all-reduce ([`Transport`]):
+//! Burn's local collective for several devices of one process, and MPI (cargo feature
+//! `mpi`) for one process per rank started by `mpirun` or `srun`, on one machine or many.
+//! Neither has a deadline of its own: a local call runs on a helper thread and is given up
+//! after [`Cluster::timeout`]; an MPI call is polled until then. A worker that died or hangs
+//! becomes a clear error on the others instead of a hang.
 
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -22,6 +21,9 @@ use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use burn_collective::{CollectiveConfig, CollectiveError, PeerId, ReduceOperation};
 
 use crate::error::{Result, TrainError};
+
+#[cfg(feature = "mpi")]
+mod mpi;
 
 /// Seeds the backend and holds a process-wide lock until [`Seeded::finish`]. Burn's seeded
 /// RNG is shared by the process, so local workers (threads) that seed and initialise at once
@@ -56,42 +58,110 @@ impl<B: Backend> ModuleVisitor<B> for Materialise {
     }
 }
 
-/// Where this process sits in the cluster and how long it waits for the others.
+/// How this process takes part in a job, and how long it waits for the others.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cluster {
-    /// Processes (machines) in the job; 1 = this process only.
-    pub nodes: u32,
-    /// This process's index, 0..nodes. Node 0 runs the coordinator and its first device
-    /// is rank 0, the only worker that writes the run directory.
-    pub node_rank: u32,
-    /// HOST:PORT of the coordinator (node 0's address as the other nodes reach it).
-    pub coordinator: Option<String>,
-    /// HOST:PORT where the other nodes reach this one's tensor service. Default on a
-    /// loopback coordinator: its host, port (coordinator port + 1 + node rank).
-    pub node_address: Option<String>,
+    /// Set when an MPI launcher started this process as one rank of several
+    /// ([`MpiLaunch::from_env`]); None: one process, its local devices the workers.
+    pub mpi: Option<MpiLaunch>,
     /// Longest wait for the other workers at any collective call (start-up included).
     pub timeout: Duration,
-    /// Run several nodes although Burn 0.21's global all-reduce completes only once per
-    /// process (docs/distributed.md): for testing the wiring and for a fixed Burn.
-    pub experimental_multi_node: bool,
 }
-
-/// Default for [`Cluster::timeout`]: covers rank 0's validation and checkpoint between steps.
-pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
-/// Most workers one job may have (ranks are u32 in Burn; this bounds memory and ports).
-pub const MAX_WORKERS: usize = 1024;
 
 impl Default for Cluster {
     fn default() -> Self {
         Self {
-            nodes: 1,
-            node_rank: 0,
-            coordinator: None,
-            node_address: None,
+            mpi: None,
             timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
-            experimental_multi_node: false,
         }
     }
+}
+
+/// What the launcher (`mpirun`, `mpiexec`, `srun`) told this process in its environment.
+/// MPI itself says the rank and world size once it is initialised; these are known before,
+/// so that the device can be chosen and a binary built without MPI can refuse at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MpiLaunch {
+    /// The environment variable that gave the launch away (named in errors).
+    pub source: &'static str,
+    /// Ranks in the job, when the launcher says (PMIx alone does not).
+    pub size: Option<usize>,
+    /// This process's rank in the job (0 when the launcher does not say).
+    pub rank: usize,
+    /// This process's rank among those on its machine: the index of its GPU.
+    pub local_rank: usize,
+}
+
+impl MpiLaunch {
+    /// The launch as the process environment describes it: Open MPI's `mpirun`, MPICH's
+    /// Hydra `mpiexec`, Slurm's `srun`, or any PMIx launcher. None when no launcher started
+    /// this process or it started one rank only.
+    pub fn from_env() -> Option<MpiLaunch> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// [`MpiLaunch::from_env`] over any variable lookup (tests).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Option<MpiLaunch> {
+        let num = |k: &str| var(k).and_then(|v| v.trim().parse::<usize>().ok());
+        // (size, rank, local rank) variables of each launcher, most specific first.
+        const LAUNCHERS: [(&str, &str, &str); 3] = [
+            (
+                "OMPI_COMM_WORLD_SIZE",
+                "OMPI_COMM_WORLD_RANK",
+                "OMPI_COMM_WORLD_LOCAL_RANK",
+            ),
+            ("PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID"),
+            ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID", "SLURM_LOCALID"),
+        ];
+        for (size, rank, local) in LAUNCHERS {
+            if let Some(n) = num(size) {
+                return (n > 1).then(|| MpiLaunch {
+                    source: size,
+                    size: Some(n),
+                    rank: num(rank).unwrap_or(0),
+                    local_rank: num(local).unwrap_or(0),
+                });
+            }
+        }
+        num("PMIX_RANK").map(|rank| MpiLaunch {
+            source: "PMIX_RANK",
+            size: None,
+            rank,
+            local_rank: num("PMIX_LOCAL_RANK").unwrap_or(0),
+        })
+    }
+
+    /// Rank 0 prints the job's summary; the others stay quiet.
+    pub fn is_chief(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// This rank's GPU among those the process sees, given `CUDA_VISIBLE_DEVICES`: its
+    /// local rank when it sees them all, modulo the visible count when the launcher gave
+    /// each rank its own (`srun --gpus-per-task 1` leaves one: index 0).
+    pub fn gpu_index(&self, visible_devices: Option<&str>) -> usize {
+        let visible = visible_devices
+            .map(|v| v.split(',').filter(|d| !d.trim().is_empty()).count())
+            .filter(|&n| n > 0);
+        match visible {
+            Some(n) => self.local_rank % n,
+            None => self.local_rank,
+        }
+    }
+}
+
+/// Default for [`Cluster::timeout`]: covers rank 0's validation and checkpoint between steps.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
+/// Most workers one job may have (bounds the start-up check's vector, k floats per worker).
+pub const MAX_WORKERS: usize = 1024;
+
+/// What carries a job's all-reduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Burn's local collective: the workers are threads of one process, one per device.
+    Local,
+    /// MPI: the workers are processes (ranks), one device each.
+    Mpi,
 }
 
 /// One worker's place: global rank among `world` workers.
@@ -100,6 +170,7 @@ pub struct Peer {
     pub rank: usize,
     pub world: usize,
     pub timeout: Duration,
+    pub transport: Transport,
 }
 
 impl Peer {
@@ -158,26 +229,15 @@ pub fn check_batch_size(batch_size: usize, world: usize) -> Result<()> {
 }
 
 impl Cluster {
-    /// Checks the flags together, before any worker starts.
+    /// Checks the job's shape before any worker starts.
     pub fn validate(&self, local_devices: usize) -> Result<()> {
         let bad = |m: String| Err(TrainError::invalid(m));
         if local_devices == 0 {
             return bad("--devices lists no device".into());
         }
-        if self.nodes == 0 {
-            return bad("--nodes = 0 (allowed 1 or more)".into());
-        }
-        if self.node_rank >= self.nodes {
+        if local_devices > MAX_WORKERS {
             return bad(format!(
-                "--node-rank = {} with --nodes = {} (allowed 0..{})",
-                self.node_rank, self.nodes, self.nodes
-            ));
-        }
-        let world = self.nodes as usize * local_devices;
-        if world > MAX_WORKERS {
-            return bad(format!(
-                "{} nodes x {local_devices} devices = {world} workers (allowed up to {MAX_WORKERS})",
-                self.nodes
+                "{local_devices} devices (allowed up to {MAX_WORKERS} workers)"
             ));
         }
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(86_400) {
@@ -186,91 +246,31 @@ impl Cluster {
                 self.timeout.as_secs()
             ));
         }
-        if self.nodes > 1 && !self.experimental_multi_node {
-            return bad(format!(
-                "--nodes = {}: multi-node training does not work with Burn 0.21, whose global all-reduce never returns a second time in a process (see docs/distributed.md); use the devices of one machine (--devices), or pass --experimental-multi-node to try anyway",
-                self.nodes
-            ));
-        }
-        if self.nodes > 1 {
-            let coordinator = self.coordinator.as_deref().ok_or_else(|| {
-                TrainError::invalid(format!(
-                    "--nodes = {} needs --coordinator HOST:PORT (node 0's address)",
-                    self.nodes
-                ))
-            })?;
-            host_port("--coordinator", coordinator)?;
-            host_port("--node-address", &self.node_address()?)?;
-        } else if self.coordinator.is_some() || self.node_address.is_some() {
-            return bad("--coordinator and --node-address need --nodes 2 or more".into());
+        if let Some(m) = &self.mpi {
+            if !cfg!(feature = "mpi") {
+                return bad(format!(
+                    "this process was started by an MPI launcher ({} is set) but this vitrine was built without MPI: build it with `cargo build --release --features mpi` (docs/distributed.md)",
+                    m.source
+                ));
+            }
+            if local_devices > 1 {
+                return bad(
+                    "under MPI each rank trains on one device: start one rank per device and give --device (cuda picks the rank's local GPU), not --devices".into(),
+                );
+            }
+            if let Some(n) = m.size.filter(|&n| n > MAX_WORKERS) {
+                return bad(format!("{n} MPI ranks (allowed up to {MAX_WORKERS})"));
+            }
         }
         Ok(())
     }
-
-    /// This node's tensor-service address (see [`Cluster::node_address`]).
-    fn node_address(&self) -> Result<String> {
-        if let Some(a) = &self.node_address {
-            return Ok(a.clone());
-        }
-        let coordinator = self.coordinator.as_deref().unwrap_or_default();
-        let (host, port) = host_port("--coordinator", coordinator)?;
-        let loopback = (host.as_str(), port)
-            .to_socket_addrs()
-            .map(|mut a| a.all(|a: SocketAddr| a.ip().is_loopback()))
-            .unwrap_or(false);
-        if !loopback {
-            return Err(TrainError::invalid(format!(
-                "--node-address HOST:PORT is needed when the coordinator ({coordinator}) is on another machine: the address where the other nodes reach this one"
-            )));
-        }
-        let port = port as u32 + 1 + self.node_rank;
-        if port > u16::MAX as u32 {
-            return Err(TrainError::invalid(format!(
-                "--coordinator port {coordinator} leaves no default port for node {}: pass --node-address",
-                self.node_rank
-            )));
-        }
-        Ok(format!("{host}:{port}"))
-    }
-
-    fn collective_config(&self, local_devices: usize) -> Result<CollectiveConfig> {
-        let mut config = CollectiveConfig::default().with_num_devices(local_devices);
-        if self.nodes > 1 {
-            let coordinator = self.coordinator.clone().unwrap_or_default();
-            let node = self.node_address()?;
-            let (_, data_port) = host_port("--node-address", &node)?;
-            let address = |s: &str| {
-                burn_communication::Address::from_str(&format!("ws://{s}"))
-                    .map_err(|e| TrainError::invalid(format!("address {s:?}: {e}")))
-            };
-            config = config
-                .with_num_nodes(self.nodes)
-                .with_global_address(address(&coordinator)?)
-                .with_node_address(address(&node)?)
-                .with_data_service_port(data_port);
-        }
-        Ok(config)
-    }
 }
 
-fn host_port(flag: &str, s: &str) -> Result<(String, u16)> {
-    let err = || {
-        TrainError::invalid(format!(
-            "{flag} {s:?} is not HOST:PORT (e.g. 10.0.0.1:29500)"
-        ))
-    };
-    let (host, port) = s.rsplit_once(':').ok_or_else(err)?;
-    let port: u16 = port.parse().map_err(|_| err())?;
-    if host.is_empty() || port == 0 {
-        return Err(err());
-    }
-    Ok((host.to_string(), port))
-}
-
-/// Runs `work` once per local device, each as one worker of the cluster, and returns rank
-/// 0's result on node 0 (the first local worker's elsewhere). With one device on one node
-/// it is a plain call without any collective. The first error of any worker is returned
-/// at once: the others may be blocked in a collective call that can no longer complete.
+/// Runs `work` once per worker of this process and returns rank 0's result (on another MPI
+/// rank, its own). One device and no MPI launch: a plain call without any collective.
+/// Several local devices: one thread each on Burn's local collective; the first error of
+/// any worker is returned at once, since the others may be blocked in a collective call
+/// that can no longer complete. Under MPI: one worker, this process's rank.
 pub fn launch<B, R, F>(devices: Vec<B::Device>, cluster: &Cluster, work: F) -> Result<R>
 where
     B: AutodiffBackend,
@@ -278,32 +278,27 @@ where
     F: Fn(Option<Peer>, B::Device) -> Result<R> + Send + Sync + 'static,
 {
     cluster.validate(devices.len())?;
-    if devices.len() == 1 && cluster.nodes == 1 {
+    if cluster.mpi.is_some() {
+        let device = devices.into_iter().next().expect("validated: one device");
+        #[cfg(feature = "mpi")]
+        return mpi::launch::<B, R, F>(device, cluster.timeout, work);
+        #[cfg(not(feature = "mpi"))]
+        unreachable!("validate refuses an MPI launch without the mpi feature: {device:?}");
+    }
+    if devices.len() == 1 {
         let device = devices.into_iter().next().expect("one device");
         return work(None, device);
     }
-    let local = devices.len();
-    let world = cluster.nodes as usize * local;
-    let config = cluster.collective_config(local)?;
-    // Warnings and errors only: Burn's websocket layer otherwise logs every transfer.
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
-        .with_writer(std::io::stderr)
-        .try_init();
-    if cluster.nodes > 1 && cluster.node_rank == 0 {
-        let (_, port) = host_port(
-            "--coordinator",
-            cluster.coordinator.as_deref().unwrap_or(""),
-        )?;
-        start_coordinator(port)?;
-    }
+    let world = devices.len();
+    let config = CollectiveConfig::default().with_num_devices(world);
     let work = Arc::new(work);
     let (tx, rx) = mpsc::channel();
     for (i, device) in devices.into_iter().enumerate() {
         let peer = Peer {
-            rank: cluster.node_rank as usize * local + i,
+            rank: i,
             world,
             timeout: cluster.timeout,
+            transport: Transport::Local,
         };
         let (work, tx, config) = (work.clone(), tx.clone(), config.clone());
         std::thread::Builder::new()
@@ -330,7 +325,7 @@ where
     }
     drop(tx);
     let mut first = None;
-    for _ in 0..local {
+    for _ in 0..world {
         match rx.recv() {
             Ok((_, Err(e))) => return Err(e),
             Ok((0, Ok(r))) => first = Some(r),
@@ -353,8 +348,7 @@ where
 {
     let id = PeerId(peer.rank as u32);
     let d = device.clone();
-    // Registration waits for every worker of every node: the first place a missing worker
-    // or an unreachable coordinator shows.
+    // Registration waits for every local worker.
     bounded(
         peer,
         "start-up (registering with the other workers)",
@@ -367,35 +361,7 @@ where
     Ok(result)
 }
 
-/// Node 0 hosts Burn's coordinator. It installs its own SIGINT/SIGTERM handlers, which
-/// replace the default "terminate": when it returns on a signal, the process exits as the
-/// signal would have made it.
-fn start_coordinator(port: u16) -> Result<()> {
-    // The coordinator only logs a port it cannot bind; find out first.
-    TcpListener::bind(("0.0.0.0", port)).map_err(|e| {
-        TrainError::Collective(format!(
-            "cannot listen for the other nodes on coordinator port {port}: {e}"
-        ))
-    })?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| TrainError::Collective(format!("cannot start the coordinator: {e}")))?;
-    std::thread::Builder::new()
-        .name("coordinator".into())
-        .spawn(move || {
-            runtime.block_on(burn_collective::start_global_orchestrator(port));
-            eprintln!(
-                "error: the collective coordinator on port {port} stopped (signal or network error); exiting"
-            );
-            std::process::exit(143);
-        })
-        .map_err(|e| TrainError::Collective(format!("cannot start the coordinator: {e}")))?;
-    Ok(())
-}
-
-/// Runs one blocking collective call on a helper thread and waits at most the peer's
+/// Runs one blocking local collective call on a helper thread and waits at most the peer's
 /// timeout for it. On timeout the helper stays blocked; the caller returns the error and
 /// the process ends with it.
 fn bounded<T: Send + 'static>(
@@ -416,12 +382,7 @@ fn bounded<T: Send + 'static>(
             "worker {} of {}: {what} failed in Burn's collective engine: {e:?}",
             peer.rank, peer.world
         ))),
-        Err(mpsc::RecvTimeoutError::Timeout) => Err(TrainError::Collective(format!(
-            "worker {} of {}: no answer from the other workers within {} s during {what}: a worker stopped or cannot reach the coordinator (--collective-timeout-secs sets the wait)",
-            peer.rank,
-            peer.world,
-            peer.timeout.as_secs_f64()
-        ))),
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(TrainError::Collective(no_answer(peer, what))),
         Err(mpsc::RecvTimeoutError::Disconnected) => Err(TrainError::Collective(format!(
             "worker {} of {}: the collective engine failed during {what}",
             peer.rank, peer.world
@@ -429,18 +390,47 @@ fn bounded<T: Send + 'static>(
     }
 }
 
-fn all_reduce<B: Backend>(
-    peer: &Peer,
-    what: &str,
-    x: Tensor<B, 1>,
-    op: ReduceOperation,
-) -> Result<Tensor<B, 1>> {
-    let id = PeerId(peer.rank as u32);
-    let primitive = x.into_primitive().tensor();
-    let out = bounded(peer, what, move || {
-        burn_collective::all_reduce::<B>(id, primitive, op)
-    })?;
-    Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+/// The error of a collective call that timed out, the same for both transports.
+fn no_answer(peer: &Peer, what: &str) -> String {
+    format!(
+        "worker {} of {}: no answer from the other workers within {} s during {what}: a worker stopped, hangs or cannot be reached (--collective-timeout-secs sets the wait)",
+        peer.rank,
+        peer.world,
+        peer.timeout.as_secs_f64()
+    )
+}
+
+/// The sum of `x` over all workers, on every worker.
+fn all_reduce<B: Backend>(peer: &Peer, what: &str, x: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
+    match peer.transport {
+        Transport::Local => {
+            let id = PeerId(peer.rank as u32);
+            let primitive = x.into_primitive().tensor();
+            let out = bounded(peer, what, move || {
+                burn_collective::all_reduce::<B>(id, primitive, ReduceOperation::Sum)
+            })?;
+            Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+        }
+        Transport::Mpi => mpi_all_reduce(peer, what, x),
+    }
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_all_reduce<B: Backend>(peer: &Peer, what: &str, x: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
+    let device = x.device();
+    let values = x
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| TrainError::Collective(format!("{what}: {e:?}")))?;
+    let n = values.len();
+    let sum = mpi::all_reduce_sum(peer, what, &values);
+    Ok(Tensor::from_data(TensorData::new(sum, [n]), &device))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_all_reduce<B: Backend>(_: &Peer, what: &str, _: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
+    unreachable!("an MPI peer exists only with the mpi feature ({what})")
 }
 
 /// Every float tensor of a module (parameters and running statistics), flattened in the
@@ -504,8 +494,8 @@ pub struct Plan {
 
 /// Before the first step: every worker compares its [`Plan`] and parameter count (and,
 /// when resuming, a hash of its parameters) with everyone else's; then, on a fresh start,
-/// every worker takes rank 0's initial parameters (Burn has no global broadcast, so the
-/// others contribute zeros to a sum).
+/// every worker takes rank 0's initial parameters (a sum in which the others contribute
+/// zeros: one primitive, all-reduce, serves both transports).
 pub fn start<B: AutodiffBackend, M: AutodiffModule<B>>(
     peer: &Peer,
     model: M,
@@ -539,7 +529,6 @@ pub fn start<B: AutodiffBackend, M: AutodiffModule<B>>(
         peer,
         "start-up (comparing workers)",
         Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(slots, [k * peer.world]), &device),
-        ReduceOperation::Sum,
     )?;
     let all: Vec<f32> = all.into_data().iter::<f32>().collect();
     for (rank, theirs) in all.chunks(k).enumerate() {
@@ -567,12 +556,7 @@ pub fn start<B: AutodiffBackend, M: AutodiffModule<B>>(
     } else {
         flat.zeros_like()
     };
-    let flat = all_reduce(
-        peer,
-        "start-up (parameters from rank 0)",
-        mine,
-        ReduceOperation::Sum,
-    )?;
+    let flat = all_reduce(peer, "start-up (parameters from rank 0)", mine)?;
     Ok(model.map(&mut Unflatten { flat, offset: 0 }))
 }
 
@@ -694,7 +678,6 @@ pub fn reduce_step<B: AutodiffBackend, M: AutodiffModule<B>>(
         peer,
         &format!("step {} (gradient all-reduce)", step + 1),
         flat,
-        ReduceOperation::Sum,
     )?;
     let tail: Vec<f32> = flat
         .clone()
@@ -766,66 +749,15 @@ mod tests {
     }
 
     #[test]
-    fn cluster_flags_are_checked() {
+    fn cluster_limits_are_checked() {
         let ok = Cluster::default();
         assert!(ok.validate(1).is_ok());
         assert!(ok.validate(2).is_ok());
-        assert!(ok.validate(0).is_err());
-        let two = Cluster {
-            nodes: 2,
-            node_rank: 1,
-            coordinator: Some("127.0.0.1:29500".into()),
-            experimental_multi_node: true,
-            ..Cluster::default()
-        };
-        assert!(Cluster {
-            experimental_multi_node: false,
-            ..two.clone()
-        }
-        .validate(1)
-        .unwrap_err()
-        .to_string()
-        .contains("--experimental-multi-node"));
-        assert!(two.validate(1).is_ok());
-        assert_eq!(two.node_address().unwrap(), "127.0.0.1:29502");
-        let e = |c: Cluster| c.validate(2).unwrap_err().to_string();
-        assert!(e(Cluster {
-            node_rank: 2,
-            ..two.clone()
-        })
-        .contains("--node-rank = 2"));
-        assert!(e(Cluster {
-            nodes: 0,
-            ..two.clone()
-        })
-        .contains("--nodes = 0"));
-        assert!(e(Cluster {
-            coordinator: None,
-            ..two.clone()
-        })
-        .contains("needs --coordinator"));
-        assert!(e(Cluster {
-            coordinator: Some("127.0.0.1".into()),
-            ..two.clone()
-        })
-        .contains("not HOST:PORT"));
-        assert!(e(Cluster {
-            coordinator: Some("10.0.0.1:29500".into()),
-            ..two.clone()
-        })
-        .contains("--node-address HOST:PORT is needed"));
-        assert!(Cluster {
-            coordinator: Some("10.0.0.1:29500".into()),
-            node_address: Some("10.0.0.2:29501".into()),
-            ..two.clone()
-        }
-        .validate(1)
-        .is_ok());
-        assert!(e(Cluster {
-            coordinator: Some("127.0.0.1:29500".into()),
-            ..Cluster::default()
-        })
-        .contains("need --nodes 2"));
+        let e = |c: &Cluster, devices: usize| c.validate(devices).unwrap_err().to_string();
+        assert!(e(&ok, 0).contains("no device"));
+        // Workers: at the limit and one past it.
+        assert!(ok.validate(MAX_WORKERS).is_ok());
+        assert!(e(&ok, MAX_WORKERS + 1).contains("1025 devices (allowed up to 1024"));
         // The timeout: at its limits and just past them.
         let t = |s: u64| Cluster {
             timeout: Duration::from_secs(s),
@@ -833,17 +765,87 @@ mod tests {
         };
         assert!(t(1).validate(1).is_ok());
         assert!(t(86_400).validate(1).is_ok());
-        assert!(e(t(0)).contains("--collective-timeout-secs = 0"));
-        assert!(e(t(86_401)).contains("--collective-timeout-secs = 86401"));
-        // Workers: at the limit and one past it.
-        let n = |nodes: u32| Cluster {
-            nodes,
-            coordinator: Some("127.0.0.1:29500".into()),
-            experimental_multi_node: true,
+        assert!(e(&t(0), 1).contains("--collective-timeout-secs = 0"));
+        assert!(e(&t(86_401), 1).contains("--collective-timeout-secs = 86401"));
+    }
+
+    #[test]
+    fn an_mpi_launch_gets_one_device_per_rank() {
+        let launch = |size: Option<usize>| Cluster {
+            mpi: Some(MpiLaunch {
+                source: "OMPI_COMM_WORLD_SIZE",
+                size,
+                rank: 1,
+                local_rank: 1,
+            }),
             ..Cluster::default()
         };
-        assert!(n(512).validate(2).is_ok());
-        assert!(e(n(513)).contains("1026 workers (allowed up to 1024)"));
+        let two = launch(Some(2));
+        let e = |c: &Cluster, devices: usize| c.validate(devices).unwrap_err().to_string();
+        if cfg!(feature = "mpi") {
+            assert!(two.validate(1).is_ok());
+            assert!(e(&two, 2).contains("one device"));
+            assert!(launch(Some(MAX_WORKERS)).validate(1).is_ok());
+            assert!(e(&launch(Some(MAX_WORKERS + 1)), 1).contains("1025 MPI ranks"));
+        } else {
+            let msg = e(&two, 1);
+            assert!(
+                msg.contains("OMPI_COMM_WORLD_SIZE is set") && msg.contains("--features mpi"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn launchers_are_recognised_from_their_environment() {
+        let from = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            MpiLaunch::from_vars(|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+        };
+        assert_eq!(from(&[]), None);
+        assert_eq!(
+            from(&[
+                ("OMPI_COMM_WORLD_SIZE", "4"),
+                ("OMPI_COMM_WORLD_RANK", "3"),
+                ("OMPI_COMM_WORLD_LOCAL_RANK", "1"),
+            ]),
+            Some(MpiLaunch {
+                source: "OMPI_COMM_WORLD_SIZE",
+                size: Some(4),
+                rank: 3,
+                local_rank: 1,
+            })
+        );
+        // One rank is no distributed job: trained like a plain process.
+        assert_eq!(from(&[("OMPI_COMM_WORLD_SIZE", "1")]), None);
+        assert_eq!(
+            from(&[("SLURM_STEP_NUM_TASKS", "1"), ("SLURM_PROCID", "0")]),
+            None
+        );
+        let slurm = from(&[
+            ("SLURM_STEP_NUM_TASKS", "8"),
+            ("SLURM_PROCID", "5"),
+            ("SLURM_LOCALID", "1"),
+        ])
+        .unwrap();
+        assert_eq!((slurm.size, slurm.rank, slurm.local_rank), (Some(8), 5, 1));
+        assert!(!slurm.is_chief());
+        let hydra = from(&[("PMI_SIZE", "2"), ("PMI_RANK", "0")]).unwrap();
+        assert_eq!(
+            (hydra.source, hydra.rank, hydra.local_rank),
+            ("PMI_SIZE", 0, 0)
+        );
+        assert!(hydra.is_chief());
+        let pmix = from(&[("PMIX_RANK", "2"), ("PMIX_LOCAL_RANK", "0")]).unwrap();
+        assert_eq!((pmix.size, pmix.rank), (None, 2));
+        // The rank's GPU: its local rank among all GPUs, or its one GPU.
+        assert_eq!(slurm.gpu_index(None), 1);
+        assert_eq!(slurm.gpu_index(Some("0,1,2,3")), 1);
+        assert_eq!(slurm.gpu_index(Some("2")), 0);
+        assert_eq!(slurm.gpu_index(Some("")), 1);
     }
 
     #[test]

@@ -251,10 +251,17 @@ mod with_mpi {
             return;
         }
         let (_tmp, run, out, _) = signal_rank_1(5, "-KILL");
-        // Open MPI's launcher notices the death and names the rank; it ends rank 0.
+        // Open MPI's launcher notices the death, names the rank and ends rank 0, which
+        // says why it stops.
         assert!(
             out.contains("rank 1") && out.contains("signal 9"),
-            "clear error expected:\n{out}"
+            "the launcher's error expected:\n{out}"
+        );
+        assert!(
+            out.contains(
+                "error: MPI rank 0 of 2: ended by the launcher (SIGTERM): another rank failed"
+            ),
+            "rank 0's error expected:\n{out}"
         );
         resume_one_more_epoch(&run);
     }

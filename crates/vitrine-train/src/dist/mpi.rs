@@ -5,7 +5,8 @@
 //! worker threads never do), so MPI is asked for `MPI_THREAD_FUNNELED`.
 //!
 //! MPI's blocking calls have no deadline, and a rank that dies is noticed by the launcher,
-//! not by the others' calls: mpirun then ends the job and names the rank. A rank that
+//! not by the others' calls: mpirun then ends the job and names the rank, sending the
+//! others SIGTERM (SIGKILL a second later), on which each says why it stops. A rank that
 //! hangs (stopped, swapping, deadlocked) is noticed by no one. So each all-reduce is
 //! started non-blocking and polled; past the timeout the waiting rank prints why and calls
 //! `MPI_Abort`, which ends every rank of the job. Rank 0 writes checkpoints atomically, so
@@ -47,6 +48,7 @@ where
     if size == 1 {
         return work(None, device);
     }
+    say_why_on_sigterm(rank, size);
     let peer = Peer {
         rank,
         world: size,
@@ -61,6 +63,27 @@ where
             world.abort(ABORT_CODE)
         }
     }
+}
+
+/// When the launcher ends this rank (SIGTERM: another rank died, or the job was
+/// cancelled), prints why on stderr and exits as SIGTERM would have made it. Without this
+/// the rank would vanish without a word, and only the launcher's message would tell.
+fn say_why_on_sigterm(rank: usize, size: usize) {
+    use signal_hook::consts::SIGTERM;
+    // Without the handler the default action (terminate) still applies: no loss.
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM]) else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("sigterm".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                eprintln!(
+                    "error: MPI rank {rank} of {size}: ended by the launcher (SIGTERM): another rank failed or the job was cancelled (the launcher's message names it); the last complete checkpoint is intact"
+                );
+                std::process::exit(128 + SIGTERM);
+            }
+        });
 }
 
 /// The element-wise sum of `values` over all ranks, identical on every rank. Past the

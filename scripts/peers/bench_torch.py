@@ -10,6 +10,11 @@ Run with the thread count you want compared:
 
     python3 scripts/peers/bench_torch.py --threads 2 --out peer-torch.json
     python3 scripts/peers/compare.py bench-results.json peer-torch.json
+
+`--device cuda` runs the models on the GPU (compare with `vitrine bench --device cuda`):
+each batch is uploaded inside the timed call, as Vitrine's timing includes its upload, and
+the GPU is synchronised before each timer stops. Matmuls stay f32 (TF32 off), as Vitrine's
+f32 rows; `--tf32` allows TF32 as PyTorch users often do.
 """
 import argparse
 import json
@@ -170,14 +175,31 @@ GPTS = {"tiny": (32, 32, 16, 2, 2), "nano-cpu": (65, 64, 128, 4, 4), "gpt2-124m"
 
 # ---------------------------------------------------------------------------- timing
 
+# Where the models run (`--device`); inputs are made on the host and uploaded by `up`.
+DEV = torch.device("cpu")
+
+
+def sync():
+    """Waits for the GPU's queued work, so that a timer measures it."""
+    if DEV.type == "cuda":
+        torch.cuda.synchronize(DEV)
+
+
+def up(x):
+    """One batch to the device: a copy on the CPU (as Vitrine's tensor upload), a transfer
+    to a GPU."""
+    return x.clone() if DEV.type == "cpu" else x.to(DEV)
+
 
 def measure(cfg, f):
     for _ in range(cfg["warmup"]):
         f()
+    sync()
     secs, outs, total = [], [], 0.0
     while len(secs) < cfg["max_reps"] and (len(secs) < cfg["min_reps"] or total < cfg["min_secs"]):
         start = time.perf_counter()
         outs.append(f())
+        sync()
         s = time.perf_counter() - start
         secs.append(s)
         total += s
@@ -204,11 +226,11 @@ def row(group, workload, batch, unit, items, secs, extra=None):
 def encoders(cfg, out):
     for case in cfg["encoders"]:
         (c, h, w), make = ENCODERS[case["preset"]]
-        model = make().eval()
+        model = make().eval().to(DEV)
         for b in case["batches"]:
             x = torch.rand(b, c, h, w) * 2 - 1
             # The copy stands for Vitrine's upload of each batch, which its timing includes.
-            secs, _ = measure(cfg["timing"], lambda: model(x.clone()))
+            secs, _ = measure(cfg["timing"], lambda: model(up(x)))
             out.append(row("encoder", f"{case['preset']} {h}x{w} inference", b, "images/s", b, secs))
 
 
@@ -230,7 +252,7 @@ def text_encoders(cfg, out):
         vocab, pos, d, layers, heads = BERTS[case["preset"]]
         model = BertModel(BertConfig(vocab_size=vocab, max_position_embeddings=pos, hidden_size=d,
                                      num_hidden_layers=layers, num_attention_heads=heads,
-                                     intermediate_size=4 * d), add_pooling_layer=False).eval()
+                                     intermediate_size=4 * d), add_pooling_layer=False).eval().to(DEV)
         t = case["seq_len"]
         for b in case["batches"]:
             ids = torch.randint(0, vocab, (b, t))
@@ -239,8 +261,9 @@ def text_encoders(cfg, out):
 
             def embed():
                 # As sentence-transformers: mean over the mask, then normalise.
-                h = model(input_ids=ids.clone(), attention_mask=mask).last_hidden_state
-                m = mask.unsqueeze(-1).to(h.dtype)
+                on = up(mask)
+                h = model(input_ids=up(ids), attention_mask=on).last_hidden_state
+                m = on.unsqueeze(-1).to(h.dtype)
                 return F.normalize((h * m).sum(1) / m.sum(1), dim=1)
 
             secs, _ = measure(cfg["timing"], embed)
@@ -250,7 +273,7 @@ def text_encoders(cfg, out):
 def supcon(z, labels, tau):
     sim = z @ z.T / tau
     n = z.shape[0]
-    eye = torch.eye(n, dtype=torch.bool)
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
     sim = sim.masked_fill(eye, float("-inf"))
     logp = sim - torch.logsumexp(sim, 1, keepdim=True)
     pos = (labels[:, None] == labels[None, :]) & ~eye
@@ -262,26 +285,26 @@ def train(cfg, out):
         b, seq, kind, preset = case["batch"], case.get("seq_len", 0), case["model"], case["preset"]
         if kind == "search":
             (c, h, w), make = ENCODERS[preset]
-            model = make()
+            model = make().to(DEV)
             x = torch.rand(b, c, h, w) * 2 - 1
             labels = torch.arange(b) // 4
-            loss_fn = lambda: supcon(model(x.clone()), labels, 0.1)
+            loss_fn = lambda: supcon(model(up(x)), up(labels), 0.1)
             name, tokens = f"search {preset} supcon step", 0
         else:
             if kind == "copy":
                 vocab, n_ctx, d, layers, heads = GPTS[preset]
                 vocab = case.get("vocab") or vocab
-                model = Gpt(vocab, n_ctx, d, layers, heads)
+                model = Gpt(vocab, n_ctx, d, layers, heads).to(DEV)
             else:
                 vocab = case.get("vocab") or 32
-                model = Captioner(vocab)
+                model = Captioner(vocab).to(DEV)
                 images = torch.rand(b, 3, 64, 48) * 2 - 1
             ids = torch.randint(0, vocab, (b, seq))
             inp, tgt = ids[:, :-1], ids[:, 1:]
             if kind == "copy":
-                loss_fn = lambda: F.cross_entropy(model(inp)[0].flatten(0, 1), tgt.flatten())
+                loss_fn = lambda: F.cross_entropy(model(up(inp))[0].flatten(0, 1), up(tgt).flatten())
             else:
-                loss_fn = lambda: F.cross_entropy(model(images.clone(), inp).flatten(0, 1), tgt.flatten())
+                loss_fn = lambda: F.cross_entropy(model(up(images), up(inp)).flatten(0, 1), up(tgt).flatten())
             name, tokens = f"{kind} {preset} step, {seq - 1} tokens/row", b * (seq - 1)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.01)
 
@@ -302,15 +325,16 @@ def generate(cfg, out):
     for case in cfg["generate"]:
         vocab, n_ctx, d, layers, heads = GPTS[case["preset"]]
         vocab = case.get("vocab") or vocab
-        model = Gpt(vocab, n_ctx, d, layers, heads).eval()
+        model = Gpt(vocab, n_ctx, d, layers, heads).eval().to(DEV)
         p, new = case["prompt_tokens"], case["new_tokens"]
         for rows in case["batches"]:
             prompt = torch.randint(0, vocab, (rows, p))
 
             def once():
                 start = time.perf_counter()
-                logits, cache = model(prompt, last_only=True)
+                logits, cache = model(up(prompt), last_only=True)
                 nxt = logits[:, -1].argmax(-1, keepdim=True)
+                sync()
                 ttft = time.perf_counter() - start
                 for _ in range(new - 1):
                     logits, cache = model(nxt, cache=cache)
@@ -328,11 +352,12 @@ def generate(cfg, out):
 def search(cfg, out):
     for case in cfg["search"]:
         start = time.perf_counter()
-        emb = F.normalize(torch.rand(case["rows"], case["dim"]) * 2 - 1, dim=1)
+        emb = F.normalize(torch.rand(case["rows"], case["dim"], device=DEV) * 2 - 1, dim=1)
+        sync()
         build = time.perf_counter() - start
         for q in case["query_batches"]:
             queries = F.normalize(torch.rand(q, case["dim"]) * 2 - 1, dim=1)
-            secs, _ = measure(cfg["timing"], lambda: torch.topk(queries @ emb.T, case["k"], dim=1))
+            secs, _ = measure(cfg["timing"], lambda: torch.topk(up(queries) @ emb.T, case["k"], dim=1))
             name = f"exact top-{case['k']} over {case['rows']} x {case['dim']}"
             out.append(row("search", name, q, "queries/s", q, secs, {"index build s": build}))
 
@@ -344,7 +369,16 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--only", default="", help="comma-separated groups")
     ap.add_argument("--out", default="peer-torch.json")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on a GPU")
     a = ap.parse_args()
+    global DEV
+    DEV = torch.device(a.device)
+    if DEV.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {a.device}: no CUDA device visible to PyTorch")
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32
+        torch.backends.cudnn.allow_tf32 = a.tf32
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     with open(a.config) as f:
@@ -361,7 +395,8 @@ def main():
     report = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": a.threads,
                     "os": platform.system().lower(), "arch": platform.machine()},
-        "device": "cpu", "backend": f"pytorch {torch.__version__}", "precision": "f32",
+        "device": str(DEV), "backend": f"pytorch {torch.__version__}",
+        "precision": "tf32" if DEV.type == "cuda" and a.tf32 else "f32",
         "started_unix": int(started), "total_secs": time.time() - started, "results": out,
     }
     tmp = a.out + ".tmp"

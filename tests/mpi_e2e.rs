@@ -8,8 +8,8 @@ mod common;
 
 use std::process::{Command, Output, Stdio};
 
-use common::s;
 use common::traces::{recipe, text};
+use common::train_args;
 
 /// Whether `mpirun` is on PATH; when not, says how to get it (or fails under CI).
 fn have_mpirun() -> bool {
@@ -71,7 +71,7 @@ fn a_binary_built_without_mpi_refuses_to_run_under_mpirun() {
     }
     let (tmp, config) = recipe(1);
     let run = tmp.path().join("r");
-    let o = mpirun_output(&["train", "--config", s(&config), "--run-dir", s(&run)]);
+    let o = mpirun_output(&train_args(&config, &run, &[]));
     let out = text(&o);
     assert!(!o.status.success(), "{out}");
     assert!(
@@ -87,7 +87,7 @@ mod with_mpi {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use common::metric_column;
+    use common::{metric_column, s};
     use common::traces::{assert_traces_match, assert_two_ranks_match_single_worker, trace};
     use common::traces::{train_single, with_suffix, Shards};
 
@@ -97,20 +97,19 @@ mod with_mpi {
 
     /// `vitrine train` of `config` into `run` on two MPI ranks, each tracing its parameters.
     fn train_two_ranks(config: &Path, run: &Path, trace_base: &Path) {
-        let o = mpirun_output(&[
-            "train",
-            "--config",
-            s(config),
-            "--run-dir",
-            s(run),
-            "--device",
-            "cpu",
-            "--param-trace",
-            s(trace_base),
-            "--collective-timeout-secs",
-            "60",
-            "--quiet",
-        ]);
+        let o = mpirun_output(&train_args(
+            config,
+            run,
+            &[
+                "--device",
+                "cpu",
+                "--param-trace",
+                s(trace_base),
+                "--collective-timeout-secs",
+                "60",
+                "--quiet",
+            ],
+        ));
         assert!(o.status.success(), "{}", text(&o));
     }
 
@@ -177,18 +176,17 @@ mod with_mpi {
         let (tmp, config) = recipe(100_000);
         let run = tmp.path().join("dp");
         let t = timeout.to_string();
-        let mut job = mpirun(&[
-            "train",
-            "--config",
-            s(&config),
-            "--run-dir",
-            s(&run),
-            "--device",
-            "cpu",
-            "--collective-timeout-secs",
-            &t,
-            "--quiet",
-        ])
+        let mut job = mpirun(&train_args(
+            &config,
+            &run,
+            &[
+                "--device",
+                "cpu",
+                "--collective-timeout-secs",
+                &t,
+                "--quiet",
+            ],
+        ))
         .spawn()
         .expect("start mpirun");
         let started = Instant::now();
@@ -291,14 +289,7 @@ mod with_mpi {
         }
         let (tmp, config) = recipe(1);
         let run = tmp.path().join("r");
-        let base = [
-            "train",
-            "--config",
-            s(&config),
-            "--run-dir",
-            s(&run),
-            "--quiet",
-        ];
+        let base = train_args(&config, &run, &["--quiet"]);
         let two_devices = mpirun_output(&[&base[..], &["--devices", "cpu,cpu"]].concat());
         let out = text(&two_devices);
         assert!(
@@ -323,22 +314,19 @@ mod with_mpi {
         let (tmp, config) = recipe(2);
         let run = tmp.path().join("r");
         let rank = |epochs: &'static str| {
-            let mut args = vec!["-np", "1", env!("CARGO_BIN_EXE_vitrine"), "train"];
-            args.extend([
-                "--config",
-                s(&config),
-                "--run-dir",
-                s(&run),
-                "--device",
-                "cpu",
-            ]);
-            args.extend([
-                "--collective-timeout-secs",
-                "60",
-                "--quiet",
-                "--set",
-                epochs,
-            ]);
+            let mut args = vec!["-np", "1", env!("CARGO_BIN_EXE_vitrine")];
+            args.extend(train_args(
+                &config,
+                &run,
+                &[
+                    "--device",
+                    "cpu",
+                    "--collective-timeout-secs",
+                    "60",
+                    "--quiet",
+                ],
+            ));
+            args.extend(["--set", epochs]);
             args
         };
         // One job, two programs (MPMD): rank 1 was given one more epoch.

@@ -418,11 +418,7 @@ fn all_reduce<B: Backend>(peer: &Peer, what: &str, x: Tensor<B, 1>) -> Result<Te
 #[cfg(feature = "mpi")]
 fn mpi_all_reduce<B: Backend>(peer: &Peer, what: &str, x: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
     let device = x.device();
-    let values = x
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| TrainError::Collective(format!("{what}: {e:?}")))?;
+    let values: Vec<f32> = x.into_data().iter::<f32>().collect();
     let n = values.len();
     let sum = mpi::all_reduce_sum(peer, what, &values);
     Ok(Tensor::from_data(TensorData::new(sum, [n]), &device))

@@ -87,9 +87,9 @@ mod with_mpi {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use common::{metric_column, s};
     use common::traces::{assert_traces_match, assert_two_ranks_match_single_worker, trace};
     use common::traces::{train_single, with_suffix, Shards};
+    use common::{metric_column, s};
 
     fn lines(path: &Path) -> usize {
         std::fs::read_to_string(path).map_or(0, |m| m.lines().count())

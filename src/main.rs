@@ -50,6 +50,9 @@ enum Command {
     /// Measure throughput and latency of the hot paths on a device and print one table
     /// (`scripts/bench.sh` runs it and keeps the results).
     Bench(cli::bench::BenchArgs),
+    /// Approximate search (HNSW graph) on vector files: build time, memory, recall@k and
+    /// queries/s per search breadth (`scripts/bench-ann.sh` runs it beside faiss).
+    BenchAnn(cli::bench::AnnBenchArgs),
     /// Serve search, generation and captioning over HTTP, with a visual-search page at `/`.
     Serve(cli::serve::ServeArgs),
 }
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Caption(a) => cli::caption::run(a),
         Command::Export(a) => cli::generate::export(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::BenchAnn(a) => cli::bench::run_ann(a),
         Command::Serve(a) => cli::serve::run(a),
     };
     match result {

@@ -90,6 +90,58 @@ fn train_eval_index_search_round_trip() {
     let (good, err) = outcome(&add(&[]));
     assert!(!good);
     assert!(err.contains("already in the index"));
+
+    // Those writes went to the log beside the index; compaction folds it in.
+    let log = d.join("catalog.index.log");
+    let before = search_json(&index, &["--id", "203", "-k", "23"]);
+    assert!(
+        std::fs::metadata(&log).unwrap().len() > 16,
+        "adds and removes are logged"
+    );
+    let text = ok(&["index", "compact", "--index", s(&index)]);
+    assert!(text.is_empty());
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), 16, "an empty log");
+    assert_eq!(search_json(&index, &["--id", "203", "-k", "23"]), before);
+
+    // An HNSW graph (exact_below = 0: used even on 24 items) gives the exact answers here,
+    // filters included, and follows later writes through the log.
+    let ann = d.join("ann.index");
+    let cfg = d.join("ann.toml");
+    std::fs::write(
+        &cfg,
+        "exact_below = 0\nfilter_exact_below = 0.0\nconnectivity = 8\n",
+    )
+    .unwrap();
+    let mut args = index_build_args(&run, &ann, &["--ann", "hnsw", "--ann-config", s(&cfg)]);
+    args.push("--quiet");
+    ok(&args);
+    assert!(d.join("ann.index.hnsw").exists());
+    let plain = d.join("plain.index");
+    ok(&index_build_args(&run, &plain, &["--quiet"]));
+    for extra in [&[][..], &["--filter", "colour=light"][..]] {
+        let mut q = vec!["--id", "205", "-k", "10", "--ef", "64"];
+        q.extend_from_slice(extra);
+        let ids = |index: &std::path::Path| {
+            let mut v: Vec<String> = field_strs(&search_json(index, &q)[0], "id")
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids(&ann), ids(&plain), "{extra:?}");
+    }
+    ok(&["index", "remove", "--index", s(&ann), "205"]);
+    let hits = search_json(&ann, &["--id", "206", "-k", "23"]);
+    assert!(field_strs(&hits[0], "id").iter().all(|id| *id != "205"));
+    assert_eq!(hits[0].as_array().unwrap().len(), 23);
+    let (good, err) = outcome(&["search", "--index", s(&ann), "--id", "206", "--ef", "0"]);
+    assert!(!good && err.contains("--ef 0"), "{err}");
+    std::fs::write(&cfg, "connectivity = 0\n").unwrap();
+    let mut args = index_build_args(&run, &ann, &["--ann", "hnsw", "--ann-config", s(&cfg)]);
+    args.push("--quiet");
+    let (good, err) = outcome(&args);
+    assert!(!good && err.contains("ann.connectivity"), "{err}");
 }
 
 /// `vitrine search … | head -3`: a reader that stops early ends the command quietly.

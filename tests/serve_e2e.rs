@@ -405,6 +405,108 @@ fn catalogue_writes_need_the_key_and_survive_a_restart() {
     expect(&r, 404, "deleted item");
 }
 
+/// kill -9 in the middle of a burst of catalogue writes, 20 times over one index: every
+/// write the server acknowledged is there after each kill, every acknowledged delete is
+/// gone, and the index always loads. Compaction and device-copy refreshes are set to
+/// happen every few writes, so kills land in them too.
+#[test]
+fn kill_9_during_catalogue_writes_loses_no_acknowledged_write() {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    let index = own_index("kill9");
+    let cfg = index.with_file_name("serve.toml");
+    std::fs::write(
+        &cfg,
+        "[index]\ncompact_ratio = 0.0\ncompact_min_bytes = 3000\nrefresh_ratio = 0.0\nrefresh_min_rows = 2\n",
+    )
+    .unwrap();
+    let args = ["--config", s(&cfg), "--search", s(&index)];
+    // id -> Some(present) as the server last acknowledged it; None while a request about
+    // it is unanswered (a kill then may or may not have let it land).
+    let acked: Arc<Mutex<BTreeMap<String, Option<bool>>>> = Arc::default();
+    let mut next = 0u32;
+    let mut log_seen = false;
+    let (mut adds, mut deletes) = (0, 0);
+    for trial in 0..20u64 {
+        let srv = Server::start(&args);
+        let url = srv.url("/v1/catalog/items");
+        let writer = {
+            let (acked, url, srv_base) = (acked.clone(), url.clone(), srv.base.clone());
+            let first = next;
+            std::thread::spawn(move || {
+                let (mut adds, mut deletes) = (0, 0);
+                for i in first.. {
+                    let id = format!("k{i}");
+                    let photo = png(&common::synth_image(i as usize % 3, 9000 + i));
+                    let body = json!({"id": id, "image": b64(&photo), "attrs": {"colour": "dark"}});
+                    acked.lock().unwrap().insert(id.clone(), None);
+                    let r = post_json_bytes(&url, body.to_string().as_bytes(), &[]);
+                    if r.status != 201 {
+                        return (adds, deletes);
+                    }
+                    acked.lock().unwrap().insert(id, Some(true));
+                    adds += 1;
+                    // Every third write also deletes an earlier acknowledged item.
+                    let victim = format!("k{}", i.saturating_sub(2));
+                    if i % 3 == 2 && acked.lock().unwrap().get(&victim) == Some(&Some(true)) {
+                        acked.lock().unwrap().insert(victim.clone(), None);
+                        let url = format!("{srv_base}/v1/catalog/items/{victim}");
+                        if send("DELETE", &url, "", b"", &[]).status != 200 {
+                            return (adds, deletes);
+                        }
+                        acked.lock().unwrap().insert(victim, Some(false));
+                        deletes += 1;
+                    }
+                }
+                unreachable!()
+            })
+        };
+        // Kill at a different moment each trial.
+        std::thread::sleep(Duration::from_millis(40 + (trial * 37) % 260));
+        let mut srv = srv;
+        srv.child.kill().unwrap(); // SIGKILL
+        srv.child.wait().unwrap();
+        let (a, d) = writer.join().unwrap();
+        (adds, deletes) = (adds + a, deletes + d);
+        log_seen |= vitrine_index::store::log_path(&index).exists();
+        let loaded = vitrine_index::Index::load(&index)
+            .unwrap_or_else(|e| panic!("trial {trial}: the index does not load: {e}"));
+        let mut acked = acked.lock().unwrap();
+        for (id, state) in acked.iter_mut() {
+            let there = loaded.row_of(id).is_some();
+            match state {
+                Some(present) => assert_eq!(
+                    there,
+                    *present,
+                    "trial {trial}: an acknowledged {} of {id} was lost",
+                    if *present { "add" } else { "delete" }
+                ),
+                // Unanswered: either outcome is right; from now on it is what landed.
+                None => *state = Some(there),
+            }
+        }
+        next = acked
+            .keys()
+            .filter_map(|k| k[1..].parse::<u32>().ok())
+            .max()
+            .map_or(next, |m| m + 1);
+    }
+    eprintln!("20 kills: {adds} acknowledged adds, {deletes} acknowledged deletes, none lost");
+    assert!(
+        adds >= 40,
+        "too few writes acknowledged to mean anything: {adds}"
+    );
+    assert!(deletes >= 10, "{deletes}");
+    assert!(log_seen, "writes never went through the log");
+    let acked = acked.lock().unwrap();
+    // A restarted server serves the surviving items.
+    let srv = Server::start(&args);
+    let (id, _) = acked.iter().rev().find(|(_, p)| **p == Some(true)).unwrap();
+    let r = post_json(&srv.url("/v1/search"), &json!({"id": id, "k": 1}));
+    expect(&r, 200, "search after the kills");
+    assert_eq!(ids(&r)[0], *id);
+}
+
 /// A PNG whose header declares `w`×`h` pixels, with an empty image data stream.
 fn png_header_only(w: u32, h: u32) -> Vec<u8> {
     let mut ihdr = Vec::new();

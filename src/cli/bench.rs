@@ -151,3 +151,83 @@ impl OnBackend for Parity {
         )?)
     }
 }
+
+/// `vitrine bench-ann`: the HNSW graph on vector files against their exact neighbours.
+#[derive(Args)]
+pub struct AnnBenchArgs {
+    /// Base vectors (.fvecs).
+    #[arg(long)]
+    base: PathBuf,
+    /// Query vectors (.fvecs).
+    #[arg(long)]
+    queries: PathBuf,
+    /// Exact neighbours of each query, best first (.ivecs, row numbers of the base).
+    #[arg(long)]
+    truth: PathBuf,
+    /// cosine (inner product of unit vectors) or l2.
+    #[arg(long, default_value = "l2", value_parser = ["l2", "cosine"])]
+    metric: String,
+    #[arg(short, long, default_value_t = 10)]
+    k: usize,
+    /// Graph parameters: a TOML file of `AnnConfig` fields (connectivity, expansion_add…).
+    #[arg(long)]
+    ann_config: Option<PathBuf>,
+    /// Search breadths (efSearch) to sweep.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
+    ef: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    batch: Vec<usize>,
+    /// Time only the first N queries (0: all).
+    #[arg(long, default_value_t = 0)]
+    max_queries: usize,
+    /// Also measure filtered search, for filters passing these shares of the items.
+    #[arg(long, value_delimiter = ',')]
+    filters: Vec<f64>,
+    /// Queries per filtered measurement (0: all).
+    #[arg(long, default_value_t = 1000)]
+    filter_queries: usize,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run_ann(a: AnnBenchArgs) -> Result<()> {
+    let graph = match &a.ann_config {
+        Some(p) => load_toml::<vitrine_index::AnnConfig>(p, &[])?,
+        None => vitrine_index::AnnConfig::default(),
+    };
+    graph.validate().map_err(anyhow::Error::msg)?;
+    if a.ef.contains(&0) || a.threads.contains(&0) || a.batch.contains(&0) {
+        anyhow::bail!("--ef, --threads and --batch values must be at least 1");
+    }
+    if a.filters.iter().any(|f| !(0.0..=1.0).contains(f)) {
+        anyhow::bail!("--filters are shares of the items, within 0..=1");
+    }
+    let config = vitrine_bench::ann::AnnBenchConfig {
+        metric: match a.metric.as_str() {
+            "cosine" => vitrine_index::Metric::Cosine,
+            _ => vitrine_index::Metric::L2,
+        },
+        k: a.k,
+        graph,
+        efs: a.ef.clone(),
+        threads: a.threads.clone(),
+        batches: a.batch.clone(),
+        max_queries: a.max_queries,
+        filters: a.filters.clone(),
+        filter_queries: a.filter_queries,
+    };
+    let report = vitrine_bench::ann::run_ann::<CpuBackend>(
+        &a.base,
+        &a.queries,
+        &a.truth,
+        &config,
+        &Default::default(),
+    )?;
+    if let Some(path) = &a.out {
+        write_file(path, &serde_json::to_vec_pretty(&report)?)?;
+    }
+    super::print_json(&report)
+}

@@ -1,11 +1,12 @@
 //! `vitrine index build|add|remove` and `vitrine search`: catalogue indexes and queries.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use vitrine_data::catalog::{CatalogConfig, CatalogSource};
-use vitrine_index::{Filter, Index};
+use vitrine_index::{AnnConfig, AnnIndex, Filter, Index, Searcher, Store, StoreConfig};
 use vitrine_infer::search::{index_run, search as search_index, Encoder, Query, SearchResult};
 
 use super::{outln, print_json, DeviceOpt};
@@ -85,6 +86,14 @@ pub struct EmbedArgs {
     quiet: bool,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AnnKind {
+    /// Exact search only.
+    None,
+    /// An HNSW graph (USearch).
+    Hnsw,
+}
+
 #[derive(Subcommand)]
 pub enum IndexCommand {
     /// Embed a catalogue with a run's encoder and write an index file.
@@ -95,6 +104,14 @@ pub enum IndexCommand {
         run: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Also build an HNSW graph (saved as OUT.hnsw) for approximate search; exact
+        /// search is the default and stays in use below ann.exact_below items.
+        #[arg(long, value_enum, default_value_t = AnnKind::None)]
+        ann: AnnKind,
+        /// TOML file with the graph's parameters (fields of `AnnConfig`: connectivity,
+        /// expansion_add, expansion_search, exact_below, filter_exact_below, build_threads).
+        #[arg(long, requires = "ann")]
+        ann_config: Option<PathBuf>,
         #[command(flatten)]
         embed: EmbedArgs,
     },
@@ -115,18 +132,53 @@ pub enum IndexCommand {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Fold the index's log of adds and removes into the index file.
+    Compact {
+        #[arg(long)]
+        index: PathBuf,
+    },
 }
 
 pub fn index(cmd: IndexCommand) -> Result<()> {
     match cmd {
-        IndexCommand::Build { run, out, embed } => {
+        IndexCommand::Build {
+            run,
+            out,
+            ann,
+            ann_config,
+            embed,
+        } => {
+            let config = match (ann, ann_config) {
+                (AnnKind::None, _) => None,
+                (AnnKind::Hnsw, None) => Some(AnnConfig::default()),
+                (AnnKind::Hnsw, Some(path)) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let c: AnnConfig =
+                        toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+                    c.validate()
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    Some(c)
+                }
+            };
             let device = embed.device.clone();
-            let (index, skipped) = device.run(Embed {
+            let (mut index, skipped) = device.run(Embed {
                 run,
                 index: None,
                 args: embed,
             })?;
+            index.ann = config;
             index.save(&out)?;
+            if let Some(config) = &index.ann {
+                let start = std::time::Instant::now();
+                let graph = AnnIndex::for_index(&index, config)?;
+                vitrine_index::searcher::save_graph(&graph, &index, &out)?;
+                eprintln!(
+                    "built the HNSW graph in {:.1} s ({} MB in memory)",
+                    start.elapsed().as_secs_f64(),
+                    graph.memory_bytes() >> 20
+                );
+            }
             eprintln!(
                 "wrote {} ({} items, {skipped} skipped)",
                 out.display(),
@@ -138,26 +190,48 @@ pub fn index(cmd: IndexCommand) -> Result<()> {
             run,
             embed,
         } => {
-            let index = Index::load(&path)?;
-            let before = index.len();
+            let (mut store, mut index) = Store::open(&path, StoreConfig::default())?;
             let device = embed.device.clone();
-            let (index, _) = device.run(Embed {
+            // The new items are embedded apart and appended to the index's log in one
+            // synced write: all of them or, on any error (a duplicate id), none.
+            let (fresh, _) = device.run(Embed {
                 run: index_run(&index, run.as_deref())?,
-                index: Some(index),
+                index: Some(Index::new(index.dim, index.model.clone())),
                 args: embed,
             })?;
-            index.save(&path)?;
+            let items = fresh
+                .items()
+                .iter()
+                .enumerate()
+                .map(|(row, it)| {
+                    (
+                        it.clone(),
+                        fresh.embedding(row).unwrap_or_default().to_vec(),
+                    )
+                })
+                .collect();
+            let mut changed = store.replayed_adds().clone();
+            changed.extend(fresh.items().iter().map(|it| it.id.clone()));
+            store.add(&mut index, items)?;
+            let compacted = store.wants_compaction();
+            if compacted {
+                compact(&mut store, &mut index, &changed)?;
+            }
             eprintln!(
-                "added {} items; {} now holds {}",
-                index.len() - before,
+                "added {} items; {} now holds {}{}",
+                fresh.len(),
                 path.display(),
-                index.len()
+                index.len(),
+                if compacted { " (log compacted)" } else { "" }
             );
         }
         IndexCommand::Remove { index: path, ids } => {
-            let mut index = Index::load(&path)?;
-            index.remove(&ids)?;
-            index.save(&path)?;
+            let (mut store, mut index) = Store::open(&path, StoreConfig::default())?;
+            store.remove(&mut index, &ids)?;
+            if store.wants_compaction() {
+                let replayed = store.replayed_adds().clone();
+                compact(&mut store, &mut index, &replayed)?;
+            }
             eprintln!(
                 "removed {} items; {} now holds {}",
                 ids.len(),
@@ -165,6 +239,36 @@ pub fn index(cmd: IndexCommand) -> Result<()> {
                 index.len()
             );
         }
+        IndexCommand::Compact { index: path } => {
+            let (mut store, mut index) = Store::open(&path, StoreConfig::default())?;
+            let log = store.log_bytes();
+            let replayed = store.replayed_adds().clone();
+            compact(&mut store, &mut index, &replayed)?;
+            eprintln!(
+                "compacted {}: {} items, {log} log bytes folded in",
+                path.display(),
+                index.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Folds the log into a new base; an HNSW graph is first brought up to date (`changed`:
+/// ids added since the base was written) and then saved for the new base.
+fn compact(store: &mut Store, index: &mut Index, changed: &HashSet<String>) -> Result<()> {
+    let graph = match index.ann {
+        Some(_) => Some(Searcher::<burn::backend::Flex>::open(
+            index,
+            store.path(),
+            changed,
+            &Default::default(),
+        )?),
+        None => None,
+    };
+    store.compact(index)?;
+    if let Some(g) = graph {
+        g.saved(index, store.path())?;
     }
     Ok(())
 }
@@ -223,6 +327,10 @@ pub struct SearchArgs {
     /// Run whose encoder embeds the query (default: the one the index records).
     #[arg(long)]
     run: Option<PathBuf>,
+    /// HNSW search breadth (efSearch) for an index built with --ann hnsw (default: the
+    /// index's ann.expansion_search).
+    #[arg(long)]
+    ef: Option<usize>,
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -252,6 +360,8 @@ impl SearchArgs {
 struct Ask<'a> {
     args: &'a SearchArgs,
     index: Index,
+    /// Ids the index's log added (the graph catches up on them).
+    replayed: HashSet<String>,
     run: PathBuf,
     filter: Filter,
 }
@@ -261,18 +371,34 @@ impl OnBackend for Ask<'_> {
     fn run<B: PickDevice>(self, d: B::Device) -> Result<Vec<Vec<SearchResult>>> {
         let a = self.args;
         let encoder = Encoder::<B>::load(&self.run, &d)?;
-        let hits = search_index(&self.index, &encoder, a.query(), a.k, a.max_k, &self.filter)?;
+        let mut searcher = Searcher::open(&self.index, &a.index, &self.replayed, &d)?;
+        if let (Some(ef), Some(ann)) = (a.ef, searcher.ann.as_mut()) {
+            ann.set_expansion_search(ef);
+        }
+        let hits = search_index(
+            &self.index,
+            &searcher,
+            &encoder,
+            a.query(),
+            a.k,
+            a.max_k,
+            &self.filter,
+        )?;
         Ok(hits)
     }
 }
 
 pub fn search(a: SearchArgs) -> Result<()> {
-    let index = Index::load(&a.index)?;
+    let (index, replayed) = Index::load_replayed(&a.index)?;
     let run = index_run(&index, a.run.as_deref())?;
     let filter = Filter::parse(&a.filters)?;
+    if a.ef == Some(0) {
+        anyhow::bail!("--ef 0: the graph's search breadth must be at least 1");
+    }
     let results = a.device.run(Ask {
         args: &a,
         index,
+        replayed,
         run,
         filter,
     })?;

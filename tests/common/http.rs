@@ -165,7 +165,12 @@ fn finish(r: Result<ureq::Response, ureq::Error>) -> Reply {
 }
 
 pub fn get(url: &str) -> Reply {
-    match agent().get(url).call() {
+    or_transport(agent().get(url).call())
+}
+
+/// A transport failure (refused, reset, cut off) as status 0 with the error as the body.
+fn or_transport(r: Result<ureq::Response, ureq::Error>) -> Reply {
+    match r {
         Err(ureq::Error::Transport(t)) => Reply {
             status: 0,
             headers: Vec::new(),
@@ -190,7 +195,7 @@ pub fn send(
     for (k, v) in headers {
         req = req.set(k, v);
     }
-    finish(req.send_bytes(body))
+    or_transport(req.send_bytes(body))
 }
 
 pub fn post_json(url: &str, v: &serde_json::Value) -> Reply {

@@ -7,6 +7,7 @@
 //! Inputs are synthetic (random pixels, tokens and embeddings of the real shapes): the
 //! suite measures the models and the index, not data loading.
 
+pub mod ann;
 pub mod parity;
 pub mod timing;
 mod workloads;

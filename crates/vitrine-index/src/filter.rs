@@ -1,14 +1,14 @@
 //! Exact metadata filters: `column=value` clauses. Clauses on the same column are
 //! alternatives (OR), clauses on different columns must all hold (AND).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{Index, IndexError, Result};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
-    /// column -> accepted values
-    clauses: BTreeMap<String, Vec<String>>,
+    /// column -> accepted values (a set: a filter may list hundreds)
+    clauses: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Filter {
@@ -33,7 +33,7 @@ impl Filter {
         self.clauses
             .entry(column.to_string())
             .or_default()
-            .push(value.to_string());
+            .insert(value.to_string());
     }
 
     pub fn is_empty(&self) -> bool {
@@ -59,9 +59,7 @@ impl Filter {
             .enumerate()
             .filter(|(_, item)| {
                 self.clauses.iter().all(|(column, values)| {
-                    item.attrs
-                        .get(column)
-                        .is_some_and(|v| values.iter().any(|want| want == v))
+                    item.attrs.get(column).is_some_and(|v| values.contains(v))
                 })
             })
             .map(|(row, _)| row)

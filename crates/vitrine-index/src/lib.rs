@@ -1,20 +1,27 @@
 //! Embedding index: ids, metadata and L2-normalised embeddings, searched exactly by cosine
 //! similarity on the chosen Burn device, with metadata filters applied before top-k.
 //!
-//! File format (one file, written atomically):
+//! Base file format (written atomically; later adds and removes go to a log beside it,
+//! see [`store`]):
 //! ```text
 //! b"VTRIDX01"                     magic + format version
 //! u64 LE  header length
 //! header  JSON (IndexHeader): dim, count, model info, columns, items (id + attributes),
-//!         crc32 of the embedding block
+//!         crc32 of the embedding block, log id
 //! f32 LE  embeddings, count * dim, row-major in item order
 //! ```
 
+pub mod ann;
 mod filter;
 mod search;
+pub mod searcher;
+pub mod store;
 
+pub use ann::{key_of, AnnConfig, AnnIndex, Metric, Quantization};
 pub use filter::Filter;
 pub use search::{DeviceIndex, Hit, Selection};
+pub use searcher::{Route, Searcher};
+pub use store::{Store, StoreConfig};
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -42,6 +49,8 @@ pub enum IndexError {
     DuplicateId(String),
     #[error("item id {0:?} is not in the index")]
     UnknownId(String),
+    #[error("item id {0:?} hashes to the graph key of another item; rename it")]
+    KeyClash(String),
     #[error("unknown filter column {column:?}; columns are: {available}")]
     UnknownColumn { column: String, available: String },
     #[error("invalid filter {0:?}: expected column=value")]
@@ -80,6 +89,12 @@ struct IndexHeader {
     columns: Vec<String>,
     items: Vec<IndexItem>,
     crc32: u32,
+    /// Which log belongs to this base (`store`); 0 in files from before logs.
+    #[serde(default)]
+    log_id: u64,
+    /// Searched through an HNSW graph (`ann`) with these parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ann: Option<AnnConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +107,12 @@ pub struct Index {
     /// Row-major [len, dim].
     embeddings: Vec<f32>,
     rows: HashMap<String, usize>,
+    /// Row of each graph key ([`key_of`] the id).
+    key_rows: HashMap<u64, usize>,
+    /// The log id of the base this index was loaded from or last saved as.
+    log_id: u64,
+    /// Search through an HNSW graph with these parameters (None: exact only).
+    pub ann: Option<AnnConfig>,
 }
 
 impl Index {
@@ -103,6 +124,9 @@ impl Index {
             items: Vec::new(),
             embeddings: Vec::new(),
             rows: HashMap::new(),
+            key_rows: HashMap::new(),
+            log_id: 0,
+            ann: None,
         }
     }
 
@@ -126,6 +150,16 @@ impl Index {
         self.rows.get(id).copied()
     }
 
+    /// The row of the item whose id has graph key `key`.
+    pub fn row_of_key(&self, key: u64) -> Option<usize> {
+        self.key_rows.get(&key).copied()
+    }
+
+    /// Which log belongs to the base this index was loaded from or saved as.
+    pub fn log_id(&self) -> u64 {
+        self.log_id
+    }
+
     /// Row-major [len, dim] embeddings.
     pub fn embeddings(&self) -> &[f32] {
         &self.embeddings
@@ -138,55 +172,84 @@ impl Index {
     /// Adds one item. Refuses duplicate ids, a wrong dimension and non-finite values, so the
     /// index never holds a row that would poison every query.
     pub fn add(&mut self, item: IndexItem, embedding: &[f32]) -> Result<()> {
-        if embedding.len() != self.dim {
-            return Err(IndexError::Dim {
-                got: embedding.len(),
-                expected: self.dim,
-            });
-        }
-        if embedding.iter().any(|v| !v.is_finite()) {
-            return Err(IndexError::NonFinite { id: item.id });
-        }
-        if self.rows.contains_key(&item.id) {
-            return Err(IndexError::DuplicateId(item.id));
-        }
+        self.check_adds([(&item, embedding)])?;
         for key in item.attrs.keys() {
             if !self.columns.contains(key) {
                 self.columns.push(key.clone());
             }
         }
         self.rows.insert(item.id.clone(), self.items.len());
+        self.key_rows.insert(key_of(&item.id), self.items.len());
         self.items.push(item);
         self.embeddings.extend_from_slice(embedding);
         Ok(())
     }
 
-    /// Removes items by id; all-or-nothing: an unknown id removes nothing.
-    pub fn remove(&mut self, ids: &[String]) -> Result<()> {
-        for id in ids {
-            if !self.rows.contains_key(id) {
-                return Err(IndexError::UnknownId(id.clone()));
+    /// Checks that items could be added, in order, without changing anything.
+    pub fn check_adds<'a>(
+        &self,
+        adds: impl IntoIterator<Item = (&'a IndexItem, &'a [f32])>,
+    ) -> Result<()> {
+        let mut batch = std::collections::HashSet::new();
+        for (item, embedding) in adds {
+            if embedding.len() != self.dim {
+                return Err(IndexError::Dim {
+                    got: embedding.len(),
+                    expected: self.dim,
+                });
+            }
+            if embedding.iter().any(|v| !v.is_finite()) {
+                return Err(IndexError::NonFinite {
+                    id: item.id.clone(),
+                });
+            }
+            if self.rows.contains_key(&item.id) || !batch.insert(item.id.as_str()) {
+                return Err(IndexError::DuplicateId(item.id.clone()));
+            }
+            if self.key_rows.contains_key(&key_of(&item.id)) {
+                return Err(IndexError::KeyClash(item.id.clone()));
             }
         }
-        let drop: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-        let dim = self.dim;
-        let mut items = Vec::with_capacity(self.items.len());
-        let mut embeddings = Vec::with_capacity(self.embeddings.len());
-        for (row, item) in self.items.drain(..).enumerate() {
-            if !drop.contains(item.id.as_str()) {
-                embeddings.extend_from_slice(&self.embeddings[row * dim..(row + 1) * dim]);
-                items.push(item);
-            }
-        }
-        self.items = items;
-        self.embeddings = embeddings;
-        self.rows = self
-            .items
-            .iter()
-            .enumerate()
-            .map(|(i, it)| (it.id.clone(), i))
-            .collect();
         Ok(())
+    }
+
+    /// Checks that every id is present.
+    pub fn check_removes(&self, ids: &[String]) -> Result<()> {
+        match ids.iter().find(|id| !self.rows.contains_key(*id)) {
+            Some(id) => Err(IndexError::UnknownId(id.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes items by id; all-or-nothing: an unknown id removes nothing. Each removed row
+    /// is filled with the last row (O(1) per item, so catalogue writes do not cost
+    /// O(catalogue)); returns the rows whose content changed that way, in order.
+    pub fn remove(&mut self, ids: &[String]) -> Result<Vec<usize>> {
+        self.check_removes(ids)?;
+        let dim = self.dim;
+        let mut changed = Vec::new();
+        for id in ids {
+            // A repeated id was removed by its first occurrence.
+            let Some(row) = self.rows.remove(id) else {
+                continue;
+            };
+            self.key_rows.remove(&key_of(id));
+            let last = self.items.len() - 1;
+            self.items.swap_remove(row);
+            if row != last {
+                self.embeddings
+                    .copy_within(last * dim..(last + 1) * dim, row * dim);
+                let moved = &self.items[row].id;
+                self.rows.insert(moved.clone(), row);
+                self.key_rows.insert(key_of(moved), row);
+                changed.push(row);
+            }
+            self.embeddings.truncate(last * dim);
+        }
+        changed.retain(|&r| r < self.items.len());
+        changed.sort_unstable();
+        changed.dedup();
+        Ok(changed)
     }
 
     fn to_bytes(&self) -> Vec<u8> {
@@ -203,6 +266,8 @@ impl Index {
             columns: self.columns.clone(),
             items: self.items.clone(),
             crc32: crc.sum(),
+            log_id: self.log_id,
+            ann: self.ann.clone(),
         };
         let header = serde_json::to_vec(&header).expect("index header serialises");
         let mut out = Vec::with_capacity(16 + header.len() + block.len());
@@ -213,15 +278,39 @@ impl Index {
         out
     }
 
-    /// Writes the index atomically (temp file in the same folder, fsync, rename).
-    pub fn save(&self, path: &Path) -> Result<()> {
-        vitrine_data::fsio::atomic_save(path, &self.to_bytes()).map_err(|source| IndexError::Io {
-            path: path.to_owned(),
-            source,
-        })
+    /// Writes the index atomically (temp file in the same folder, fsync, rename) as a new
+    /// base: it gets a fresh log id, so a log left beside `path` no longer applies.
+    pub fn save(&mut self, path: &Path) -> Result<()> {
+        self.log_id = fresh_log_id();
+        vitrine_data::fsio::atomic_save(path, &self.to_bytes()).map_err(|source| {
+            IndexError::Io {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        // Stale now; removing it only saves disk space (a crash first is harmless).
+        let _ = std::fs::remove_file(store::log_path(path));
+        Ok(())
     }
 
+    /// Loads the base file and replays its log (`store`).
     pub fn load(path: &Path) -> Result<Self> {
+        Ok(Self::load_with_tail(path)?.0)
+    }
+
+    /// Like [`Self::load`], also naming the ids the log added (for [`AnnIndex::catch_up`]).
+    pub fn load_replayed(path: &Path) -> Result<(Self, std::collections::HashSet<String>)> {
+        let (index, tail) = Self::load_with_tail(path)?;
+        Ok((index, tail.added))
+    }
+
+    pub(crate) fn load_with_tail(path: &Path) -> Result<(Self, store::LogTail)> {
+        let mut index = Self::load_base(path)?;
+        let tail = store::replay(&mut index, path)?;
+        Ok((index, tail))
+    }
+
+    fn load_base(path: &Path) -> Result<Self> {
         let io = |source| IndexError::Io {
             path: path.to_owned(),
             source,
@@ -280,10 +369,15 @@ impl Index {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         let mut rows = HashMap::with_capacity(header.items.len());
+        let mut key_rows = HashMap::with_capacity(header.items.len());
         for (i, item) in header.items.iter().enumerate() {
             if rows.insert(item.id.clone(), i).is_some() {
                 return Err(bad(format!("duplicate item id {:?}", item.id)));
             }
+            key_rows.insert(key_of(&item.id), i);
+        }
+        if let Some(ann) = &header.ann {
+            ann.validate().map_err(bad)?;
         }
         Ok(Self {
             dim: header.dim,
@@ -292,8 +386,25 @@ impl Index {
             items: header.items,
             embeddings,
             rows,
+            key_rows,
+            log_id: header.log_id,
+            ann: header.ann,
         })
     }
+}
+
+/// A log id unlikely to repeat: time, process and a per-process counter, hashed.
+fn fresh_log_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(now);
+    h.write_u32(std::process::id());
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.finish().max(1)
 }
 
 #[cfg(test)]
@@ -325,7 +436,7 @@ mod tests {
     fn save_load_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.index");
-        let ix = small();
+        let mut ix = small();
         ix.save(&path).unwrap();
         let back = Index::load(&path).unwrap();
         assert_eq!(back.items(), ix.items());
@@ -364,11 +475,36 @@ mod tests {
             Err(IndexError::UnknownId(_))
         ));
         assert_eq!(ix.len(), 3);
-        ix.remove(&["b".into()]).unwrap();
+        assert_eq!(ix.remove(&["b".into()]).unwrap(), vec![1]);
         assert_eq!(ix.len(), 2);
         assert_eq!(ix.row_of("c"), Some(1));
         assert_eq!(ix.embedding(1).unwrap(), &[0.6, 0.8]);
         assert_eq!(ix.row_of("b"), None);
+        // The last row needs no move; a repeated id counts once.
+        assert_eq!(
+            ix.remove(&["c".into(), "c".into()]).unwrap(),
+            Vec::<usize>::new()
+        );
+        assert_eq!(ix.len(), 1);
+    }
+
+    #[test]
+    fn removing_many_keeps_rows_and_embeddings_consistent() {
+        let mut ix = Index::new(1, ModelInfo::default());
+        for i in 0..10 {
+            ix.add(item(&i.to_string(), "x"), &[i as f32]).unwrap();
+        }
+        let gone: Vec<String> = ["0", "9", "3", "8", "5"].map(String::from).to_vec();
+        let changed = ix.remove(&gone).unwrap();
+        assert_eq!(ix.len(), 5);
+        for (row, it) in ix.items().iter().enumerate() {
+            assert_eq!(ix.row_of(&it.id), Some(row));
+            assert_eq!(ix.embedding(row).unwrap()[0].to_string(), it.id);
+        }
+        assert!(changed.iter().all(|&r| r < 5), "{changed:?}");
+        for id in &gone {
+            assert_eq!(ix.row_of(id), None);
+        }
     }
 
     #[test]

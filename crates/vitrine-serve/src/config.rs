@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use vitrine_data::image_io::DecodeLimits;
+use vitrine_index::StoreConfig;
 
 use crate::error::ServeError;
 
@@ -34,6 +35,8 @@ pub struct ServeConfig {
     pub shutdown_grace_ms: u64,
     pub limits: ServeLimits,
     pub batching: BatchConfig,
+    /// How catalogue writes reach the index file and the device copy (`[index]`).
+    pub index: StoreConfig,
 }
 
 impl Default for ServeConfig {
@@ -50,6 +53,7 @@ impl Default for ServeConfig {
             shutdown_grace_ms: 30_000,
             limits: ServeLimits::default(),
             batching: BatchConfig::default(),
+            index: StoreConfig::default(),
         }
     }
 }
@@ -252,6 +256,9 @@ impl ServeConfig {
                 l.idle_timeout_ms, l.header_timeout_ms
             )));
         }
+        self.index
+            .validate()
+            .map_err(|e| ServeError::Config(format!("index.{e}")))?;
         self.bind.parse::<std::net::SocketAddr>().map_err(|e| {
             ServeError::Config(format!("bind = {:?}: {e} (expected IP:PORT)", self.bind))
         })?;

@@ -4,7 +4,7 @@
 //! `batching.max_wait_ms` for others, then all images go through one forward pass. Jobs
 //! whose client has gone (reply channel closed) are dropped before any work is done.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -15,7 +15,7 @@ use burn::tensor::backend::Backend;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 use vitrine_data::catalog::{Catalog, ImageRef};
 use vitrine_data::transform::Preprocess;
-use vitrine_index::{DeviceIndex, Filter, Index, IndexItem};
+use vitrine_index::{Filter, Index, IndexItem, Searcher, Store, StoreConfig};
 use vitrine_infer::caption::{CaptionRun, DecodeConfig, DecodeOverrides};
 use vitrine_infer::copy::{
     check_request, generate_observed, GenEvent, GenerateLimits, GenerateOutput, GenerateParams,
@@ -353,8 +353,10 @@ pub fn start<B: Backend>(
         engine.search = Some(q);
         let (shared, loaded, device) = (shared.clone(), loaded.clone(), device.clone());
         let (batching, limits) = (config.batching.clone(), config.limits.clone());
+        let writes = config.index.clone();
         spawn("vitrine-search", move || {
-            match SearchWorker::<B>::load(&spec, &device, &shared, limits.max_filter_values) {
+            match SearchWorker::<B>::load(&spec, &device, &shared, limits.max_filter_values, writes)
+            {
                 Ok(mut w) => {
                     report(&shared, &loaded, "search", Ok(()));
                     w.run(&inbox, &batching, limits.max_k, &shared);
@@ -437,7 +439,14 @@ fn upload_path(dir: &Path, id: &str, ext: &str) -> PathBuf {
 struct SearchWorker<B: Backend> {
     encoder: Encoder<B>,
     index: Index,
-    device_index: DeviceIndex<B>,
+    /// Exact search on the device, or the index's HNSW graph.
+    searcher: Searcher<B>,
+    /// The index on disk: writes append to its log.
+    store: Store,
+    writes: StoreConfig,
+    /// Per metadata column, how many items hold each value (kept as writes happen, so the
+    /// handlers' view is updated in O(1) per write).
+    values: BTreeMap<String, BTreeMap<String, usize>>,
     index_path: PathBuf,
     uploads: PathBuf,
     /// Images of the run's own catalogue, by id.
@@ -455,33 +464,36 @@ impl<B: Backend> SearchWorker<B> {
         device: &B::Device,
         shared: &Shared,
         max_filter_values: usize,
+        writes: StoreConfig,
     ) -> Result<Self, ServeError> {
         let what = |w: &str| format!("{w} {}", spec.display());
-        let (encoder, index, index_path) = if spec.is_dir() {
+        let open = |path: &Path| {
+            Store::open(path, writes.clone()).map_err(|e| load_err(what("index"), e.into()))
+        };
+        let (encoder, (store, index), index_path) = if spec.is_dir() {
             let encoder =
                 Encoder::<B>::load(spec, device).map_err(|e| load_err(what("search run"), e))?;
             let index_path = spec.join(files::INDEX);
-            let index = if index_path.exists() {
-                Index::load(&index_path).map_err(|e| load_err(what("index of"), e.into()))?
+            let opened = if index_path.exists() {
+                open(&index_path)?
             } else {
                 eprintln!(
                     "serve: building {} from the run's catalogue",
                     index_path.display()
                 );
-                let (index, report) = encoder
+                let (mut index, report) = encoder
                     .build_index(None, true, true)
                     .map_err(|e| load_err(what("catalogue of"), e))?;
                 if report.data.skipped > 0 {
                     eprintln!("serve: {}", report.data.summary());
                 }
-                index
-                    .save(&index_path)
+                let store = Store::create(&index_path, &mut index, writes.clone())
                     .map_err(|e| load_err(what("index of"), e.into()))?;
-                index
+                (store, index)
             };
-            (encoder, index, index_path)
+            (encoder, opened, index_path)
         } else {
-            let index = Index::load(spec).map_err(|e| load_err(what("index"), e.into()))?;
+            let (store, index) = open(spec)?;
             let run = index_run(&index, None).map_err(|e| load_err(what("index"), e))?;
             let encoder = Encoder::<B>::load(&run, device).map_err(|e| {
                 load_err(
@@ -489,7 +501,7 @@ impl<B: Backend> SearchWorker<B> {
                     e,
                 )
             })?;
-            (encoder, index, spec.to_path_buf())
+            (encoder, (store, index), spec.to_path_buf())
         };
         if encoder.config.model.embed_dim() != index.dim {
             return Err(ServeError::Config(format!(
@@ -535,8 +547,13 @@ impl<B: Backend> SearchWorker<B> {
                 }
             }
         }
-        let w = Self {
-            device_index: DeviceIndex::new(&index, device),
+        let searcher = Searcher::open(&index, &index_path, store.replayed_adds(), device)
+            .map_err(|e| load_err(what("index"), e.into()))?;
+        let mut w = Self {
+            searcher,
+            store,
+            writes,
+            values: BTreeMap::new(),
             uploads,
             uploaded,
             device_stale: false,
@@ -550,30 +567,75 @@ impl<B: Backend> SearchWorker<B> {
         Ok(w)
     }
 
-    /// Refreshes the handlers' view after the index changed.
-    fn publish(&self, shared: &Shared) {
-        let mut values: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    /// Rebuilds the handlers' view from the whole index (at load and after a reload).
+    fn publish(&mut self, shared: &Shared) {
+        self.values.clear();
         let mut images = HashMap::new();
         for item in self.index.items() {
             for (k, v) in &item.attrs {
-                values.entry(k.clone()).or_default().insert(v.clone());
+                *self
+                    .values
+                    .entry(k.clone())
+                    .or_default()
+                    .entry(v.clone())
+                    .or_default() += 1;
             }
-            if let Some(p) = self.uploaded.get(&item.id) {
-                images.insert(item.id.clone(), ImageRef::File(p.clone()));
-            } else if let Some(r) = self.catalog_images.get(&item.id) {
-                images.insert(item.id.clone(), r.clone());
+            if let Some(r) = self.image_of(&item.id) {
+                images.insert(item.id.clone(), r);
             }
         }
-        let columns = values
-            .into_iter()
-            .filter(|(k, v)| k != "title" && v.len() <= self.max_filter_values)
-            .map(|(k, v)| (k, v.into_iter().collect()))
+        let columns = self
+            .values
+            .keys()
+            .filter_map(|k| Some((k.clone(), self.filter_values(k)?)))
             .collect();
         let mut view = shared.catalog.write().unwrap_or_else(|e| e.into_inner());
         *view = CatalogView {
             count: self.index.len(),
             columns,
             images,
+        };
+    }
+
+    fn image_of(&self, id: &str) -> Option<ImageRef> {
+        match self.uploaded.get(id) {
+            Some(p) => Some(ImageRef::File(p.clone())),
+            None => self.catalog_images.get(id).cloned(),
+        }
+    }
+
+    /// A column's values for the page's dropdown, or None when it gets none.
+    fn filter_values(&self, column: &str) -> Option<Vec<String>> {
+        let values = self.values.get(column)?;
+        (column != "title" && values.len() <= self.max_filter_values)
+            .then(|| values.keys().cloned().collect())
+    }
+
+    /// Updates the handlers' view for one item added or removed: O(its attributes).
+    fn publish_one(&mut self, shared: &Shared, item: &IndexItem, added: bool) {
+        for (k, v) in &item.attrs {
+            let column = self.values.entry(k.clone()).or_default();
+            if added {
+                *column.entry(v.clone()).or_default() += 1;
+            } else if let Some(n) = column.get_mut(v) {
+                *n -= 1;
+                if *n == 0 {
+                    column.remove(v);
+                }
+            }
+        }
+        let image = if added { self.image_of(&item.id) } else { None };
+        let mut view = shared.catalog.write().unwrap_or_else(|e| e.into_inner());
+        view.count = self.index.len();
+        for k in item.attrs.keys() {
+            match self.filter_values(k) {
+                Some(values) => view.columns.insert(k.clone(), values),
+                None => view.columns.remove(k),
+            };
+        }
+        match image {
+            Some(r) => view.images.insert(item.id.clone(), r),
+            None => view.images.remove(&item.id),
         };
     }
 
@@ -688,14 +750,12 @@ impl<B: Backend> SearchWorker<B> {
             }
             (Query::Text(t), _) => self.encoder.embed_texts(&[t])?,
         };
-        let hits = self
-            .device_index
-            .search(&self.index, &q, k, max_k, filter)?;
+        let hits = self.searcher.search(&self.index, &q, k, max_k, filter)?;
         Ok(results(&self.index, hits).pop().unwrap_or_default())
     }
 
-    /// Adds an item; the image file and then the index are written atomically, and memory
-    /// changes only once both are on disk.
+    /// Adds an item: the image file is written atomically, then the index's log record is
+    /// synced; memory changes only once both are on disk.
     fn add(
         &mut self,
         id: String,
@@ -705,14 +765,11 @@ impl<B: Backend> SearchWorker<B> {
         ext: &str,
         shared: &Shared,
     ) -> Result<usize, ApiError> {
-        let mut staged = self.index.clone();
-        staged.add(
-            IndexItem {
-                id: id.clone(),
-                attrs,
-            },
-            emb,
-        )?;
+        let item = IndexItem {
+            id: id.clone(),
+            attrs,
+        };
+        self.index.check_adds([(&item, emb)])?;
         // A file left by an earlier item of this id (a failed removal) must not shadow this one.
         for other in UPLOAD_EXTS.iter().filter(|e| **e != ext) {
             let _ = std::fs::remove_file(upload_path(&self.uploads, &id, other));
@@ -720,42 +777,93 @@ impl<B: Backend> SearchWorker<B> {
         let path = upload_path(&self.uploads, &id, ext);
         vitrine_data::fsio::atomic_save(&path, image)
             .map_err(|e| ApiError::Internal(format!("saving the image: {e}")))?;
-        if let Err(e) = staged.save(&self.index_path) {
+        if let Err(e) = self
+            .store
+            .add(&mut self.index, vec![(item.clone(), emb.to_vec())])
+        {
             let _ = std::fs::remove_file(&path);
             return Err(ApiError::Internal(format!("saving the index: {e}")));
         }
         self.uploaded.insert(id, path);
-        self.commit(staged, shared);
+        self.publish_one(shared, &item, true);
+        if let Err(e) = self.searcher.added(&self.index, self.index.len() - 1) {
+            // The write is on disk; the graph is rebuilt from there.
+            eprintln!("serve: updating the search graph failed: {e}");
+            self.reload(shared);
+        }
+        self.after_write(shared);
         Ok(self.index.len())
     }
 
     fn delete(&mut self, id: &str, shared: &Shared) -> Result<usize, ApiError> {
-        let mut staged = self.index.clone();
-        staged.remove(&[id.to_string()])?;
-        staged
-            .save(&self.index_path)
+        self.index.check_removes(&[id.to_string()])?;
+        let row = self.index.row_of(id).expect("checked above");
+        let item = self.index.item(row).expect("a row of the index").clone();
+        let changed = self
+            .store
+            .remove(&mut self.index, &[id.to_string()])
             .map_err(|e| ApiError::Internal(format!("saving the index: {e}")))?;
+        let len = self.index.len();
+        if let Err(e) = self.searcher.removed(&[id.to_string()], &changed, len) {
+            eprintln!("serve: updating the search graph failed: {e}");
+            self.reload(shared);
+        }
         if let Some(path) = self.uploaded.remove(id) {
             // The index no longer names it; a leftover file is only disk space.
             let _ = std::fs::remove_file(path);
         }
-        self.commit(staged, shared);
+        self.publish_one(shared, &item, false);
+        self.after_write(shared);
         Ok(self.index.len())
     }
 
-    /// Adopts an index already on disk: memory first, so a failure in the device copy
-    /// cannot leave memory behind the file.
-    fn commit(&mut self, index: Index, shared: &Shared) {
-        self.index = index;
-        self.publish(shared);
+    /// The O(catalogue) work a write defers, done once enough writes have piled up: a fresh
+    /// device copy, and folding the log into the index file. The write itself is already
+    /// durable, so a failed compaction is reported and the index reopened from disk.
+    fn after_write(&mut self, shared: &Shared) {
         self.device_stale = true;
-        self.device_index = DeviceIndex::new(&self.index, &self.encoder.device);
+        self.searcher.maybe_refresh(&self.index, &self.writes);
         self.device_stale = false;
+        match self.store.maybe_compact(&mut self.index) {
+            Ok(false) => {}
+            Ok(true) => {
+                // A graph left behind only costs a rebuild at the next start.
+                if let Err(e) = self.searcher.saved(&self.index, &self.index_path) {
+                    eprintln!("serve: saving the search graph failed: {e}");
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "serve: compacting {} failed: {e}",
+                    self.index_path.display()
+                );
+                self.reload(shared);
+            }
+        }
     }
 
+    /// Re-reads the index from disk (base + log), the truth after a failure mid-write.
     fn reload(&mut self, shared: &Shared) {
-        match Index::load(&self.index_path) {
-            Ok(index) => self.commit(index, shared),
+        match Store::open(&self.index_path, self.writes.clone()) {
+            Ok((store, index)) => {
+                self.device_stale = true;
+                self.store = store;
+                self.index = index;
+                self.publish(shared);
+                let replayed = self.store.replayed_adds();
+                match Searcher::open(
+                    &self.index,
+                    &self.index_path,
+                    replayed,
+                    &self.encoder.device,
+                ) {
+                    Ok(s) => {
+                        self.searcher = s;
+                        self.device_stale = false;
+                    }
+                    Err(e) => eprintln!("serve: cannot reload the search graph: {e}"),
+                }
+            }
             Err(e) => eprintln!("serve: cannot reload {}: {e}", self.index_path.display()),
         }
     }

@@ -155,7 +155,7 @@ impl From<IndexError> for ApiError {
             IndexError::UnknownColumn { .. } | IndexError::BadFilter(_) => {
                 Self::invalid("filters", e.to_string())
             }
-            IndexError::DuplicateId(_) => Self::Conflict(e.to_string()),
+            IndexError::DuplicateId(_) | IndexError::KeyClash(_) => Self::Conflict(e.to_string()),
             IndexError::NonFinite { .. } | IndexError::Dim { .. } | IndexError::Empty => {
                 Self::Invalid {
                     field: None,

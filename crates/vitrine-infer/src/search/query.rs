@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use serde::Serialize;
-use vitrine_index::{DeviceIndex, Filter, Index};
+use vitrine_index::{Filter, Index, Searcher};
 
 use super::encoder::Encoder;
 use crate::error::{InferError, Result};
@@ -28,8 +28,10 @@ pub enum Query<'a> {
     Texts(&'a [String]),
 }
 
+/// Embeds the query and answers it through `searcher` (exact or the index's graph).
 pub fn search<B: Backend>(
     index: &Index,
+    searcher: &Searcher<B>,
     encoder: &Encoder<B>,
     query: Query<'_>,
     k: usize,
@@ -37,8 +39,7 @@ pub fn search<B: Backend>(
     filter: &Filter,
 ) -> Result<Vec<Vec<SearchResult>>> {
     let queries = query_embeddings(index, encoder, query)?;
-    let dev = DeviceIndex::<B>::new(index, &encoder.device);
-    let hits = dev.search(index, &queries, k, max_k, filter)?;
+    let hits = searcher.search(index, &queries, k, max_k, filter)?;
     Ok(results(index, hits))
 }
 

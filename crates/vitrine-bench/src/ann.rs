@@ -1,0 +1,379 @@
+//! Approximate-search benchmark on vector files (`.fvecs`), against the exact neighbours
+//! in an `.ivecs` file: build time and memory of the HNSW graph, then recall@k and
+//! queries/s for each search breadth, at batch 1 and 64, on 1 and 2 threads; with
+//! `filters`, the filtered searches' recall against exact filtered search.
+//! `scripts/bench-ann.sh` prepares the data and runs the faiss peer on the same files.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use serde::Serialize;
+use vitrine_index::{
+    AnnConfig, AnnIndex, DeviceIndex, Filter, Index, IndexItem, Metric, Route, Searcher,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnnBenchError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("{0}")]
+    Index(#[from] vitrine_index::IndexError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+type Result<T> = std::result::Result<T, AnnBenchError>;
+
+/// Vectors of an `.fvecs` (f32) or `.ivecs` (i32) file: (rows, dim, values).
+fn read_vecs<T>(path: &Path, conv: fn([u8; 4]) -> T) -> Result<(usize, usize, Vec<T>)> {
+    let bad = |reason: String| AnnBenchError::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| bad(e.to_string()))?;
+    if bytes.len() < 4 {
+        return Err(bad("empty".into()));
+    }
+    let dim = i32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+    if dim <= 0 {
+        return Err(bad(format!("dimension {dim}")));
+    }
+    let dim = dim as usize;
+    let row = 4 + 4 * dim;
+    if !bytes.len().is_multiple_of(row) {
+        return Err(bad(format!(
+            "{} bytes is not a whole number of {dim}-d rows",
+            bytes.len()
+        )));
+    }
+    let n = bytes.len() / row;
+    let mut out = Vec::with_capacity(n * dim);
+    for r in 0..n {
+        let at = r * row;
+        if bytes[at..at + 4] != (dim as i32).to_le_bytes() {
+            return Err(bad(format!("row {r} has another dimension")));
+        }
+        for c in 0..dim {
+            let o = at + 4 + 4 * c;
+            out.push(conv(bytes[o..o + 4].try_into().expect("4 bytes")));
+        }
+    }
+    Ok((n, dim, out))
+}
+
+#[derive(Debug, Clone)]
+pub struct AnnBenchConfig {
+    pub metric: Metric,
+    pub k: usize,
+    pub graph: AnnConfig,
+    /// Search breadths to sweep.
+    pub efs: Vec<usize>,
+    pub threads: Vec<usize>,
+    pub batches: Vec<usize>,
+    /// Queries timed per setting (from the start of the query file; 0: all).
+    pub max_queries: usize,
+    /// Shares of the items that filters pass (0.5, 0.05, 0.005); cosine only.
+    pub filters: Vec<f64>,
+    /// Queries per filtered measurement (the first ones; 0: all).
+    pub filter_queries: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AnnPoint {
+    pub ef: usize,
+    pub recall: f64,
+    pub threads: usize,
+    pub batch: usize,
+    pub qps: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FilterPoint {
+    pub share: f64,
+    pub items_passing: usize,
+    pub route: String,
+    pub ef: usize,
+    pub recall: f64,
+    pub qps: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AnnReport {
+    pub engine: String,
+    /// SIMD kernels in use, and the stored scalar type.
+    pub hardware: String,
+    pub quantization: vitrine_index::Quantization,
+    pub base: usize,
+    pub dim: usize,
+    pub queries: usize,
+    pub metric: Metric,
+    pub k: usize,
+    pub connectivity: usize,
+    pub expansion_add: usize,
+    pub build_threads: usize,
+    pub build_s: f64,
+    pub graph_memory_mb: f64,
+    pub points: Vec<AnnPoint>,
+    pub filtered: Vec<FilterPoint>,
+}
+
+fn recall(found: &[Vec<u64>], truth: &[i32], k: usize, truth_k: usize) -> f64 {
+    let mut hit = 0usize;
+    for (q, f) in found.iter().enumerate() {
+        let want = &truth[q * truth_k..q * truth_k + k];
+        hit += f
+            .iter()
+            .take(k)
+            .filter(|&&key| want.contains(&(key as i32)))
+            .count();
+    }
+    hit as f64 / (found.len() * k) as f64
+}
+
+/// Runs `queries` on `threads` threads in groups of `batch` (each group split across the
+/// threads); returns (results per query, queries/s).
+fn timed(
+    ann: &AnnIndex,
+    queries: &[f32],
+    dim: usize,
+    k: usize,
+    threads: usize,
+    batch: usize,
+) -> Result<(Vec<Vec<u64>>, f64)> {
+    let n = queries.len() / dim;
+    let mut found = vec![Vec::new(); n];
+    let start = Instant::now();
+    if batch == 1 {
+        // Independent clients: each thread takes the next single query.
+        let next = AtomicUsize::new(0);
+        let parts: Vec<Vec<(usize, Vec<u64>)>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let q = next.fetch_add(1, Ordering::Relaxed);
+                            if q >= n {
+                                return Ok(mine);
+                            }
+                            let hits = ann.search(&queries[q * dim..(q + 1) * dim], k, None)?;
+                            mine.push((q, hits.into_iter().map(|h| h.0).collect()));
+                        }
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("a query thread panicked"))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        for (q, f) in parts.into_iter().flatten() {
+            found[q] = f;
+        }
+    } else {
+        for group in (0..n).step_by(batch) {
+            let end = (group + batch).min(n);
+            let per = (end - group).div_ceil(threads);
+            let parts: Vec<Vec<(usize, Vec<u64>)>> = std::thread::scope(|s| {
+                let hs: Vec<_> = (group..end)
+                    .step_by(per)
+                    .map(|from| {
+                        let to = (from + per).min(end);
+                        s.spawn(move || {
+                            (from..to)
+                                .map(|q| {
+                                    let hits =
+                                        ann.search(&queries[q * dim..(q + 1) * dim], k, None)?;
+                                    Ok((q, hits.into_iter().map(|h| h.0).collect()))
+                                })
+                                .collect::<Result<Vec<_>>>()
+                        })
+                    })
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().expect("a query thread panicked"))
+                    .collect::<Result<Vec<_>>>()
+            })?;
+            for (q, f) in parts.into_iter().flatten() {
+                found[q] = f;
+            }
+        }
+    }
+    let qps = n as f64 / start.elapsed().as_secs_f64();
+    Ok((found, qps))
+}
+
+/// The benchmark on `base` / `queries` / `truth` files; filtered searches run through
+/// [`Searcher`] on `device`.
+pub fn run_ann<B: Backend>(
+    base: &Path,
+    queries: &Path,
+    truth: &Path,
+    c: &AnnBenchConfig,
+    device: &B::Device,
+) -> Result<AnnReport> {
+    let (n, dim, vectors) = read_vecs(base, f32::from_le_bytes)?;
+    let (nq, qdim, mut qs) = read_vecs(queries, f32::from_le_bytes)?;
+    let (nt, truth_k, truth) = read_vecs(truth, i32::from_le_bytes)?;
+    if qdim != dim || nt != nq {
+        return Err(AnnBenchError::Invalid(format!(
+            "base is {dim}-d, queries {qdim}-d; {nq} queries but {nt} truth rows"
+        )));
+    }
+    if c.k == 0 || c.k > truth_k {
+        return Err(AnnBenchError::Invalid(format!(
+            "k = {}: the truth file holds {truth_k} neighbours per query",
+            c.k
+        )));
+    }
+    let nq = if c.max_queries > 0 {
+        nq.min(c.max_queries)
+    } else {
+        nq
+    };
+    qs.truncate(nq * dim);
+    let keys: Vec<u64> = (0..n as u64).collect();
+    eprintln!("bench-ann: building the graph over {n} x {dim}");
+    let start = Instant::now();
+    let mut ann = AnnIndex::build(&vectors, &keys, dim, c.metric, &c.graph)?;
+    let build_s = start.elapsed().as_secs_f64();
+    let mut points = Vec::new();
+    for &ef in &c.efs {
+        ann.set_expansion_search(ef);
+        for &threads in &c.threads {
+            for &batch in &c.batches {
+                let (found, qps) = timed(&ann, &qs, dim, c.k, threads, batch)?;
+                let r = recall(&found, &truth, c.k, truth_k);
+                eprintln!("bench-ann: ef {ef:>4}  threads {threads}  batch {batch:>3}  recall@{} {r:.4}  {qps:>9.0} q/s", c.k);
+                points.push(AnnPoint {
+                    ef,
+                    recall: r,
+                    threads,
+                    batch,
+                    qps,
+                });
+            }
+        }
+    }
+    let filtered = if c.filters.is_empty() {
+        Vec::new()
+    } else {
+        filtered_recall::<B>(&vectors, dim, &qs, c, device)?
+    };
+    Ok(AnnReport {
+        engine: vitrine_index::ann::engine(),
+        hardware: ann.hardware(),
+        quantization: c.graph.quantization,
+        base: n,
+        dim,
+        queries: nq,
+        metric: c.metric,
+        k: c.k,
+        connectivity: c.graph.connectivity,
+        expansion_add: c.graph.expansion_add,
+        build_threads: c.graph.build_threads,
+        build_s,
+        graph_memory_mb: ann.memory_bytes() as f64 / (1 << 20) as f64,
+        points,
+        filtered,
+    })
+}
+
+/// Filtered search through [`Searcher`] (the serving path) against exact filtered search,
+/// for filters passing each share of the items (cosine: vectors are normalised first).
+fn filtered_recall<B: Backend>(
+    vectors: &[f32],
+    dim: usize,
+    queries: &[f32],
+    c: &AnnBenchConfig,
+    device: &B::Device,
+) -> Result<Vec<FilterPoint>> {
+    let unit = |v: &[f32]| {
+        let n = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
+        v.iter().map(|a| a / n).collect::<Vec<f32>>()
+    };
+    // Bucket b of 1000 by a hash of the row; a filter on buckets < share*1000 passes that share.
+    let bucket = |r: usize| (r as u64).wrapping_mul(0x9E3779B97F4A7C15) >> 54;
+    let mut index = Index::new(dim, Default::default());
+    for (r, v) in vectors.chunks(dim).enumerate() {
+        let item = IndexItem {
+            id: r.to_string(),
+            attrs: [("bucket".to_string(), (bucket(r) % 1000).to_string())].into(),
+        };
+        index.add(item, &unit(v))?;
+    }
+    index.ann = Some(c.graph.clone());
+    let mut searcher = Searcher::<B> {
+        exact: DeviceIndex::<B>::new(&index, device),
+        ann: Some(AnnIndex::for_index(&index, &c.graph)?),
+    };
+    let exact = DeviceIndex::<B>::new(&index, device);
+    let take = match c.filter_queries {
+        0 => queries.len(),
+        n => (n * dim).min(queries.len()),
+    };
+    let qs: Vec<f32> = queries[..take].chunks(dim).flat_map(unit).collect();
+    let nq = qs.len() / dim;
+    let mut out = Vec::new();
+    for &share in &c.filters {
+        let mut filter = Filter::default();
+        for b in 0..((share * 1000.0).round() as usize).max(1) {
+            filter.add("bucket", &b.to_string());
+        }
+        let passing = filter.allowed_rows(&index)?.map_or(0, |r| r.len());
+        let want = exact.search(&index, &qs, c.k, c.k, &filter)?;
+        // The configured route, then (when that is exact) the graph's own filtered walk.
+        let routes = [c.graph.filter_exact_below, 0.0];
+        for (pass, &below) in routes.iter().enumerate() {
+            if let Some(ann) = searcher.ann.as_mut() {
+                ann.config.filter_exact_below = below;
+            }
+            if pass == 1 && searcher.route(&index, Some(passing)) == out_route(&out) {
+                break; // the configured route was the graph already
+            }
+            for &ef in &c.efs {
+                if let Some(ann) = searcher.ann.as_mut() {
+                    ann.set_expansion_search(ef);
+                }
+                let route = searcher.route(&index, Some(passing));
+                let start = Instant::now();
+                let mut hit = 0;
+                for (q, want) in qs.chunks(dim).zip(&want) {
+                    let got = searcher.search(&index, q, c.k, c.k, &filter)?;
+                    hit += got[0]
+                        .iter()
+                        .filter(|h| want.iter().any(|w| w.row == h.row))
+                        .count();
+                }
+                let qps = nq as f64 / start.elapsed().as_secs_f64();
+                let recall = hit as f64 / (nq * c.k) as f64;
+                eprintln!("bench-ann: filter {share}  ({passing} items, {route:?})  ef {ef}  recall@{} {recall:.4}  {qps:.0} q/s", c.k);
+                out.push(FilterPoint {
+                    share,
+                    items_passing: passing,
+                    route: format!("{route:?}"),
+                    ef,
+                    recall,
+                    qps,
+                });
+                if route != Route::GraphFiltered {
+                    break; // exact: the breadth does not matter
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The route of the last point measured.
+fn out_route(out: &[FilterPoint]) -> Route {
+    match out.last().map(|p| p.route.as_str()) {
+        Some("GraphFiltered") => Route::GraphFiltered,
+        _ => Route::ExactFiltered,
+    }
+}

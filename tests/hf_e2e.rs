@@ -284,7 +284,7 @@ fn clip_index_answers_text_queries_with_the_reference_scores() {
         (
             &fixture("vit"),
             "red dress",
-            "need an index built with a CLIP model",
+            "a text model (--text-model) or a CLIP model",
         ),
     ] {
         let index = dir.path().join("q.index");

@@ -261,3 +261,205 @@ fn unavailable_devices_are_one_line_errors() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("--features cuda"));
     }
 }
+
+/// An index with a text embedding per item (the tiny BERT fixture over the titles) beside
+/// the image one: text queries, mixed queries whose score is the weighted sum of both
+/// similarities, adds through the log, a text-only index, and `eval text-search`.
+#[test]
+fn text_and_mixed_queries_on_a_hybrid_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = trained_run(d, 1, "run");
+    let bert = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/bert");
+    let index = d.join("hybrid.index");
+    let text_model = [
+        "--text-model",
+        s(&bert),
+        "--text-column",
+        "title",
+        "--quiet",
+    ];
+    ok(&index_build_args(&run, &index, &text_model));
+
+    let photo = d.join("images/201.png");
+    let all = |extra: &[&str]| {
+        let mut args = vec!["-k", "24"];
+        args.extend_from_slice(extra);
+        let hits = search_json(&index, &args);
+        let hits = hits[0].as_array().unwrap().clone();
+        assert_eq!(hits.len(), 24);
+        hits.iter()
+            .map(|h| {
+                (
+                    h["id"].as_str().unwrap().to_string(),
+                    h["score"].as_f64().unwrap(),
+                )
+            })
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    let by_photo = all(&["--image", s(&photo)]);
+    assert!(by_photo["201"] > 0.999, "the photo's own item scores 1");
+    let by_text = all(&["--text", "dark blue item"]);
+    for w in ["0", "0.3", "1"] {
+        let mixed = all(&[
+            "--image",
+            s(&photo),
+            "--text",
+            "dark blue item",
+            "--text-weight",
+            w,
+        ]);
+        let w: f64 = w.parse().unwrap();
+        for (id, score) in &mixed {
+            let want = (1.0 - w) * by_photo[id] + w * by_text[id];
+            assert!(
+                (score - want).abs() < 1e-4,
+                "w {w}, item {id}: {score} vs {want}"
+            );
+        }
+    }
+    // An item of the index stands for its photo in a mixed query.
+    let by_item = all(&[
+        "--id",
+        "201",
+        "--text",
+        "dark blue item",
+        "--text-weight",
+        "0",
+    ]);
+    for (id, score) in &by_item {
+        assert!((score - by_photo[id]).abs() < 1e-4, "item {id}");
+    }
+
+    let fails = |args: &[&str], want: &str| {
+        let mut all = vec!["search", "--index", s(&index)];
+        all.extend_from_slice(args);
+        let (good, err) = outcome(&all);
+        assert!(!good && err.contains(want), "{args:?}: {err}");
+    };
+    fails(
+        &["--text", "x", "--id", "201", "--text-weight", "1.5"],
+        "outside [0, 1]",
+    );
+    fails(
+        &[
+            "--text",
+            "a",
+            "--text",
+            "b",
+            "--image",
+            s(&photo),
+            "--image",
+            s(&photo),
+            "--image",
+            s(&photo),
+        ],
+        "as many of each",
+    );
+    let plain = d.join("plain.index");
+    build_index(&run, &plain);
+    let (good, err) = outcome(&["search", "--index", s(&plain), "--text", "red"]);
+    assert!(!good && err.contains("--text-model"), "{err}");
+
+    // Adding an item embeds its title too.
+    let extra = d.join("extra");
+    std::fs::create_dir_all(extra.join("images")).unwrap();
+    synth_image(2, 99)
+        .save(extra.join("images/900.png"))
+        .unwrap();
+    let csv = write_file(
+        &extra,
+        "new.csv",
+        "id,colour,articleType,title\n900,dark,blue-diagonal,Item 900 blue-diagonal\n",
+    );
+    let images = extra.join("images");
+    ok(&[
+        "index",
+        "add",
+        "--index",
+        s(&index),
+        "--csv",
+        s(&csv),
+        "--images",
+        s(&images),
+        "--image-pattern",
+        "{id}.png",
+        "--title-column",
+        "title",
+        "--quiet",
+    ]);
+    let hits = search_json(&index, &["--id", "900", "-k", "1"]);
+    assert_eq!(hits[0][0]["id"], "900");
+    assert!(hits[0][0]["score"].as_f64().unwrap() > 0.999);
+
+    // Text only: no image model, no photo queries.
+    let text_only = d.join("text.index");
+    let styles = d.join("styles.csv");
+    let imgs = d.join("images");
+    let mut args = vec![
+        "index",
+        "build",
+        "--out",
+        s(&text_only),
+        "--csv",
+        s(&styles),
+        "--images",
+        s(&imgs),
+    ];
+    args.extend_from_slice(&["--image-pattern", "{id}.png", "--title-column", "title"]);
+    args.extend_from_slice(&text_model);
+    ok(&args);
+    let t = search_json(&text_only, &["--text", "dark blue item", "-k", "24"]);
+    let only: Vec<(String, f64)> = t[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["id"].as_str().unwrap().to_string(),
+                h["score"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(only.len(), 24);
+    for (id, score) in &only {
+        assert!(
+            (score - by_text[id]).abs() < 1e-4,
+            "text-only index, item {id}"
+        );
+    }
+    let (good, err) = outcome(&["search", "--index", s(&text_only), "--image", s(&photo)]);
+    assert!(!good && err.contains("only text embeddings"), "{err}");
+
+    // Attribute queries: BM25 finds each class by the words of its name in the titles.
+    let args = [
+        "eval",
+        "text-search",
+        "--index",
+        s(&index),
+        "--attrs",
+        "colour,articleType",
+        "--hybrid-attr",
+        "colour",
+        "--json",
+    ];
+    let r: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    let methods = r["attribute_queries"].as_array().unwrap();
+    assert_eq!(methods.len(), 2);
+    assert!(methods[0]["method"].as_str().unwrap().starts_with("BM25"));
+    assert_eq!(methods[0]["metrics"]["queries"], 6, "2 colours x 3 classes");
+    assert_eq!(
+        methods[0]["metrics"]["recall"][2][1].as_f64().unwrap(),
+        1.0,
+        "{r}"
+    );
+    let hybrid = r["hybrid"]["methods"].as_array().unwrap();
+    assert_eq!(hybrid.len(), 2 + 3, "photo, text, three weights");
+    for m in methods.iter().chain(hybrid) {
+        let v = m["metrics"]["map_at_r"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{m}");
+    }
+    assert!(d.join("hybrid.index.text-eval.json").exists());
+    let (good, err) = outcome(&["eval", "text-search", "--index", s(&plain)]);
+    assert!(!good && err.contains("no text embeddings"), "{err}");
+}

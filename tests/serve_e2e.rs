@@ -58,6 +58,27 @@ fn own_index(name: &str) -> PathBuf {
     path
 }
 
+/// A fresh index of the fixture run's catalogue with a text part: the tiny BERT fixture
+/// over the titles.
+fn hybrid_index(name: &str) -> PathBuf {
+    let f = fixtures();
+    let bert = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/bert");
+    let dir = f.root.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let index = dir.join("hybrid.vtridx");
+    let run = f.root.join("search");
+    let text = [
+        "--text-model",
+        s(&bert),
+        "--text-column",
+        "title",
+        "--quiet",
+    ];
+    common::ok(&common::index_build_args(&run, &index, &text));
+    index
+}
+
 /// A serve config file with `limits` lines (TOML under `[limits]`) and `extra` top-level
 /// lines.
 fn config(name: &str, top: &str, limits: &str, batching: &str) -> PathBuf {
@@ -311,6 +332,86 @@ fn text_queries_on_a_clip_index_match_the_cli() {
     let r = post_json(&srv.url("/v1/search"), &json!({"text": text}));
     expect(&r, 422, "text on an image-only index");
     assert_eq!(r.json()["field"], "text");
+}
+
+/// A hybrid index (photos and titles, the tiny BERT fixture over the titles): text and
+/// mixed queries over HTTP equal the CLI's, and an added item's title is embedded too.
+#[test]
+fn text_and_mixed_queries_on_a_hybrid_index_match_the_cli() {
+    let f = fixtures();
+    let bert = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/bert");
+    let dir = f.root.join("hybrid");
+    std::fs::create_dir_all(&dir).unwrap();
+    let index = dir.join("hybrid.vtridx");
+    let run = f.root.join("search");
+    let args = common::index_build_args(
+        &run,
+        &index,
+        &[
+            "--text-model",
+            s(&bert),
+            "--text-column",
+            "title",
+            "--quiet",
+        ],
+    );
+    common::ok(&args);
+    let srv = Server::start(&["--search", s(&index)]);
+    assert_eq!(
+        get(&srv.url("/v1/info")).json()["tasks"]["text_search"],
+        true
+    );
+    let same = |body: serde_json::Value, cli_args: &[&str]| {
+        let r = post_json(&srv.url("/v1/search"), &body);
+        expect(&r, 200, &body.to_string());
+        let cli = search_json(&index, cli_args);
+        let http = r.json()["results"].clone();
+        assert_eq!(http.as_array().unwrap().len(), 3);
+        for (h, c) in http
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(cli[0].as_array().unwrap())
+        {
+            assert_eq!(h["id"], c["id"], "{body}");
+            let (a, b) = (h["score"].as_f64().unwrap(), c["score"].as_f64().unwrap());
+            assert!((a - b).abs() <= 1e-5, "{body}: {a} vs {b}");
+        }
+    };
+    same(
+        json!({"text": "dark item", "k": 3}),
+        &["-k", "3", "--text", "dark item"],
+    );
+    same(
+        json!({"id": "201", "text": "dark item", "text_weight": 0.3, "k": 3}),
+        &[
+            "-k",
+            "3",
+            "--id",
+            "201",
+            "--text",
+            "dark item",
+            "--text-weight",
+            "0.3",
+        ],
+    );
+    let both = json!({"image": b64(&photo(201)), "id": "201"});
+    expect(
+        &post_json(&srv.url("/v1/search"), &both),
+        422,
+        "image and id",
+    );
+    let heavy = json!({"id": "201", "text": "x", "text_weight": 2.0});
+    let r = post_json(&srv.url("/v1/search"), &heavy);
+    expect(&r, 422, "text weight past 1");
+    assert_eq!(r.json()["field"], "text_weight");
+    // An added item gets a text part from its title: it is its own best match.
+    let add = json!({"id": "new-1", "image": b64(&png(&common::synth_image(2, 5))), "title": "Item new blue-diagonal"});
+    expect(&post_json(&srv.url("/v1/catalog/items"), &add), 201, "add");
+    let r = post_json(&srv.url("/v1/search"), &json!({"id": "new-1", "k": 1}));
+    expect(&r, 200, "search the new item");
+    assert_eq!(r.json()["results"][0]["id"], "new-1");
+    assert!(r.json()["results"][0]["score"].as_f64().unwrap() > 0.999);
 }
 
 #[test]
@@ -1024,7 +1125,8 @@ fn a_model_that_cannot_load_stops_the_server_with_its_error() {
 }
 
 /// The search page in headless Chromium: upload a catalogue photo, the same product comes
-/// first; the screenshot is kept as a test artifact.
+/// first; words typed with it (its own title) keep it first; the screenshot is kept as a
+/// test artifact.
 #[test]
 fn search_page_in_headless_chromium() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -1059,7 +1161,7 @@ fn search_page_in_headless_chromium() {
         return;
     }
     let f = fixtures();
-    let index = own_index("browser");
+    let index = hybrid_index("browser");
     let srv = Server::start(&["--search", s(&index), "--copy", s(&f.copy)]);
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
@@ -1070,6 +1172,7 @@ fn search_page_in_headless_chromium() {
         .env("VITRINE_URL", &srv.base)
         .env("QUERY_IMAGE", f.root.join("images/305.png"))
         .env("EXPECT_ID", "305")
+        .env("QUERY_TEXT", "Item 305 blue-diagonal")
         .env("SCREENSHOT", &shot)
         .env("CHROMIUM", &chromium)
         .env("GENERATE", "1")

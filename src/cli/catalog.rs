@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use vitrine_data::catalog::{CatalogConfig, CatalogSource};
+use vitrine_data::image_io::DecodeLimits;
 use vitrine_index::{AnnConfig, AnnIndex, Filter, Index, Searcher, Store, StoreConfig};
-use vitrine_infer::search::{index_run, search as search_index, Encoder, Query, SearchResult};
+use vitrine_infer::search::{search as search_index, Embedders, Query, SearchResult};
 
 use super::{outln, print_json, DeviceOpt};
 use crate::device::{OnBackend, PickDevice};
@@ -41,7 +42,7 @@ pub struct CatalogArgs {
 
 impl CatalogArgs {
     /// The catalogue named, decoded with the run's limits (None: none named).
-    fn to_config(&self, encoder_limits: &CatalogConfig) -> Option<CatalogConfig> {
+    fn to_config(&self, limits: &DecodeLimits) -> Option<CatalogConfig> {
         let source = if let (Some(csv), Some(images)) = (&self.csv, &self.images) {
             CatalogSource::Csv {
                 csv: csv.clone(),
@@ -66,7 +67,7 @@ impl CatalogArgs {
             source,
             label_column: self.label_column.clone(),
             title_column: self.title_column.clone(),
-            limits: encoder_limits.limits.clone(),
+            limits: limits.clone(),
             max_items: 0,
         })
     }
@@ -96,12 +97,20 @@ pub enum AnnKind {
 
 #[derive(Subcommand)]
 pub enum IndexCommand {
-    /// Embed a catalogue with a run's encoder and write an index file.
+    /// Embed a catalogue with a run's image encoder, a text model, or both, and write an
+    /// index file.
     Build {
         /// A search run, or a pretrained ViT / CLIP image encoder: a Hugging Face folder or
         /// hf:<repo>[@revision] (CLIP indexes also answer `vitrine search --text`).
+        #[arg(long, required_unless_present = "text_model")]
+        run: Option<PathBuf>,
+        /// A BERT-family sentence encoder (a folder such as models/all-MiniLM-L6-v2, or
+        /// hf:<repo>) that embeds each item's --text-column too: text and hybrid queries.
         #[arg(long)]
-        run: PathBuf,
+        text_model: Option<String>,
+        /// The column the text model embeds (an item without it uses its title).
+        #[arg(long, default_value = "title", requires = "text_model")]
+        text_column: String,
         #[arg(long)]
         out: PathBuf,
         /// Also build an HNSW graph (saved as OUT.hnsw) for approximate search; exact
@@ -143,6 +152,8 @@ pub fn index(cmd: IndexCommand) -> Result<()> {
     match cmd {
         IndexCommand::Build {
             run,
+            text_model,
+            text_column,
             out,
             ann,
             ann_config,
@@ -164,6 +175,7 @@ pub fn index(cmd: IndexCommand) -> Result<()> {
             let device = embed.device.clone();
             let (mut index, skipped) = device.run(Embed {
                 run,
+                text: text_model.map(|m| (m, text_column)),
                 index: None,
                 args: embed,
             })?;
@@ -195,7 +207,8 @@ pub fn index(cmd: IndexCommand) -> Result<()> {
             // The new items are embedded apart and appended to the index's log in one
             // synced write: all of them or, on any error (a duplicate id), none.
             let (fresh, _) = device.run(Embed {
-                run: index_run(&index, run.as_deref())?,
+                run,
+                text: None,
                 index: Some(Index::new(index.dim, index.model.clone())),
                 args: embed,
             })?;
@@ -275,7 +288,10 @@ fn compact(store: &mut Store, index: &mut Index, changed: &HashSet<String>) -> R
 
 /// Embeds a catalogue into a new index (`index` None) or into `index`: (index, skipped).
 struct Embed {
-    run: PathBuf,
+    /// The image encoder: of a new index, or in place of the one an index records.
+    run: Option<PathBuf>,
+    /// A new index's text model and column.
+    text: Option<(String, String)>,
     index: Option<Index>,
     args: EmbedArgs,
 }
@@ -283,19 +299,32 @@ struct Embed {
 impl OnBackend for Embed {
     type Output = (Index, usize);
     fn run<B: PickDevice>(self, d: B::Device) -> Result<(Index, usize)> {
-        let encoder = Encoder::<B>::load(&self.run, &d)?;
         let a = &self.args;
-        let catalog = a.catalog.to_config(&encoder.config.data);
+        let embedders = match &self.index {
+            None => Embedders::<B>::new(
+                self.run.as_deref(),
+                self.text.as_ref().map(|(m, c)| (m.as_str(), c.as_str())),
+                &d,
+            )?,
+            Some(index) => Embedders::<B>::for_index(index, self.run.as_deref(), &d)?,
+        };
+        let limits = embedders
+            .image
+            .as_ref()
+            .map(|e| e.config.data.limits.clone())
+            .unwrap_or_default();
+        let catalog = a.catalog.to_config(&limits);
         match self.index {
             None => {
-                let (index, report) = encoder.build_index(catalog.as_ref(), a.skip_bad, a.quiet)?;
+                let (index, report) =
+                    embedders.build_index(catalog.as_ref(), a.skip_bad, a.quiet)?;
                 Ok((index, report.data.skipped))
             }
             Some(mut index) => {
                 let catalog = catalog.context(
                     "give the items to add: --csv/--images, --image-folder or --idx-images",
                 )?;
-                let report = encoder.add_catalog(&mut index, &catalog, a.skip_bad, a.quiet)?;
+                let report = embedders.add_catalog(&mut index, &catalog, a.skip_bad, a.quiet)?;
                 Ok((index, report.data.skipped))
             }
         }
@@ -307,15 +336,20 @@ pub struct SearchArgs {
     #[arg(long)]
     index: PathBuf,
     /// Query photo(s); one ranking per photo.
-    #[arg(long, required_unless_present_any = ["id", "text"], conflicts_with_all = ["id", "text"])]
+    #[arg(long, required_unless_present_any = ["id", "text"], conflicts_with = "id")]
     image: Vec<PathBuf>,
     /// Query by an item already in the index.
-    #[arg(long, conflicts_with = "text")]
+    #[arg(long)]
     id: Option<String>,
     /// Query by words ("red summer dress"; repeatable, one ranking each): needs an index
-    /// built with a CLIP model.
+    /// built with --text-model, or with a CLIP model. With --image or --id, the ranking
+    /// mixes both ("this photo, but in red").
     #[arg(long)]
     text: Vec<String>,
+    /// Share of the text's similarity when a query has an image (or --id) and a text:
+    /// score = (1 - w) * image similarity + w * text similarity.
+    #[arg(long, default_value_t = vitrine_infer::search::DEFAULT_TEXT_WEIGHT)]
+    text_weight: f32,
     #[arg(short, long, default_value_t = 10)]
     k: usize,
     /// Largest k accepted.
@@ -339,19 +373,31 @@ pub struct SearchArgs {
 
 impl SearchArgs {
     fn query(&self) -> Query<'_> {
-        match &self.id {
-            Some(id) => Query::ItemId(id),
-            None if !self.text.is_empty() => Query::Texts(&self.text),
-            None => Query::Images(&self.image),
+        Query {
+            images: &self.image,
+            id: self.id.as_deref(),
+            texts: &self.text,
+            text_weight: self.text_weight,
         }
     }
 
     /// How query `qi` is named in the printed rankings.
     fn label(&self, qi: usize) -> String {
-        match &self.id {
-            Some(id) => format!("item {id}"),
-            None if !self.text.is_empty() => format!("{:?}", self.text[qi]),
-            None => self.image[qi].display().to_string(),
+        let pick = |len: usize| if len == 1 { 0 } else { qi };
+        let what = match &self.id {
+            Some(id) => Some(format!("item {id}")),
+            None if !self.image.is_empty() => {
+                Some(self.image[pick(self.image.len())].display().to_string())
+            }
+            None => None,
+        };
+        let words =
+            (!self.text.is_empty()).then(|| format!("{:?}", self.text[pick(self.text.len())]));
+        match (what, words) {
+            (Some(w), Some(t)) => format!("{w} + {t} (text weight {})", self.text_weight),
+            (Some(w), None) => w,
+            (None, Some(t)) => t,
+            (None, None) => String::new(),
         }
     }
 }
@@ -362,7 +408,6 @@ struct Ask<'a> {
     index: Index,
     /// Ids the index's log added (the graph catches up on them).
     replayed: HashSet<String>,
-    run: PathBuf,
     filter: Filter,
 }
 
@@ -370,7 +415,7 @@ impl OnBackend for Ask<'_> {
     type Output = Vec<Vec<SearchResult>>;
     fn run<B: PickDevice>(self, d: B::Device) -> Result<Vec<Vec<SearchResult>>> {
         let a = self.args;
-        let encoder = Encoder::<B>::load(&self.run, &d)?;
+        let embedders = Embedders::<B>::for_index(&self.index, a.run.as_deref(), &d)?;
         let mut searcher = Searcher::open(&self.index, &a.index, &self.replayed, &d)?;
         if let (Some(ef), Some(ann)) = (a.ef, searcher.ann.as_mut()) {
             ann.set_expansion_search(ef);
@@ -378,8 +423,8 @@ impl OnBackend for Ask<'_> {
         let hits = search_index(
             &self.index,
             &searcher,
-            &encoder,
-            a.query(),
+            &embedders,
+            &a.query(),
             a.k,
             a.max_k,
             &self.filter,
@@ -390,7 +435,7 @@ impl OnBackend for Ask<'_> {
 
 pub fn search(a: SearchArgs) -> Result<()> {
     let (index, replayed) = Index::load_replayed(&a.index)?;
-    let run = index_run(&index, a.run.as_deref())?;
+    a.query().rankings()?;
     let filter = Filter::parse(&a.filters)?;
     if a.ef == Some(0) {
         anyhow::bail!("--ef 0: the graph's search breadth must be at least 1");
@@ -399,7 +444,6 @@ pub fn search(a: SearchArgs) -> Result<()> {
         args: &a,
         index,
         replayed,
-        run,
         filter,
     })?;
     if a.json {

@@ -1,5 +1,5 @@
-//! `vitrine eval search|copy|caption|score`: evaluate a run; each writes its report into
-//! the run and prints it as a table (or JSON).
+//! `vitrine eval search|copy|caption|score|text-search`: evaluate a run (or an index); each
+//! writes its report into the run (beside the index) and prints it as a table (or JSON).
 
 use std::path::PathBuf;
 
@@ -72,6 +72,35 @@ pub enum EvalCommand {
         #[command(flatten)]
         out: EvalOut,
     },
+    /// Text queries built from metadata ("<gender> <baseColour> <articleType>", relevant =
+    /// same values) on an index built with --text-model, ranked by its text model and by
+    /// BM25 over the same texts; with image embeddings too, mixed queries (an item's photo
+    /// + another --hybrid-attr value). Recall@K and mAP@R; writes INDEX.text-eval.json.
+    TextSearch {
+        #[arg(long)]
+        index: PathBuf,
+        /// Metadata columns whose values make a query, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "gender,baseColour,articleType"
+        )]
+        attrs: Vec<String>,
+        /// The column a mixed query changes ("this photo, but in <value>"); one of --attrs.
+        #[arg(long, default_value = "baseColour")]
+        hybrid_attr: String,
+        /// Skip the mixed queries.
+        #[arg(long)]
+        no_hybrid: bool,
+        /// Text weights of the mixed queries, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0.3,0.5,0.7")]
+        text_weights: Vec<f32>,
+        /// At most this many mixed queries (items taken evenly through the index).
+        #[arg(long, default_value_t = 2000)]
+        max_hybrid_queries: usize,
+        #[command(flatten)]
+        out: EvalOut,
+    },
 }
 
 /// Where every evaluation runs and how it prints.
@@ -105,7 +134,8 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         EvalCommand::Search { out, .. }
         | EvalCommand::Copy { out, .. }
         | EvalCommand::Caption { out, .. }
-        | EvalCommand::Score { out, .. } => out.clone(),
+        | EvalCommand::Score { out, .. }
+        | EvalCommand::TextSearch { out, .. } => out.clone(),
     };
     let done = out.device.run(cmd)?;
     if out.json {
@@ -145,6 +175,29 @@ impl OnBackend for EvalCommand {
             EvalCommand::Score { run, .. } => {
                 let r = vitrine_eval::eval_score::<B>(&run, &d)?;
                 Evaluated::new(&r, r.table(), run.join(files::EVAL))
+            }
+            EvalCommand::TextSearch {
+                index,
+                attrs,
+                hybrid_attr,
+                no_hybrid,
+                text_weights,
+                max_hybrid_queries,
+                ..
+            } => {
+                let opts = vitrine_eval::TextSearchOptions {
+                    attrs,
+                    hybrid_attr: (!no_hybrid).then_some(hybrid_attr),
+                    text_weights,
+                    max_hybrid_queries,
+                };
+                let r = vitrine_eval::eval_text_search::<B>(&index, &opts, &d)?;
+                let saved = vitrine_eval::text_search::report_path(&index);
+                vitrine_data::fsio::atomic_save(
+                    &saved,
+                    serde_json::to_string_pretty(&r)?.as_bytes(),
+                )?;
+                Evaluated::new(&r, r.table(), saved)
             }
             EvalCommand::Caption {
                 run,

@@ -3,7 +3,10 @@
 //
 //   cd tests/browser && npm ci
 //   VITRINE_URL=http://127.0.0.1:8080 QUERY_IMAGE=photo.png EXPECT_ID=100 \
-//     SCREENSHOT=search.png [GENERATE=1 KEYWORDS="summer sale"] node search_page.mjs
+//     SCREENSHOT=search.png [QUERY_TEXT="words"] [GENERATE=1 KEYWORDS="summer sale"] node search_page.mjs
+//
+// QUERY_TEXT (for a server that answers text queries): typed into the words box with the
+// photo chosen, the mixed search must still put EXPECT_ID first.
 //
 // Environment: CHROMIUM (browser binary, default /usr/bin/chromium),
 // SEARCH_TIMEOUT_MS (default 60000), GENERATE_TIMEOUT_MS (default 180000).
@@ -102,6 +105,18 @@ async function main() {
       }, null, { timeout: 15000 });
     } catch (e) {
       throw new Failure(`the image of the first result (${expectId}) did not load`);
+    }
+    const queryText = process.env.QUERY_TEXT;
+    if (queryText) {
+      check(info.tasks.text_search, "QUERY_TEXT is set but the server does not answer text queries");
+      check(await page.isVisible("#query-text"), "the words box is hidden");
+      await page.evaluate(() => { document.querySelector("#results").dataset.state = "idle"; });
+      await page.fill("#query-text", queryText);
+      await page.press("#query-text", "Enter");
+      await waitState(page, "#results", searchTimeout, "the photo + words search");
+      check(await page.isVisible("#text-weight"), "no text-weight slider with a photo and words");
+      summary.mixed_first_id = await cards.first().getAttribute("data-id");
+      check(summary.mixed_first_id === expectId, `photo + words: first result is ${summary.mixed_first_id}, expected ${expectId}`);
     }
     summary.status = ((await page.textContent("#search-status")) || "").trim();
     await page.screenshot({ path: screenshot, fullPage: true });

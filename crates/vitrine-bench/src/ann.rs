@@ -136,8 +136,10 @@ fn recall(found: &[Vec<u64>], truth: &[i32], k: usize, truth_k: usize) -> f64 {
     hit as f64 / (found.len() * k) as f64
 }
 
-/// Runs `queries` on `threads` threads in groups of `batch` (each group split across the
-/// threads); returns (results per query, queries/s).
+/// Runs `queries` on `threads` threads in groups of `batch`; returns (results per query,
+/// queries/s). Batch 1: independent clients, each thread taking the next query. Larger
+/// batches: one group at a time, its queries shared out the same way (dynamic scheduling,
+/// so one slow query does not leave a thread idle), all threads joined before the next.
 fn timed(
     ann: &AnnIndex,
     queries: &[f32],
@@ -149,63 +151,55 @@ fn timed(
     let n = queries.len() / dim;
     let mut found = vec![Vec::new(); n];
     let start = Instant::now();
-    if batch == 1 {
-        // Independent clients: each thread takes the next single query.
-        let next = AtomicUsize::new(0);
-        let parts: Vec<Vec<(usize, Vec<u64>)>> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut mine = Vec::new();
-                        loop {
-                            let q = next.fetch_add(1, Ordering::Relaxed);
-                            if q >= n {
-                                return Ok(mine);
-                            }
-                            let hits = ann.search(&queries[q * dim..(q + 1) * dim], k, None)?;
-                            mine.push((q, hits.into_iter().map(|h| h.0).collect()));
-                        }
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().expect("a query thread panicked"))
-                .collect::<Result<Vec<_>>>()
-        })?;
-        for (q, f) in parts.into_iter().flatten() {
-            found[q] = f;
-        }
+    let groups: Vec<(usize, usize)> = if batch <= 1 {
+        vec![(0, n)]
     } else {
-        for group in (0..n).step_by(batch) {
-            let end = (group + batch).min(n);
-            let per = (end - group).div_ceil(threads);
-            let parts: Vec<Vec<(usize, Vec<u64>)>> = std::thread::scope(|s| {
-                let hs: Vec<_> = (group..end)
-                    .step_by(per)
-                    .map(|from| {
-                        let to = (from + per).min(end);
-                        s.spawn(move || {
-                            (from..to)
-                                .map(|q| {
-                                    let hits =
-                                        ann.search(&queries[q * dim..(q + 1) * dim], k, None)?;
-                                    Ok((q, hits.into_iter().map(|h| h.0).collect()))
-                                })
-                                .collect::<Result<Vec<_>>>()
-                        })
-                    })
-                    .collect();
-                hs.into_iter()
-                    .map(|h| h.join().expect("a query thread panicked"))
-                    .collect::<Result<Vec<_>>>()
-            })?;
-            for (q, f) in parts.into_iter().flatten() {
-                found[q] = f;
-            }
+        (0..n)
+            .step_by(batch)
+            .map(|g| (g, (g + batch).min(n)))
+            .collect()
+    };
+    for (from, to) in groups {
+        for (q, f) in drain(ann, queries, dim, k, from, to, threads)? {
+            found[q] = f;
         }
     }
     let qps = n as f64 / start.elapsed().as_secs_f64();
     Ok((found, qps))
+}
+
+/// Queries `from..to` on `threads` threads, each taking the next query until none is left.
+fn drain(
+    ann: &AnnIndex,
+    queries: &[f32],
+    dim: usize,
+    k: usize,
+    from: usize,
+    to: usize,
+    threads: usize,
+) -> Result<Vec<(usize, Vec<u64>)>> {
+    let next = AtomicUsize::new(from);
+    let parts: Vec<Vec<(usize, Vec<u64>)>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads.clamp(1, (to - from).max(1)))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let q = next.fetch_add(1, Ordering::Relaxed);
+                        if q >= to {
+                            return Ok(mine);
+                        }
+                        let hits = ann.search(&queries[q * dim..(q + 1) * dim], k, None)?;
+                        mine.push((q, hits.into_iter().map(|h| h.0).collect()));
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("a query thread panicked"))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    Ok(parts.into_iter().flatten().collect())
 }
 
 /// The benchmark on `base` / `queries` / `truth` files; filtered searches run through

@@ -48,8 +48,9 @@ impl RetrievalMetrics {
     }
 }
 
-/// Per-query accumulator shared by the device path and the plain-slice path.
-struct Accumulator {
+/// Per-query accumulator of Recall@K and mAP@R, for rankings scored any way (the device
+/// path below, BM25, mixed queries).
+pub struct Accumulator {
     ks: Vec<usize>,
     hits: Vec<usize>,
     ap_sum: f64,
@@ -58,7 +59,7 @@ struct Accumulator {
 }
 
 impl Accumulator {
-    fn new(ks: &[usize]) -> Self {
+    pub fn new(ks: &[usize]) -> Self {
         Self {
             ks: ks.to_vec(),
             hits: vec![0; ks.len()],
@@ -68,8 +69,9 @@ impl Accumulator {
         }
     }
 
-    /// `scores`: similarities of one query to every gallery item. `r`: relevant count.
-    fn add(
+    /// `scores`: similarities of one query to every gallery item. `r`: relevant count
+    /// (`exclude`, the query's own item, not counted in it).
+    pub fn add(
         &mut self,
         scores: &[f32],
         relevant: impl Fn(usize) -> bool,
@@ -111,7 +113,7 @@ impl Accumulator {
         self.counted += 1;
     }
 
-    fn finish(self, queries: usize, gallery: usize) -> RetrievalMetrics {
+    pub fn finish(self, queries: usize, gallery: usize) -> RetrievalMetrics {
         let n = self.counted.max(1) as f64;
         RetrievalMetrics {
             recall: self

@@ -13,12 +13,14 @@
 
 pub mod ann;
 mod filter;
+pub mod layout;
 mod search;
 pub mod searcher;
 pub mod store;
 
 pub use ann::{key_of, AnnConfig, AnnIndex, Metric, Quantization};
 pub use filter::Filter;
+pub use layout::{Layout, TextQuery, TextSpace};
 pub use search::{DeviceIndex, Hit, Selection};
 pub use searcher::{Route, Searcher};
 pub use store::{Store, StoreConfig};
@@ -61,6 +63,8 @@ pub enum IndexError {
     Backend(String),
     #[error("the index is empty")]
     Empty,
+    #[error("{0}")]
+    Query(String),
 }
 
 pub type Result<T> = std::result::Result<T, IndexError>;
@@ -70,8 +74,11 @@ pub type Result<T> = std::result::Result<T, IndexError>;
 pub struct ModelInfo {
     /// Run directory the encoder came from (as given when the index was built).
     pub run: String,
-    /// Architecture name, e.g. "cnn".
+    /// Architecture name, e.g. "cnn" (empty for an index of text embeddings only).
     pub arch: String,
+    /// Each row also (or only) holds a text embedding of one column ([`layout`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextSpace>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -337,6 +344,14 @@ impl Index {
         file.read_exact(&mut header).map_err(io)?;
         let header: IndexHeader = serde_json::from_slice(&header)
             .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+        if let Some(t) = &header.model.text {
+            if t.dim == 0 || t.dim > header.dim {
+                return Err(bad(format!(
+                    "its text embeddings are {}-d but its rows {}-d",
+                    t.dim, header.dim
+                )));
+            }
+        }
         if header.items.len() != header.count {
             return Err(bad(format!(
                 "header lists {} items but count is {}",
@@ -424,6 +439,7 @@ mod tests {
             ModelInfo {
                 run: "runs/x".into(),
                 arch: "cnn".into(),
+                text: None,
             },
         );
         ix.add(item("a", "red"), &[1.0, 0.0]).unwrap();

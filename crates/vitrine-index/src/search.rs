@@ -78,6 +78,9 @@ impl<B: Backend> DeviceIndex<B> {
     pub fn note_removed(&mut self, changed: &[usize], len_after: usize) {
         self.valid = self.valid.min(len_after);
         let valid = self.valid;
+        // Rows at or past `valid` are left out as gone anyway; keeping `stale` below it
+        // makes its size the count `pending` needs.
+        self.stale.split_off(&valid);
         self.stale
             .extend(changed.iter().copied().filter(|&r| r < valid));
     }
@@ -91,7 +94,10 @@ impl<B: Backend> DeviceIndex<B> {
     /// it holds that are gone.
     pub fn pending(&self, index: &Index) -> usize {
         let live = self.live(index);
-        self.stale.range(..live).count() + (index.len() - live) + (self.snapshot - live)
+        // The index only shrinks through removals, which lower `valid` to its length, so
+        // live == valid and every stale row is below it: O(1).
+        debug_assert!(self.stale.last().is_none_or(|&r| r < live));
+        self.stale.len() + (index.len() - live) + (self.snapshot - live)
     }
 
     /// Whether re-uploading the embeddings is due under `config`.
@@ -116,11 +122,25 @@ impl<B: Backend> DeviceIndex<B> {
         max_k: usize,
         filter: &Filter,
     ) -> Result<Vec<Vec<Hit>>> {
+        check_query(index, queries, k, max_k)?;
+        let allowed = filter.allowed_rows(index)?;
+        self.search_rows(index, queries, k, max_k, allowed)
+    }
+
+    /// [`Self::search`] over the rows a filter passes (`allowed`, None: every row), for a
+    /// caller that has already evaluated the filter.
+    pub fn search_rows(
+        &self,
+        index: &Index,
+        queries: &[f32],
+        k: usize,
+        max_k: usize,
+        allowed: Option<Vec<usize>>,
+    ) -> Result<Vec<Vec<Hit>>> {
         let n_queries = check_query(index, queries, k, max_k)?;
         if index.is_empty() {
             return Err(IndexError::Empty);
         }
-        let allowed = filter.allowed_rows(index)?;
         if allowed.as_ref().is_some_and(|rows| rows.is_empty()) {
             return Ok(vec![Vec::new(); n_queries]);
         }
@@ -403,7 +423,7 @@ mod tests {
         let dim = 6;
         let mut x = 5u64;
         let mut ix = Index::new(dim, Default::default());
-        let colour = |i: usize| if i % 3 == 0 { "red" } else { "blue" };
+        let colour = |i: usize| if i.is_multiple_of(3) { "red" } else { "blue" };
         for i in 0..200 {
             let e = random_unit(&mut x, dim);
             ix.add(crate::tests::item(&i.to_string(), colour(i)), &e)

@@ -113,10 +113,10 @@ impl<B: Backend> Searcher<B> {
         check_query(index, queries, k, max_k)?;
         let allowed = filter.allowed_rows(index)?;
         let route = self.route(index, allowed.as_ref().map(Vec::len));
+        if matches!(route, Route::Exact | Route::ExactFiltered) {
+            return self.exact.search_rows(index, queries, k, max_k, allowed);
+        }
         let pass: Option<Vec<bool>> = match (&allowed, route) {
-            (_, Route::Exact | Route::ExactFiltered) => {
-                return self.exact.search(index, queries, k, max_k, filter)
-            }
             (None, _) => None,
             (Some(rows), _) => {
                 let mut bits = vec![false; index.len()];

@@ -18,7 +18,7 @@
 //! ```
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -402,8 +402,8 @@ fn new_log(path: &Path, log_id: u64) -> Result<File> {
         .write(true)
         .open(path)
         .map_err(io_err(path))?;
-    let mut check = [0u8; 16];
-    file.read_exact(&mut check).map_err(io_err(path))?;
+    // Appends go after the header.
+    file.seek(SeekFrom::End(0)).map_err(io_err(path))?;
     Ok(file)
 }
 

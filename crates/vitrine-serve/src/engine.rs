@@ -23,7 +23,7 @@ use vitrine_infer::copy::{
 };
 use vitrine_infer::run::files;
 use vitrine_infer::score::ScoreRun;
-use vitrine_infer::search::{embed_pixels, index_run, results, Encoder, SearchResult};
+use vitrine_infer::search::{embed_pixels, results, Embedders, Encoder, SearchResult};
 use vitrine_infer::InferError;
 
 use crate::config::{BatchConfig, ServeConfig};
@@ -114,7 +114,8 @@ fn queue<J>(name: &'static str, capacity: usize, metrics: &Metrics) -> (Queue<J>
 /// What the search worker tells the request handlers once loaded.
 pub struct SearchMeta {
     pub preprocess: Preprocess,
-    /// The model has a text tower (CLIP): text queries work.
+    /// The index has a text model, or its image model a text tower (CLIP): text queries
+    /// work.
     pub text_queries: bool,
 }
 
@@ -153,10 +154,13 @@ impl Shared {
     }
 }
 
-pub enum Query {
-    Pixels(Vec<u8>),
-    Id(String),
-    Text(String),
+/// A checked query: a photo (preprocessed pixels) or an item, a text, or one of the first
+/// two with a text mixed by `text_weight`.
+pub struct Query {
+    pub pixels: Option<Vec<u8>>,
+    pub id: Option<String>,
+    pub text: Option<String>,
+    pub text_weight: f32,
 }
 
 pub enum SearchJob {
@@ -185,7 +189,9 @@ impl SearchJob {
     fn images(&self) -> usize {
         match self {
             Self::Query {
-                query: Query::Pixels(_),
+                query: Query {
+                    pixels: Some(_), ..
+                },
                 ..
             }
             | Self::Add { .. } => 1,
@@ -437,7 +443,8 @@ fn upload_path(dir: &Path, id: &str, ext: &str) -> PathBuf {
 }
 
 struct SearchWorker<B: Backend> {
-    encoder: Encoder<B>,
+    /// The image encoder (always there: checked at load) and the index's text model.
+    embedders: Embedders<B>,
     index: Index,
     /// Exact search on the device, or the index's HNSW graph.
     searcher: Searcher<B>,
@@ -470,9 +477,13 @@ impl<B: Backend> SearchWorker<B> {
         let open = |path: &Path| {
             Store::open(path, writes.clone()).map_err(|e| load_err(what("index"), e.into()))
         };
-        let (encoder, (store, index), index_path) = if spec.is_dir() {
+        let (embedders, (store, index), index_path) = if spec.is_dir() {
             let encoder =
                 Encoder::<B>::load(spec, device).map_err(|e| load_err(what("search run"), e))?;
+            let embedders = Embedders {
+                image: Some(encoder),
+                text: None,
+            };
             let index_path = spec.join(files::INDEX);
             let opened = if index_path.exists() {
                 open(&index_path)?
@@ -481,7 +492,7 @@ impl<B: Backend> SearchWorker<B> {
                     "serve: building {} from the run's catalogue",
                     index_path.display()
                 );
-                let (mut index, report) = encoder
+                let (mut index, report) = embedders
                     .build_index(None, true, true)
                     .map_err(|e| load_err(what("catalogue of"), e))?;
                 if report.data.skipped > 0 {
@@ -491,19 +502,20 @@ impl<B: Backend> SearchWorker<B> {
                     .map_err(|e| load_err(what("index of"), e.into()))?;
                 (store, index)
             };
-            (encoder, opened, index_path)
+            (embedders, opened, index_path)
         } else {
             let (store, index) = open(spec)?;
-            let run = index_run(&index, None).map_err(|e| load_err(what("index"), e))?;
-            let encoder = Encoder::<B>::load(&run, device).map_err(|e| {
-                load_err(
-                    format!("the run {} of index {}", run.display(), spec.display()),
-                    e,
-                )
-            })?;
-            (encoder, (store, index), spec.to_path_buf())
+            let embedders = Embedders::<B>::for_index(&index, None, device)
+                .map_err(|e| load_err(format!("the models of index {}", spec.display()), e))?;
+            (embedders, (store, index), spec.to_path_buf())
         };
-        if encoder.config.model.embed_dim() != index.dim {
+        let Some(encoder) = embedders.image.as_ref() else {
+            return Err(ServeError::Config(format!(
+                "{} holds only text embeddings: serving needs an index with an image model (index build --run)",
+                index_path.display()
+            )));
+        };
+        if vitrine_index::Layout::of(&index).image != encoder.config.model.embed_dim() {
             return Err(ServeError::Config(format!(
                 "{} holds {}-d embeddings but its run's encoder makes {}-d ones: rebuild the index",
                 index_path.display(),
@@ -526,7 +538,7 @@ impl<B: Backend> SearchWorker<B> {
         }
         let _ = shared.search.set(SearchMeta {
             preprocess: encoder.config.preprocess.clone(),
-            text_queries: encoder.text.is_some(),
+            text_queries: encoder.text.is_some() || embedders.text.is_some(),
         });
         let uploads = index_path.with_extension("images");
         let mut uploaded = HashMap::new();
@@ -557,7 +569,7 @@ impl<B: Backend> SearchWorker<B> {
             uploads,
             uploaded,
             device_stale: false,
-            encoder,
+            embedders,
             index,
             index_path,
             catalog_images,
@@ -657,14 +669,22 @@ impl<B: Backend> SearchWorker<B> {
         }
     }
 
+    fn encoder(&self) -> &Encoder<B> {
+        self.embedders.image.as_ref().expect("checked at load")
+    }
+
     fn process(&mut self, jobs: Vec<SearchJob>, max_k: usize, shared: &Shared) {
         // One forward pass for every image in the batch.
-        let p = &self.encoder.config.preprocess;
+        let encoder = self.encoder();
+        let p = &encoder.config.preprocess;
         let mut pixels = Vec::new();
         for j in &jobs {
             match j {
                 SearchJob::Query {
-                    query: Query::Pixels(px),
+                    query:
+                        Query {
+                            pixels: Some(px), ..
+                        },
                     ..
                 }
                 | SearchJob::Add { pixels: px, .. } => pixels.extend_from_slice(px),
@@ -674,18 +694,11 @@ impl<B: Backend> SearchWorker<B> {
         let images = pixels.len() / p.pixel_len().max(1);
         let embeddings = if images > 0 {
             shared.metrics.record_batch("search", images);
-            embed_pixels(
-                &self.encoder.model,
-                &pixels,
-                p,
-                images,
-                &self.encoder.device,
-                None,
-            )
+            embed_pixels(&encoder.model, &pixels, p, images, &encoder.device, None)
         } else {
             Vec::new()
         };
-        let dim = self.index.dim;
+        let dim = encoder.config.model.embed_dim();
         let mut rows = embeddings.chunks(dim);
         for job in jobs {
             let emb = if job.images() > 0 { rows.next() } else { None };
@@ -739,17 +752,23 @@ impl<B: Backend> SearchWorker<B> {
                 "the index's device copy is being rebuilt after a failure",
             ));
         }
-        let q: Vec<f32> = match (query, emb) {
-            (Query::Pixels(_), Some(e)) => e.to_vec(),
-            (Query::Pixels(_), None) => return Err(ApiError::Internal("missing embedding".into())),
-            (Query::Id(id), _) => {
-                let row = self.index.row_of(&id).ok_or_else(|| {
-                    ApiError::NotFound(format!("item id {id:?} is not in the catalogue"))
-                })?;
-                self.index.embedding(row).unwrap_or_default().to_vec()
+        if query.pixels.is_some() && emb.is_none() {
+            return Err(ApiError::Internal("missing embedding".into()));
+        }
+        if let Some(id) = &query.id {
+            if self.index.row_of(id).is_none() {
+                return Err(ApiError::NotFound(format!(
+                    "item id {id:?} is not in the catalogue"
+                )));
             }
-            (Query::Text(t), _) => self.encoder.embed_texts(&[t])?,
-        };
+        }
+        let q = self.embedders.query(
+            &self.index,
+            emb,
+            query.id.as_deref(),
+            query.text.as_deref(),
+            query.text_weight,
+        )?;
         let hits = self.searcher.search(&self.index, &q, k, max_k, filter)?;
         Ok(results(&self.index, hits).pop().unwrap_or_default())
     }
@@ -769,6 +788,9 @@ impl<B: Backend> SearchWorker<B> {
             id: id.clone(),
             attrs,
         };
+        // The row: the photo's embedding, and the text part from the item's text column.
+        let row = self.embedders.item_row(&self.index, &item, Some(emb))?;
+        let emb = row.as_slice();
         self.index.check_adds([(&item, emb)])?;
         // A file left by an earlier item of this id (a failed removal) must not shadow this one.
         for other in UPLOAD_EXTS.iter().filter(|e| **e != ext) {
@@ -855,7 +877,7 @@ impl<B: Backend> SearchWorker<B> {
                     &self.index,
                     &self.index_path,
                     replayed,
-                    &self.encoder.device,
+                    &self.encoder().device,
                 ) {
                     Ok(s) => {
                         self.searcher = s;

@@ -156,12 +156,13 @@ impl From<IndexError> for ApiError {
                 Self::invalid("filters", e.to_string())
             }
             IndexError::DuplicateId(_) | IndexError::KeyClash(_) => Self::Conflict(e.to_string()),
-            IndexError::NonFinite { .. } | IndexError::Dim { .. } | IndexError::Empty => {
-                Self::Invalid {
-                    field: None,
-                    message: e.to_string(),
-                }
-            }
+            IndexError::NonFinite { .. }
+            | IndexError::Dim { .. }
+            | IndexError::Empty
+            | IndexError::Query(_) => Self::Invalid {
+                field: None,
+                message: e.to_string(),
+            },
             IndexError::Io { .. } | IndexError::Format { .. } | IndexError::Backend(_) => {
                 Self::Internal(e.to_string())
             }

@@ -308,7 +308,7 @@ async fn search(State(s): St, req: Request) -> Result<Json<SearchResponse>, ApiE
     if raw.text.is_some() && !meta.text_queries {
         return Err(ApiError::invalid(
             "text",
-            "text queries need a CLIP model; this catalogue's encoder reads images only",
+            "text queries need an index built with a text model (index build --text-model) or a CLIP model; this catalogue's encoder reads images only",
         ));
     }
     let (k, filter) = (raw.k, raw.filter.clone());

@@ -22,7 +22,8 @@ use crate::config::ServeLimits;
 use crate::engine::Query;
 use crate::error::ApiError;
 
-/// `POST /v1/search` as JSON. Exactly one of `image`, `id` and `text`.
+/// `POST /v1/search` as JSON: `image`, `id` or `text`, or `text` with one of the others
+/// (a mixed query: "this photo, but in red").
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SearchRequest {
@@ -30,8 +31,11 @@ pub struct SearchRequest {
     pub image: Option<String>,
     /// Search with a catalogue item's own embedding.
     pub id: Option<String>,
-    /// Words (CLIP models only).
+    /// Words (an index built with a text model, or a CLIP model).
     pub text: Option<String>,
+    /// With `text` and `image` (or `id`): the text's share of the score, in [0, 1]
+    /// (default 0.5): score = (1 - w) · image similarity + w · text similarity.
+    pub text_weight: Option<f32>,
     /// Results wanted (default 10, at most `limits.max_k`).
     pub k: Option<usize>,
     /// Metadata filters: column → value, or column → [values] (any of them).
@@ -302,46 +306,62 @@ pub struct RawSearch {
     pub image: Option<Vec<u8>>,
     pub id: Option<String>,
     pub text: Option<String>,
+    pub text_weight: f32,
     pub k: usize,
     pub filter: Filter,
 }
 
 pub fn search_request(body: Body, limits: &ServeLimits) -> Result<RawSearch, ApiError> {
-    let (image, id, text, k, filters) = match body {
+    let (image, id, text, text_weight, k, filters) = match body {
         Body::Json(bytes) => {
             let r: SearchRequest = parse_json(&bytes)?;
             let image = r.image.map(|t| base64_image("image", &t)).transpose()?;
-            (image, r.id, r.text, r.k, r.filters)
+            (image, r.id, r.text, r.text_weight, r.k, r.filters)
         }
         Body::Multipart(parts) => {
             let (mut image, mut id, mut text, mut k) = (None, None, None, None);
+            let mut text_weight = None;
             let mut filters = BTreeMap::new();
             for p in parts {
                 match p.name.as_str() {
                     "image" => image = Some(p.data.to_vec()),
                     "id" => id = Some(p.text()?),
                     "text" => text = Some(p.text()?),
+                    "text_weight" => {
+                        text_weight = Some(p.text()?.trim().parse::<f32>().map_err(|_| {
+                            ApiError::invalid("text_weight", "text_weight: not a number")
+                        })?)
+                    }
                     "k" => k = Some(parse_usize(&p)?),
                     "filters" => filters = parse_json(p.text()?.as_bytes())?,
                     other => {
                         return Err(ApiError::invalid(
                             other,
-                            format!("unknown part {other:?}: expected image, id, text, k, filters"),
+                            format!("unknown part {other:?}: expected image, id, text, text_weight, k, filters"),
                         ))
                     }
                 }
             }
-            (image, id, text, k, filters)
+            (image, id, text, text_weight, k, filters)
         }
     };
-    let given = [image.is_some(), id.is_some(), text.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
-    if given != 1 {
+    if image.is_some() && id.is_some() {
         return Err(ApiError::invalid(
             "image",
-            "give exactly one of image, id and text",
+            "give an image or an id, not both (either may come with a text)",
+        ));
+    }
+    if image.is_none() && id.is_none() && text.is_none() {
+        return Err(ApiError::invalid(
+            "image",
+            "give an image, an id or a text (or a text with one of the others)",
+        ));
+    }
+    let text_weight = text_weight.unwrap_or(vitrine_infer::search::DEFAULT_TEXT_WEIGHT);
+    if !(0.0..=1.0).contains(&text_weight) {
+        return Err(ApiError::invalid(
+            "text_weight",
+            format!("text_weight = {text_weight}: allowed 0..=1"),
         ));
     }
     if let Some(t) = &text {
@@ -381,6 +401,7 @@ pub fn search_request(body: Body, limits: &ServeLimits) -> Result<RawSearch, Api
         image,
         id,
         text,
+        text_weight,
         k,
         filter,
     })
@@ -410,11 +431,11 @@ fn check_text(field: &str, text: &str, max: usize, limit: &str) -> Result<(), Ap
 impl RawSearch {
     /// The query, with its image decoded within the limits and preprocessed for `p`.
     pub fn into_query(self, p: &Preprocess, limits: &ServeLimits) -> Result<Query, ApiError> {
-        Ok(match (self.image, self.id, self.text) {
-            (Some(bytes), _, _) => Query::Pixels(pixels(&bytes, p, limits)?),
-            (_, Some(id), _) => Query::Id(id),
-            (_, _, Some(text)) => Query::Text(text),
-            _ => unreachable!("search_request checked that one is given"),
+        Ok(Query {
+            pixels: self.image.map(|b| pixels(&b, p, limits)).transpose()?,
+            id: self.id,
+            text: self.text,
+            text_weight: self.text_weight,
         })
     }
 }
@@ -779,14 +800,31 @@ mod tests {
     }
 
     #[test]
-    fn search_needs_exactly_one_query_and_valid_json() {
+    fn search_needs_a_query_and_valid_json() {
         let l = limits();
         let e = search_request(json(serde_json::json!({"k": 1})), &l)
             .err()
             .unwrap();
         assert_eq!(e.status(), axum::http::StatusCode::UNPROCESSABLE_ENTITY);
-        let both = serde_json::json!({"id": "1", "text": "red"});
-        assert!(search_request(json(both), &l).is_err());
+        let both = serde_json::json!({"id": "1", "image": "aGk="});
+        let e = search_request(json(both), &l).err().unwrap();
+        assert!(e.to_string().contains("not both"), "{e}");
+        // A text mixes with an id; its weight defaults, and is checked at and past [0, 1].
+        let mixed =
+            search_request(json(serde_json::json!({"id": "1", "text": "red"})), &l).unwrap();
+        assert_eq!(
+            mixed.text_weight,
+            vitrine_infer::search::DEFAULT_TEXT_WEIGHT
+        );
+        for w in [0.0, 1.0] {
+            let r = serde_json::json!({"id": "1", "text": "red", "text_weight": w});
+            assert_eq!(search_request(json(r), &l).unwrap().text_weight, w);
+        }
+        for w in [-0.01, 1.01] {
+            let r = serde_json::json!({"id": "1", "text": "red", "text_weight": w});
+            let e = search_request(json(r), &l).err().unwrap();
+            assert_eq!(e.body().field.as_deref(), Some("text_weight"), "{e}");
+        }
         let e = search_request(Body::Json(Bytes::from("{\"id\": ")), &l)
             .err()
             .unwrap();

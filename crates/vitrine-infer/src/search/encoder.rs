@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use serde::Serialize;
+use vitrine_data::catalog::Catalog;
 use vitrine_data::catalog::LoadReport;
-use vitrine_data::catalog::{Catalog, CatalogConfig};
 use vitrine_data::image_io::load_image;
 use vitrine_data::transform::{to_pixels, Augment};
-use vitrine_index::{Index, IndexItem, ModelInfo};
+use vitrine_index::{IndexItem, ModelInfo};
 use vitrine_models::{ImageEncoder, ImageEncoderConfig};
 
 use super::config::SearchRunConfig;
@@ -70,7 +70,7 @@ impl<B: Backend> Encoder<B> {
         match &self.text {
             Some(t) => t.embed(texts),
             None => Err(InferError::Invalid(format!(
-                "text queries need an index built with a CLIP model (with its tokenizer.json); {} is {}",
+                "text queries need an index built with a text model (--text-model) or a CLIP model (with its tokenizer.json); {} is {}",
                 self.run.path.display(),
                 self.pretrained.map_or("a trained image-only run".to_string(), |a| format!("a pretrained {a} image encoder"))
             ))),
@@ -130,7 +130,7 @@ impl<B: Backend> Encoder<B> {
         out
     }
 
-    fn model_info(&self) -> ModelInfo {
+    pub(crate) fn model_info(&self) -> ModelInfo {
         let arch = match (self.pretrained, &self.config.model) {
             (Some(a), _) => a,
             (None, ImageEncoderConfig::Cnn(_)) => "cnn",
@@ -140,71 +140,12 @@ impl<B: Backend> Encoder<B> {
         ModelInfo {
             run: run.display().to_string(),
             arch: arch.into(),
+            text: None,
         }
-    }
-
-    /// Embeds a catalogue's items into `index` (all-or-nothing on duplicate ids).
-    pub fn add_catalog(
-        &self,
-        index: &mut Index,
-        catalog: &CatalogConfig,
-        skip_bad: bool,
-        quiet: bool,
-    ) -> Result<AddReport> {
-        let (cat, mut report) = Catalog::open(catalog, skip_bad)?;
-        for item in &cat.items {
-            if index.row_of(&item.id).is_some() {
-                return Err(vitrine_index::IndexError::DuplicateId(item.id.clone()).into());
-            }
-        }
-        let all: Vec<usize> = (0..cat.len()).collect();
-        let (kept, emb) = self.embed_items(
-            &cat,
-            &all,
-            &catalog.limits,
-            skip_bad,
-            &mut report,
-            "embed",
-            quiet,
-        )?;
-        let dim = index.dim;
-        // Validate every row before touching the index, so a failure adds nothing.
-        let mut staged = index.clone();
-        for (row, &i) in kept.iter().enumerate() {
-            let item = &cat.items[i];
-            staged.add(item_of(item), &emb[row * dim..(row + 1) * dim])?;
-        }
-        *index = staged;
-        Ok(AddReport {
-            added: kept.len(),
-            data: report,
-        })
-    }
-
-    /// Builds a new index of a catalogue (the run's training catalogue by default).
-    pub fn build_index(
-        &self,
-        catalog: Option<&CatalogConfig>,
-        skip_bad: bool,
-        quiet: bool,
-    ) -> Result<(Index, AddReport)> {
-        if catalog.is_none() && self.pretrained.is_some() {
-            return Err(InferError::Invalid(
-                "a pretrained model has no training catalogue: name the items to index (--csv/--images, --image-folder or --idx-images)".into(),
-            ));
-        }
-        let mut index = Index::new(self.config.model.embed_dim(), self.model_info());
-        let report = self.add_catalog(
-            &mut index,
-            catalog.unwrap_or(&self.config.data),
-            skip_bad,
-            quiet,
-        )?;
-        Ok((index, report))
     }
 }
 
-fn item_of(item: &vitrine_data::catalog::Item) -> IndexItem {
+pub(crate) fn item_of(item: &vitrine_data::catalog::Item) -> IndexItem {
     let mut attrs: BTreeMap<String, String> = item.attrs.clone();
     if let Some(title) = &item.title {
         attrs.entry("title".into()).or_insert_with(|| title.clone());

@@ -1,4 +1,5 @@
-//! Answering queries against an index: embed the query, exact top-k, attach metadata.
+//! Answering queries against an index: embed the query (image, item, text or a mix), search,
+//! attach metadata.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,7 @@ use burn::tensor::backend::Backend;
 use serde::Serialize;
 use vitrine_index::{Filter, Index, Searcher};
 
-use super::encoder::Encoder;
+use super::embedders::Embedders;
 use crate::error::{InferError, Result};
 
 /// One ranked result with its metadata.
@@ -20,52 +21,92 @@ pub struct SearchResult {
     pub attrs: BTreeMap<String, String>,
 }
 
-/// What a query is: image files (one ranking each), an item already in the index, or
-/// texts (CLIP indexes; one ranking each).
-pub enum Query<'a> {
-    Images(&'a [PathBuf]),
-    ItemId(&'a str),
-    Texts(&'a [String]),
+/// The text's share of a mixed query's score unless one is given (CLI and server).
+pub const DEFAULT_TEXT_WEIGHT: f32 = 0.5;
+
+/// What a query is: image files, an item already in the index, texts, or an image (or
+/// the item) and a text mixed by `text_weight`. One ranking per image or text; when both
+/// are given they pair up in order, and a single one goes with each of the others.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<'a> {
+    pub images: &'a [PathBuf],
+    pub id: Option<&'a str>,
+    pub texts: &'a [String],
+    /// Share of the text's similarity in a mixed query, in [0, 1].
+    pub text_weight: f32,
+}
+
+impl Query<'_> {
+    /// How many rankings the query makes.
+    pub fn rankings(&self) -> Result<usize> {
+        if !self.images.is_empty() && self.id.is_some() {
+            return Err(InferError::Invalid(
+                "give query images or an item id, not both".into(),
+            ));
+        }
+        let images = if self.id.is_some() {
+            1
+        } else {
+            self.images.len()
+        };
+        let texts = self.texts.len();
+        match (images, texts) {
+            (0, 0) => Err(InferError::Invalid(
+                "a query needs an image, an item id or a text".into(),
+            )),
+            (a, b) if a == b || a.min(b) <= 1 => Ok(a.max(b)),
+            (a, b) => Err(InferError::Invalid(format!(
+                "{a} images and {b} texts: give as many of each, or one of either"
+            ))),
+        }
+    }
 }
 
 /// Embeds the query and answers it through `searcher` (exact or the index's graph).
 pub fn search<B: Backend>(
     index: &Index,
     searcher: &Searcher<B>,
-    encoder: &Encoder<B>,
-    query: Query<'_>,
+    embedders: &Embedders<B>,
+    query: &Query<'_>,
     k: usize,
     max_k: usize,
     filter: &Filter,
 ) -> Result<Vec<Vec<SearchResult>>> {
-    let queries = query_embeddings(index, encoder, query)?;
+    let queries = query_embeddings(index, embedders, query)?;
     let hits = searcher.search(index, &queries, k, max_k, filter)?;
     Ok(results(index, hits))
 }
 
-/// Row-major query embeddings, after checking the encoder makes the index's kind.
+/// Row-major query vectors, one per ranking.
 pub fn query_embeddings<B: Backend>(
     index: &Index,
-    encoder: &Encoder<B>,
-    query: Query<'_>,
+    embedders: &Embedders<B>,
+    query: &Query<'_>,
 ) -> Result<Vec<f32>> {
-    if encoder.config.model.embed_dim() != index.dim {
-        return Err(InferError::Invalid(format!(
-            "the index holds {}-d embeddings but the run's encoder makes {}-d ones: rebuild the index with this run",
-            index.dim,
-            encoder.config.model.embed_dim()
-        )));
+    let n = query.rankings()?;
+    let images = if query.images.is_empty() {
+        Vec::new()
+    } else {
+        let encoder = embedders.image.as_ref().ok_or_else(|| {
+            InferError::Invalid(
+                "this index holds only text embeddings: query it with a text or an item id".into(),
+            )
+        })?;
+        encoder.embed_files(query.images)?
+    };
+    let image_dim = images.len() / query.images.len().max(1);
+    let pick = |len: usize, i: usize| if len == 1 { 0 } else { i };
+    let mut out = Vec::with_capacity(n * index.dim);
+    for i in 0..n {
+        let image = (!query.images.is_empty()).then(|| {
+            let j = pick(query.images.len(), i);
+            &images[j * image_dim..(j + 1) * image_dim]
+        });
+        let text =
+            (!query.texts.is_empty()).then(|| query.texts[pick(query.texts.len(), i)].as_str());
+        out.extend(embedders.query(index, image, query.id, text, query.text_weight)?);
     }
-    Ok(match query {
-        Query::Images(paths) => encoder.embed_files(paths)?,
-        Query::Texts(texts) => encoder.embed_texts(texts)?,
-        Query::ItemId(id) => {
-            let row = index
-                .row_of(id)
-                .ok_or_else(|| vitrine_index::IndexError::UnknownId(id.to_string()))?;
-            index.embedding(row).expect("row exists").to_vec()
-        }
-    })
+    Ok(out)
 }
 
 /// Index hits with their ranks and metadata.

@@ -25,6 +25,8 @@ metric=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['metric']
 # (a second graph build).
 filters=(--filters 0.5,0.05,0.005)
 [ "$kind" = clustered ] && filters=()
+# NO_FILTERS=1 skips them (speed runs only).
+[ -n "${NO_FILTERS:-}" ] && filters=()
 # ANN_CONFIG=F: graph parameters (AnnConfig TOML, e.g. quantization = "f16"); SKIP_FAISS=1
 # reuses the last faiss report.
 ann=()

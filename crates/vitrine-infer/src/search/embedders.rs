@@ -2,7 +2,7 @@
 //! pretrained ViT / CLIP), a sentence encoder over one text column, or both (a hybrid
 //! index, see [`vitrine_index::layout`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use vitrine_data::catalog::{Catalog, CatalogConfig};
@@ -40,7 +40,7 @@ impl<B: Backend> Embedders<B> {
     pub fn for_index(index: &Index, run: Option<&Path>, device: &B::Device) -> Result<Self> {
         let layout = Layout::of(index);
         let image = if layout.image > 0 {
-            let run = super::query::index_run(index, run)?;
+            let run = index_run(index, run)?;
             let encoder = Encoder::load(&run, device)?;
             if encoder.config.model.embed_dim() != layout.image {
                 return Err(InferError::Invalid(format!(
@@ -125,7 +125,7 @@ impl<B: Backend> Embedders<B> {
             }
         }
         let all: Vec<usize> = (0..cat.len()).collect();
-        let (mut kept, mut images) = match &self.image {
+        let (kept, mut images) = match &self.image {
             Some(e) => {
                 let (kept, emb) = e.embed_items(
                     &cat,
@@ -160,7 +160,7 @@ impl<B: Backend> Embedders<B> {
                         Err(e) => return Err(e),
                     }
                 }
-                retain_rows(&mut items, &mut kept, images.as_mut(), layout.image, &keep);
+                retain_rows(&mut items, images.as_mut(), layout.image, &keep);
                 let bar = progress_bar(texts.len(), "embed texts", quiet);
                 let mut emb = Vec::with_capacity(texts.len() * t.space.dim);
                 for chunk in texts.chunks(256) {
@@ -263,10 +263,20 @@ impl<B: Backend> Embedders<B> {
     }
 }
 
+/// Resolves the run an index was built with: the `--run` given, or the one recorded in it.
+pub fn index_run(index: &Index, run: Option<&Path>) -> Result<PathBuf> {
+    match run {
+        Some(r) => Ok(r.to_owned()),
+        None if !index.model.run.is_empty() => Ok(PathBuf::from(&index.model.run)),
+        None => Err(InferError::Invalid(
+            "the index records no run: pass --run".into(),
+        )),
+    }
+}
+
 /// Keeps the items (and their image rows) whose `keep` is true.
 fn retain_rows(
     items: &mut Vec<IndexItem>,
-    kept: &mut Vec<usize>,
     images: Option<&mut Vec<f32>>,
     dim: usize,
     keep: &[bool],
@@ -276,8 +286,6 @@ fn retain_rows(
     }
     let mut flags = keep.iter();
     items.retain(|_| *flags.next().expect("one flag per item"));
-    let mut flags = keep.iter();
-    kept.retain(|_| *flags.next().expect("one flag per item"));
     if let Some(images) = images {
         let old = std::mem::take(images);
         for (row, chunk) in old.chunks(dim).enumerate() {

@@ -13,9 +13,7 @@ pub use config::{
     SearchRunConfig, SearchTrain, SplitConfig, SplitRecord, TrainConfig,
 };
 pub use embed::{batch_tensor, embed_catalog, embed_pixels};
-pub use embedders::Embedders;
+pub use embedders::{index_run, Embedders};
 pub use encoder::{AddReport, Encoder};
-pub use query::{
-    index_run, query_embeddings, results, search, Query, SearchResult, DEFAULT_TEXT_WEIGHT,
-};
+pub use query::{query_embeddings, results, search, Query, SearchResult, DEFAULT_TEXT_WEIGHT};
 pub use text::TextSide;

@@ -2,7 +2,7 @@
 //! attach metadata.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
 use serde::Serialize;
@@ -131,15 +131,4 @@ pub fn results(index: &Index, hits: Vec<Vec<vitrine_index::Hit>>) -> Vec<Vec<Sea
                 .collect()
         })
         .collect()
-}
-
-/// Resolves the run an index was built with: the `--run` given, or the one recorded in it.
-pub fn index_run(index: &Index, run: Option<&Path>) -> Result<PathBuf> {
-    match run {
-        Some(r) => Ok(r.to_owned()),
-        None if !index.model.run.is_empty() => Ok(PathBuf::from(&index.model.run)),
-        None => Err(InferError::Invalid(
-            "the index records no run: pass --run".into(),
-        )),
-    }
 }

@@ -119,6 +119,10 @@ pub struct LoopConfig {
     pub weight_decay: f64,
     pub beta_1: f64,
     pub beta_2: f64,
+    /// Adam's denominator term, `m / (sqrt(v) + epsilon)`. The default is Burn's 1e-5 (the
+    /// recipes were tuned with it); PyTorch's is 1e-8, which matters when fine-tuning a
+    /// pretrained model at a small learning rate, where many gradients are tiny.
+    pub epsilon: f64,
     /// Per-parameter gradient-norm clip (0 = off).
     pub grad_clip: f64,
     /// Also checkpoint every N steps inside an epoch (0 = only at epoch ends).
@@ -136,12 +140,16 @@ impl Default for LoopConfig {
             weight_decay: 0.01,
             beta_1: 0.9,
             beta_2: 0.99,
+            epsilon: DEFAULT_EPSILON,
             grad_clip: 1.0,
             checkpoint_every_steps: 0,
             log_every_steps: 50,
         }
     }
 }
+
+/// Adam's epsilon unless a config says otherwise (Burn's default).
+pub const DEFAULT_EPSILON: f64 = 1e-5;
 
 impl LoopConfig {
     /// Checks what every `[train]` section shares (names as in the config file).
@@ -163,6 +171,12 @@ impl LoopConfig {
             if !(0.0..1.0).contains(&b) {
                 return bad(format!("train.{name} = {b} (allowed 0 <= beta < 1)"));
             }
+        }
+        if !(self.epsilon > 0.0 && self.epsilon <= 1.0) {
+            return bad(format!(
+                "train.epsilon = {} (allowed 0 < epsilon <= 1)",
+                self.epsilon
+            ));
         }
         let s = &self.schedule;
         if !(s.lr > 0.0) || s.min_lr < 0.0 {
@@ -308,5 +322,39 @@ pub fn resolve_init_path(init: &mut Option<String>, base: &Path) {
                 .display()
                 .to_string();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loop_limits_at_and_past_the_edge() {
+        // Whether the default loop settings with `change` applied validate.
+        let valid = |change: fn(&mut LoopConfig)| {
+            let mut c = LoopConfig::default();
+            change(&mut c);
+            c.validate().is_ok()
+        };
+        assert!(valid(|_| ()));
+        assert!(valid(|c| (c.epochs, c.batch_size) = (100_000, 65_536)));
+        assert!(!valid(|c| c.epochs = 100_001));
+        assert!(!valid(|c| c.batch_size = 65_537));
+        assert!(!valid(|c| c.beta_2 = 1.0));
+        // Epsilon: any positive value up to 1; zero (a division by sqrt(v) alone) is refused.
+        assert!(valid(|c| c.epsilon = 1e-12));
+        assert!(valid(|c| c.epsilon = 1.0));
+        assert!(!valid(|c| c.epsilon = 0.0));
+        assert!(!valid(|c| c.epsilon = 1.0 + 1e-9));
+        assert!(!valid(|c| c.epsilon = f64::NAN));
+    }
+
+    #[test]
+    fn epsilon_defaults_to_burns_and_reads_from_the_config() {
+        let c: LoopConfig = toml::from_str("epochs = 2").unwrap();
+        assert_eq!(c.epsilon, DEFAULT_EPSILON);
+        let c: LoopConfig = toml::from_str("epsilon = 1e-8").unwrap();
+        assert_eq!(c.epsilon, 1e-8);
     }
 }

@@ -107,13 +107,14 @@ pub struct FitSummary {
     pub stopped_early: bool,
 }
 
-/// The optimiser every run uses: AdamW with the config's betas, weight decay and clipping.
+/// The optimiser every run uses: AdamW with the config's betas, epsilon, weight decay and clipping.
 pub fn optimizer<B: AutodiffBackend, M: AutodiffModule<B>>(
     cfg: &LoopConfig,
 ) -> OptimizerAdaptor<AdamW, M, B> {
     AdamWConfig::new()
         .with_beta_1(cfg.beta_1 as f32)
         .with_beta_2(cfg.beta_2 as f32)
+        .with_epsilon(cfg.epsilon as f32)
         .with_weight_decay(cfg.weight_decay as f32)
         .with_grad_clipping(
             (cfg.grad_clip > 0.0).then_some(GradientClippingConfig::Norm(cfg.grad_clip as f32)),

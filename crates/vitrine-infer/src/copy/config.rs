@@ -60,6 +60,7 @@ impl TrainExtras for LmTrain {
             weight_decay: 0.1,
             beta_1: 0.9,
             beta_2: 0.99,
+            epsilon: crate::config::DEFAULT_EPSILON,
             grad_clip: 1.0,
             checkpoint_every_steps: 0,
             log_every_steps: 100,

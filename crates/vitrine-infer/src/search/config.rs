@@ -78,6 +78,7 @@ impl TrainExtras for SearchTrain {
             weight_decay: 1e-4,
             beta_1: 0.9,
             beta_2: 0.999,
+            epsilon: crate::config::DEFAULT_EPSILON,
             grad_clip: 0.0,
             checkpoint_every_steps: 0,
             log_every_steps: 100,

@@ -120,7 +120,7 @@ pub struct LoopConfig {
     pub beta_1: f64,
     pub beta_2: f64,
     /// Adam's denominator term, `m / (sqrt(v) + epsilon)`. The default is Burn's 1e-5 (the
-    /// recipes were tuned with it); PyTorch's is 1e-8, which matters when fine-tuning a
+    /// recipes were tuned with it); PyTorch's is 1e-8, which can matter when fine-tuning a
     /// pretrained model at a small learning rate, where many gradients are tiny.
     pub epsilon: f64,
     /// Per-parameter gradient-norm clip (0 = off).

@@ -34,6 +34,7 @@ use crate::encoder::{ImageEncoder, ImageEncoderConfig};
 use crate::error::{invalid, unknown_preset, ModelError};
 use crate::gpt::{is_gpt2_buffer, Gpt, GptConfig, KvCache};
 use crate::hf::{fill, load_checkpoint, set_identity, HfConfig, HfError, Layout, Loaded, Weights};
+use crate::transformer::linear_rows;
 use crate::vit::VitConfig;
 
 /// Encoder + decoder hyper-parameters. In TOML, `preset = "cpu"` fills both halves; an
@@ -201,7 +202,7 @@ impl<B: Backend> Captioner<B> {
         tokens: Tensor<B, 3>,
         embedding: Option<Tensor<B, 2>>,
     ) -> Tensor<B, 3> {
-        let cells = self.proj.forward(tokens) + self.mem_pos.val();
+        let cells = linear_rows(&self.proj, tokens) + self.mem_pos.val();
         match (&self.global, embedding) {
             (Some(g), Some(e)) => Tensor::cat(vec![cells, g.forward(e).unsqueeze_dim(1)], 1),
             _ => cells,

@@ -23,6 +23,18 @@ use serde::{Deserialize, Serialize};
 use crate::error::{check_range, invalid, ModelError};
 use crate::hf::{Layout, Weights};
 
+/// `lin` applied to every position of x [B, T, Din] -> [B, T, Dout], as one [B*T, Din]
+/// product. Burn 0.21's linear backward on a 3-D input forms a [B, Din, Dout] weight
+/// gradient (one small product per row, K = T) and then sums it over B: on CPU that is
+/// hundreds of MB written and summed per layer per step. Flattening first makes the weight
+/// gradient a single product with K = B*T; the forward values are the same.
+pub(crate) fn linear_rows<B: Backend>(lin: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, t, d] = x.dims();
+    let y = lin.forward(x.reshape([b * t, d])); // [B*T, Dout]
+    let out = y.dims()[1];
+    y.reshape([b, t, out])
+}
+
 /// Hyper-parameters of one block (no serde: the owning model's config carries them).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BlockConfig {
@@ -160,30 +172,30 @@ impl<B: Backend> Attention<B> {
         let attn = softmax(scores, 3);
         // [B, H, T, dk] -> [B, T, D]
         let ctx = attn.matmul(v).swap_dims(1, 2).reshape([b, t, h * dk]);
-        self.out.forward(ctx)
+        linear_rows(&self.out, ctx)
     }
 
     /// Keys and values of an encoder's tokens, computed once per input and reused at every
     /// decoding step: [B, S, D] -> [B, H, S, dk] each.
     pub fn memory_kv(&self, memory: Tensor<B, 3>) -> LayerKv<B> {
         LayerKv {
-            k: self.split_heads(self.key.forward(memory.clone())),
-            v: self.split_heads(self.value.forward(memory)),
+            k: self.split_heads(linear_rows(&self.key, memory.clone())),
+            v: self.split_heads(linear_rows(&self.value, memory)),
         }
     }
 
     /// Cross-attention of x [B, T, D] over `memory` (from [`Attention::memory_kv`]).
     pub fn forward_cross(&self, x: Tensor<B, 3>, memory: &LayerKv<B>) -> Tensor<B, 3> {
-        let q = self.split_heads(self.query.forward(x));
+        let q = self.split_heads(linear_rows(&self.query, x));
         self.attend(q, memory.k.clone(), memory.v.clone(), None, None)
     }
 
     /// Bidirectional self-attention with an additive `bias` on the scores (broadcast to
     /// [B, H, T, T]; BERT's key-padding mask): [B, T, D] -> [B, T, D].
     pub fn forward_biased(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
-        let q = self.split_heads(self.query.forward(x.clone()));
-        let k = self.split_heads(self.key.forward(x.clone()));
-        let v = self.split_heads(self.value.forward(x));
+        let q = self.split_heads(linear_rows(&self.query, x.clone()));
+        let k = self.split_heads(linear_rows(&self.key, x.clone()));
+        let v = self.split_heads(linear_rows(&self.value, x));
         self.attend(q, k, v, None, Some(bias))
     }
 
@@ -201,9 +213,9 @@ impl<B: Backend> Attention<B> {
         causal: bool,
     ) -> (Tensor<B, 3>, LayerKv<B>) {
         let t = x.dims()[1];
-        let q = self.split_heads(self.query.forward(x.clone()));
-        let mut k = self.split_heads(self.key.forward(x.clone()));
-        let mut v = self.split_heads(self.value.forward(x));
+        let q = self.split_heads(linear_rows(&self.query, x.clone()));
+        let mut k = self.split_heads(linear_rows(&self.key, x.clone()));
+        let mut v = self.split_heads(linear_rows(&self.value, x));
         if let Some(p) = past {
             k = Tensor::cat(vec![p.k, k], 2);
             v = Tensor::cat(vec![p.v, v], 2);
@@ -241,7 +253,7 @@ impl<B: Backend> Mlp<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = self.fc_in.forward(x);
+        let h = linear_rows(&self.fc_in, x);
         let h = if self.quick_gelu {
             h.clone() * sigmoid(h.mul_scalar(1.702))
         } else if self.gelu_tanh {
@@ -249,7 +261,7 @@ impl<B: Backend> Mlp<B> {
         } else {
             gelu(h)
         };
-        self.fc_out.forward(h)
+        linear_rows(&self.fc_out, h)
     }
 }
 
@@ -368,5 +380,27 @@ mod tests {
         let valid = |change| crate::testing::valid_with(&base, change, BlockConfig::validate);
         assert!(!valid(|c| c.n_heads = 3));
         assert!(!valid(|c| c.dropout = 1.0));
+    }
+
+    /// The flattened product gives the 3-D linear's outputs and the same weight and bias
+    /// gradients.
+    #[test]
+    fn linear_rows_matches_the_3d_linear_and_its_gradients() {
+        type A = burn::backend::Autodiff<B>;
+        let device = Default::default();
+        let lin = LinearConfig::new(6, 5).init::<A>(&device);
+        let x = Tensor::<A, 3>::random([3, 4, 6], Distribution::Default, &device);
+        let grads_of = |y: Tensor<A, 3>| {
+            let g = (y.clone() * y).sum().backward();
+            let w = lin.weight.val().grad(&g).unwrap();
+            let b = lin.bias.as_ref().unwrap().val().grad(&g).unwrap();
+            (w, b)
+        };
+        let (plain, flat) = (lin.forward(x.clone()), linear_rows(&lin, x));
+        let diff = (plain.clone() - flat.clone()).abs().max().into_scalar();
+        assert!(diff < 1e-6, "outputs differ by {diff}");
+        let ((wa, ba), (wb, bb)) = (grads_of(plain), grads_of(flat));
+        assert!((wa - wb).abs().max().into_scalar() < 1e-5);
+        assert!((ba - bb).abs().max().into_scalar() < 1e-5);
     }
 }

@@ -45,7 +45,7 @@ use crate::error::{check_range, invalid, ModelError};
 use crate::gpt::hf_activation;
 use crate::hf::{fill, load_checkpoint, set_identity, HfConfig, HfError, Layout, Loaded, Weights};
 use crate::l2_normalize;
-use crate::transformer::{Activation, Block, BlockConfig};
+use crate::transformer::{linear_rows, Activation, Block, BlockConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -211,7 +211,7 @@ impl<B: Backend> Vit<B> {
             .reshape([b, c, gh, p, gw, p])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([b, gh * gw, c * p * p]);
-        let x = self.patch_embed.forward(patches);
+        let x = linear_rows(&self.patch_embed, patches);
         let d = x.dims()[2];
         let cls = self.cls_token.val().expand([b, 1, d]);
         let mut x = Tensor::cat(vec![cls, x], 1) + self.pos_embed.val();

@@ -285,13 +285,14 @@ impl<B: Backend> Scorer<B> {
         Ok(())
     }
 
-    /// Each member's scores [M, B] of right-padded rows `tokens` [B, T] whose real
-    /// lengths are `lengths`.
-    pub fn forward_members(
+    /// Pooling weights [B, T, 1] of right-padded rows `tokens` [B, T] whose real lengths
+    /// are `lengths`: each row sums to 1 over the positions it reads (all of them for mean
+    /// pooling, the last for last-token pooling).
+    fn pool_weights(
         &self,
-        tokens: Tensor<B, 2, Int>,
+        tokens: &Tensor<B, 2, Int>,
         lengths: &[usize],
-    ) -> Result<Tensor<B, 2>, ModelError> {
+    ) -> Result<Tensor<B, 3>, ModelError> {
         let [b, t] = tokens.dims();
         if lengths.len() != b || lengths.iter().any(|&l| l == 0 || l > t) {
             return Err(invalid(
@@ -300,8 +301,6 @@ impl<B: Backend> Scorer<B> {
                 format!("{b} lengths in 1..={t}"),
             ));
         }
-        let device = tokens.device();
-        // Pooling weights [B, T, 1]: each row sums to 1 over the positions it reads.
         let mut w = vec![0f32; b * t];
         for (r, &len) in lengths.iter().enumerate() {
             if self.mean_pool {
@@ -310,19 +309,63 @@ impl<B: Backend> Scorer<B> {
                 w[r * t + len - 1] = 1.0;
             }
         }
-        let w =
-            Tensor::<B, 2>::from_data(TensorData::new(w, [b, t]), &device).unsqueeze_dim::<3>(2);
+        Ok(
+            Tensor::<B, 2>::from_data(TensorData::new(w, [b, t]), &tokens.device())
+                .unsqueeze_dim(2),
+        )
+    }
+
+    /// Member `m`'s scores [B] given the pooling weights `w` [B, T, 1].
+    fn member_scores(
+        &self,
+        m: &Member<B>,
+        tokens: Tensor<B, 2, Int>,
+        lengths: &[usize],
+        w: &Tensor<B, 3>,
+    ) -> Result<Tensor<B, 1>, ModelError> {
+        let b = lengths.len();
+        let pooled = m.pooled(tokens, lengths, w)?; // [B, D]
+        let s = m.head.forward(pooled).reshape([b]);
+        Ok(if self.head_scale == 1.0 {
+            s
+        } else {
+            s.mul_scalar(self.head_scale)
+        })
+    }
+
+    /// Each member's scores [M, B] of right-padded rows `tokens` [B, T] whose real
+    /// lengths are `lengths`.
+    pub fn forward_members(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        lengths: &[usize],
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        let w = self.pool_weights(&tokens, lengths)?;
+        let b = lengths.len();
         let mut scores = Vec::with_capacity(self.members.len());
         for m in &self.members {
-            let pooled = m.pooled(tokens.clone(), lengths, &w)?; // [B, D]
-            let s = m.head.forward(pooled).reshape([1, b]);
-            scores.push(if self.head_scale == 1.0 {
-                s
-            } else {
-                s.mul_scalar(self.head_scale)
-            });
+            let s = self.member_scores(m, tokens.clone(), lengths, &w)?;
+            scores.push(s.reshape([1, b]));
         }
         Ok(Tensor::cat(scores, 0))
+    }
+
+    /// Member `member`'s scores [B] alone (training gives each member its own batches).
+    pub fn forward_member(
+        &self,
+        member: usize,
+        tokens: Tensor<B, 2, Int>,
+        lengths: &[usize],
+    ) -> Result<Tensor<B, 1>, ModelError> {
+        let Some(m) = self.members.get(member) else {
+            return Err(invalid(
+                "member",
+                member.to_string(),
+                format!("a member index below {}", self.members.len()),
+            ));
+        };
+        let w = self.pool_weights(&tokens, lengths)?;
+        self.member_scores(m, tokens, lengths, &w)
     }
 
     /// Scores [B]: the members' mean.
@@ -448,18 +491,26 @@ mod tests {
         assert_eq!(diff, 0.0);
     }
 
+    /// Two rows, [1, 2, 3] and [4, 5], padded to 3 tokens: (tokens, lengths).
+    fn two_rows() -> (Tensor<B, 2, Int>, [usize; 2]) {
+        let (x, y): (&[i64], &[i64]) = (&[1, 2, 3], &[4, 5]);
+        (tokens(&[x, y], 3), [3, 2])
+    }
+
+    /// Every member's scores of [`two_rows`], [M, 2] row-major.
+    fn member_scores(m: &Scorer<B>) -> Vec<f32> {
+        let (toks, lengths) = two_rows();
+        let per = m.forward_members(toks, &lengths).unwrap();
+        per.into_data().to_vec().unwrap()
+    }
+
     /// The ensemble score is the mean of its members' scores, and members differ.
     #[test]
     fn ensemble_scores_are_the_members_mean() {
         let m = tiny_scorer(Pooling::Last, 3);
         let x: &[i64] = &[1, 2, 3];
         let y: &[i64] = &[4, 5];
-        let per: Vec<f32> = m
-            .forward_members(tokens(&[x, y], 3), &[3, 2])
-            .unwrap()
-            .into_data()
-            .to_vec()
-            .unwrap(); // [3, 2] row-major
+        let per = member_scores(&m);
         let mean = scores(m.forward(tokens(&[x, y], 3), &[3, 2]).unwrap());
         for col in 0..2 {
             let want = (per[col] + per[2 + col] + per[4 + col]) / 3.0;
@@ -470,115 +521,24 @@ mod tests {
             "members start from different weights"
         );
     }
-}
 
-#[cfg(test)]
-mod bert_trunk_tests {
-    use super::tests::{scores, tokens};
-    use super::*;
-    use crate::bert::TextPooling;
-    use crate::testing::B;
-    use crate::transformer::Activation;
-
-    fn bert_scorer(members: usize, head_lr_scale: f64) -> Scorer<B> {
-        let bert = BertConfig {
-            vocab_size: 40,
-            max_positions: 12,
-            type_vocab_size: 2,
-            d_model: 8,
-            n_layers: 1,
-            n_heads: 2,
-            mlp_ratio: 2,
-            layer_norm_eps: 1e-12,
-            activation: Activation::Gelu,
-            dropout: 0.0,
-            pooling: TextPooling::Mean,
-            normalize: true,
-        };
-        ScorerConfig {
-            trunk: TrunkKind::Bert,
-            bert: Some(bert),
-            members,
-            head_lr_scale,
-            ..ScorerConfig::default()
-        }
-        .init::<B>(&Default::default())
-        .unwrap()
-    }
-
-    /// Right padding leaves a BERT-trunk score unchanged; the context is the model's positions.
+    /// One member scored alone gives its row of `forward_members`; an index past the last
+    /// member is an error, not a panic.
     #[test]
-    fn bert_trunk_scores_padded_rows_as_alone() {
-        let m = bert_scorer(2, 1.0);
-        assert_eq!(m.n_ctx(), 12);
-        let a: &[i64] = &[1, 5, 6, 7, 2];
-        let b: &[i64] = &[1, 9, 2];
-        let both = scores(m.forward(tokens(&[a, b], 5), &[5, 3]).unwrap());
-        let alone = scores(m.forward(tokens(&[b], 3), &[3]).unwrap());
-        assert!((both[1] - alone[0]).abs() < 1e-5);
-        assert!((both[0] - both[1]).abs() > 1e-6);
-        let long = vec![3i64; 13];
-        assert!(m.forward(tokens(&[&long], 13), &[13]).is_err());
-    }
-
-    /// `set_heads` takes effective weights: the score is w · embedding + b whatever the
-    /// head's learning-rate scale.
-    #[test]
-    fn set_heads_gives_the_same_scores_at_any_scale() {
-        let row: &[i64] = &[1, 4, 8, 2];
-        let w: Vec<f32> = (0..8).map(|i| 0.1 * i as f32 - 0.3).collect();
-        let mut got = Vec::new();
-        for scale in [1.0, 5.0] {
-            let mut m = bert_scorer(1, scale);
-            m.set_heads(&w, 0.25).unwrap();
-            let bert = m.members[0].bert.as_ref().unwrap();
-            let e: Vec<f32> = bert
-                .embed(tokens(&[row], 4), &[4])
-                .unwrap()
-                .into_data()
-                .to_vec()
-                .unwrap();
-            let want = e.iter().zip(&w).map(|(x, y)| x * y).sum::<f32>() + 0.25;
-            let s = scores(m.forward(tokens(&[row], 4), &[4]).unwrap())[0];
-            assert!((s - want).abs() < 1e-5, "scale {scale}: {s} vs {want}");
-            got.push(
-                m.members[0]
-                    .head
-                    .weight
-                    .val()
-                    .into_data()
-                    .to_vec::<f32>()
-                    .unwrap()[1],
-            );
-            assert!(m.set_heads(&w[..7], 0.0).is_err());
+    fn one_member_alone_matches_its_row() {
+        let m = tiny_scorer(Pooling::Mean, 3);
+        let per = member_scores(&m);
+        for member in 0..3 {
+            let (toks, lengths) = two_rows();
+            let alone = scores(m.forward_member(member, toks, &lengths).unwrap());
+            for col in 0..2 {
+                assert!((alone[col] - per[member * 2 + col]).abs() < 1e-6);
+            }
         }
-        // Stored weights are divided by the scale.
-        assert!((got[0] / got[1] - 5.0).abs() < 1e-4);
-    }
-
-    #[test]
-    fn a_bert_trunk_needs_its_config_and_a_sane_head_scale() {
-        let c = ScorerConfig {
-            trunk: TrunkKind::Bert,
-            ..ScorerConfig::default()
-        };
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("[model.bert]"));
-        for (s, ok) in [
-            (1e-3, true),
-            (1e4, true),
-            (0.0, false),
-            (1.1e4, false),
-            (f64::NAN, false),
-        ] {
-            let c = ScorerConfig {
-                head_lr_scale: s,
-                ..ScorerConfig::default()
-            };
-            assert_eq!(c.validate().is_ok(), ok, "head_lr_scale = {s}");
-        }
+        let (toks, lengths) = two_rows();
+        let err = m.forward_member(3, toks, &lengths).unwrap_err();
+        assert!(err.to_string().contains("member"), "{err}");
+        let (toks, _) = two_rows();
+        assert!(m.forward_member(0, toks, &[3, 4]).is_err());
     }
 }

@@ -84,19 +84,15 @@ struct Best {
     dev_accuracy: f64,
 }
 
-impl<B: AutodiffBackend> Task<B, Scorer<B>> for ScoreTask<'_, B> {
-    fn batches_per_epoch(&self) -> usize {
-        self.train.groups.len() / self.config.train.fit.batch_size
-    }
-
-    fn loss(&mut self, model: &Scorer<B>, at: BatchAt) -> Result<(Tensor<B, 1>, usize)> {
-        let bs = self.config.train.fit.batch_size;
-        let mut order: Vec<usize> = (0..self.train.groups.len()).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(mix(
-            self.config.seed,
-            at.epoch as u64,
-        )));
-        // Rows of this batch, each scored once.
+impl<B: AutodiffBackend> ScoreTask<'_, B> {
+    /// Member `m`'s RankNet loss over the tests `batch`: every distinct headline of the
+    /// batch scored once, `Σ w · softplus(-(s_winner - s_loser)) / Σ w` -> (loss, pairs).
+    fn member_loss(
+        &self,
+        model: &Scorer<B>,
+        m: usize,
+        batch: &[usize],
+    ) -> Result<(Tensor<B, 1>, usize)> {
         let all_rows = &self.train.rows;
         let mut local: HashMap<usize, usize> = HashMap::new();
         let mut rows: Vec<&[u32]> = Vec::new();
@@ -107,7 +103,7 @@ impl<B: AutodiffBackend> Task<B, Scorer<B>> for ScoreTask<'_, B> {
                 rows.len() - 1
             }) as i64
         };
-        for &g in at.shard.of(&order[at.batch * bs..(at.batch + 1) * bs]) {
+        for &g in batch {
             for &(w, l, wt) in &self.train.groups[g] {
                 win.push(slot(w));
                 lose.push(slot(l));
@@ -115,19 +111,52 @@ impl<B: AutodiffBackend> Task<B, Scorer<B>> for ScoreTask<'_, B> {
             }
         }
         let (tokens, lengths) = pad::<B>(&rows, &self.device);
-        let s = model.forward_members(tokens, &lengths)?; // [M, R]
-        let members = s.dims()[0];
+        let s = model.forward_member(m, tokens, &lengths)?; // [R]
         let n = win.len();
         let idx =
             |v: Vec<i64>| Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), &self.device);
-        let margin = s.clone().select(1, idx(win)) - s.select(1, idx(lose)); // [M, P]
+        let margin = s.clone().select(0, idx(win)) - s.select(0, idx(lose)); // [P]
         let total: f32 = weight.iter().sum();
-        let w = Tensor::<B, 2>::from_data(TensorData::new(weight, [1, n]), &self.device);
-        // Each member's own weighted loss, averaged over members.
+        let w = Tensor::<B, 1>::from_data(TensorData::new(weight, [n]), &self.device);
         let loss = (softplus(margin.neg(), 1.0) * w)
             .sum()
-            .div_scalar((total * members as f32).max(1e-12));
+            .div_scalar(total.max(1e-12));
         Ok((loss, n))
+    }
+}
+
+impl<B: AutodiffBackend> Task<B, Scorer<B>> for ScoreTask<'_, B> {
+    fn batches_per_epoch(&self) -> usize {
+        self.train.groups.len() / self.config.train.fit.batch_size
+    }
+
+    fn loss(&mut self, model: &Scorer<B>, at: BatchAt) -> Result<(Tensor<B, 1>, usize)> {
+        let bs = self.config.train.fit.batch_size;
+        let members = model.members.len();
+        let mut loss: Option<Tensor<B, 1>> = None;
+        let mut pairs = 0;
+        for m in 0..members {
+            // Each member draws its own order of the tests, so an ensemble's members see
+            // different batches (member 0 the order a single scorer sees).
+            let epoch_seed = mix(self.config.seed, at.epoch as u64);
+            let seed = if m == 0 {
+                epoch_seed
+            } else {
+                mix(epoch_seed, m as u64)
+            };
+            let mut order: Vec<usize> = (0..self.train.groups.len()).collect();
+            order.shuffle(&mut StdRng::seed_from_u64(seed));
+            let batch = at.shard.of(&order[at.batch * bs..(at.batch + 1) * bs]);
+            let (member_loss, n) = self.member_loss(model, m, batch)?;
+            pairs += n;
+            loss = Some(match loss {
+                Some(l) => l + member_loss,
+                None => member_loss,
+            });
+        }
+        let loss = loss.ok_or_else(|| TrainError::invalid("a scorer with no members"))?;
+        // Each member's own weighted loss, averaged over members.
+        Ok((loss.div_scalar(members as f32), pairs / members))
     }
 
     fn unit(&self) -> &'static str {

@@ -5,7 +5,8 @@
 //! `Σ w · softplus(-(s_winner - s_loser)) / Σ w`, with `w` from [`PairRule`]. A seeded share
 //! of the training tests (`train.dev_fraction`) is held out as a development split; after
 //! every epoch its pairwise accuracy picks the best weights (`best-model.mpk`), which become
-//! the run's model. The validation split is only reported, never used to choose.
+//! the run's model. The validation split is only reported, never used to choose. Each
+//! member of an ensemble (`model.members`) trains on its own shuffled order of the tests.
 //!
 //! `init = "runs/copy-…"` warm-starts the GPT trunk from a copy run: its tokenizer, its
 //! model size and its weights; the head starts fresh. With `model.trunk = "bert"`, `init`

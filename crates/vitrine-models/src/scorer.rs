@@ -542,3 +542,114 @@ mod tests {
         assert!(m.forward_member(0, toks, &[3, 4]).is_err());
     }
 }
+
+#[cfg(test)]
+mod bert_trunk_tests {
+    use super::tests::{scores, tokens};
+    use super::*;
+    use crate::bert::TextPooling;
+    use crate::testing::B;
+    use crate::transformer::Activation;
+
+    fn bert_scorer(members: usize, head_lr_scale: f64) -> Scorer<B> {
+        let bert = BertConfig {
+            vocab_size: 40,
+            max_positions: 12,
+            type_vocab_size: 2,
+            d_model: 8,
+            n_layers: 1,
+            n_heads: 2,
+            mlp_ratio: 2,
+            layer_norm_eps: 1e-12,
+            activation: Activation::Gelu,
+            dropout: 0.0,
+            pooling: TextPooling::Mean,
+            normalize: true,
+        };
+        ScorerConfig {
+            trunk: TrunkKind::Bert,
+            bert: Some(bert),
+            members,
+            head_lr_scale,
+            ..ScorerConfig::default()
+        }
+        .init::<B>(&Default::default())
+        .unwrap()
+    }
+
+    /// Right padding leaves a BERT-trunk score unchanged; the context is the model's positions.
+    #[test]
+    fn bert_trunk_scores_padded_rows_as_alone() {
+        let m = bert_scorer(2, 1.0);
+        assert_eq!(m.n_ctx(), 12);
+        let a: &[i64] = &[1, 5, 6, 7, 2];
+        let b: &[i64] = &[1, 9, 2];
+        let both = scores(m.forward(tokens(&[a, b], 5), &[5, 3]).unwrap());
+        let alone = scores(m.forward(tokens(&[b], 3), &[3]).unwrap());
+        assert!((both[1] - alone[0]).abs() < 1e-5);
+        assert!((both[0] - both[1]).abs() > 1e-6);
+        let long = vec![3i64; 13];
+        assert!(m.forward(tokens(&[&long], 13), &[13]).is_err());
+    }
+
+    /// `set_heads` takes effective weights: the score is w · embedding + b whatever the
+    /// head's learning-rate scale.
+    #[test]
+    fn set_heads_gives_the_same_scores_at_any_scale() {
+        let row: &[i64] = &[1, 4, 8, 2];
+        let w: Vec<f32> = (0..8).map(|i| 0.1 * i as f32 - 0.3).collect();
+        let mut got = Vec::new();
+        for scale in [1.0, 5.0] {
+            let mut m = bert_scorer(1, scale);
+            m.set_heads(&w, 0.25).unwrap();
+            let bert = m.members[0].bert.as_ref().unwrap();
+            let e: Vec<f32> = bert
+                .embed(tokens(&[row], 4), &[4])
+                .unwrap()
+                .into_data()
+                .to_vec()
+                .unwrap();
+            let want = e.iter().zip(&w).map(|(x, y)| x * y).sum::<f32>() + 0.25;
+            let s = scores(m.forward(tokens(&[row], 4), &[4]).unwrap())[0];
+            assert!((s - want).abs() < 1e-5, "scale {scale}: {s} vs {want}");
+            got.push(
+                m.members[0]
+                    .head
+                    .weight
+                    .val()
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap()[1],
+            );
+            assert!(m.set_heads(&w[..7], 0.0).is_err());
+        }
+        // Stored weights are divided by the scale.
+        assert!((got[0] / got[1] - 5.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn a_bert_trunk_needs_its_config_and_a_sane_head_scale() {
+        let c = ScorerConfig {
+            trunk: TrunkKind::Bert,
+            ..ScorerConfig::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("[model.bert]"));
+        for (s, ok) in [
+            (1e-3, true),
+            (1e4, true),
+            (0.0, false),
+            (1.1e4, false),
+            (f64::NAN, false),
+        ] {
+            let c = ScorerConfig {
+                head_lr_scale: s,
+                ..ScorerConfig::default()
+            };
+            assert_eq!(c.validate().is_ok(), ok, "head_lr_scale = {s}");
+        }
+    }
+}

@@ -136,10 +136,10 @@ impl<B: AutodiffBackend> Task<B, Scorer<B>> for ScoreTask<'_, B> {
         let members = model.members.len();
         let mut loss: Option<Tensor<B, 1>> = None;
         let mut pairs = 0;
+        let epoch_seed = mix(self.config.seed, at.epoch as u64);
         for m in 0..members {
             // Each member draws its own order of the tests, so an ensemble's members see
             // different batches (member 0 the order a single scorer sees).
-            let epoch_seed = mix(self.config.seed, at.epoch as u64);
             let seed = if m == 0 {
                 epoch_seed
             } else {

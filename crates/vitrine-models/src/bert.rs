@@ -81,6 +81,10 @@ pub struct BertConfig {
     /// Hidden-state dropout while training (BERT's `hidden_dropout_prob`).
     #[serde(default)]
     pub dropout: f64,
+    /// Dropout on the attention probabilities while training
+    /// (`attention_probs_dropout_prob`).
+    #[serde(default)]
+    pub attn_dropout: f64,
     #[serde(default)]
     pub pooling: TextPooling,
     /// L2-normalise the pooled embedding.
@@ -110,6 +114,7 @@ impl BertConfig {
             layer_norm_eps: 1e-12,
             activation: Activation::Gelu,
             dropout: 0.0,
+            attn_dropout: 0.0,
             pooling: TextPooling::Mean,
             normalize: true,
         })
@@ -121,6 +126,7 @@ impl BertConfig {
             n_heads: self.n_heads,
             mlp_ratio: self.mlp_ratio,
             dropout: self.dropout,
+            attn_dropout: self.attn_dropout,
             layer_norm_eps: self.layer_norm_eps,
             activation: self.activation,
             cross_attention: false,
@@ -166,6 +172,7 @@ impl BertConfig {
             layer_norm_eps: c.f64_or("layer_norm_eps", 1e-12)?,
             activation: hf_activation(c, "hidden_act", "gelu")?,
             dropout: c.f64_or("hidden_dropout_prob", 0.1)?,
+            attn_dropout: c.f64_or("attention_probs_dropout_prob", 0.1)?,
             pooling: read_pooling(dir)?,
             normalize: read_normalize(dir)?,
         };
@@ -456,6 +463,7 @@ mod tests {
             layer_norm_eps: 1e-12,
             activation: Activation::Gelu,
             dropout: 0.0,
+            attn_dropout: 0.0,
             pooling: TextPooling::Mean,
             normalize: true,
         }
@@ -529,5 +537,7 @@ mod tests {
         assert!(valid(|c| c.max_positions = 1 << 16));
         assert!(!valid(|c| c.max_positions = (1 << 16) + 1));
         assert!(!valid(|c| c.n_layers = 0));
+        assert!(valid(|c| c.attn_dropout = 0.5));
+        assert!(!valid(|c| c.attn_dropout = 1.0));
     }
 }

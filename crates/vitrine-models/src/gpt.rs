@@ -166,6 +166,7 @@ impl GptConfig {
             n_heads: self.n_heads,
             mlp_ratio: self.mlp_ratio,
             dropout: self.dropout,
+            attn_dropout: 0.0,
             layer_norm_eps: self.layer_norm_eps,
             activation: self.activation,
             cross_attention: self.cross_attention,

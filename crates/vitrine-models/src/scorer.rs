@@ -563,6 +563,7 @@ mod bert_trunk_tests {
             layer_norm_eps: 1e-12,
             activation: Activation::Gelu,
             dropout: 0.0,
+            attn_dropout: 0.0,
             pooling: TextPooling::Mean,
             normalize: true,
         };

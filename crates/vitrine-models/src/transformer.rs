@@ -42,6 +42,9 @@ pub struct BlockConfig {
     pub n_heads: usize,
     pub mlp_ratio: usize,
     pub dropout: f64,
+    /// Dropout on the attention probabilities while training (BERT's
+    /// `attention_probs_dropout_prob`; 0 elsewhere).
+    pub attn_dropout: f64,
     pub layer_norm_eps: f64,
     pub activation: Activation,
     /// Adds a cross-attention sub-layer (decoder of an encoder-decoder).
@@ -74,6 +77,13 @@ impl BlockConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(invalid("dropout", self.dropout, "0.0 <= dropout < 1.0"));
         }
+        if !(0.0..1.0).contains(&self.attn_dropout) {
+            return Err(invalid(
+                "attn_dropout",
+                self.attn_dropout,
+                "0.0 <= attn_dropout < 1.0",
+            ));
+        }
         Ok(())
     }
 
@@ -93,6 +103,7 @@ impl BlockConfig {
             value: lin(),
             out: lin(),
             n_heads: self.n_heads,
+            probs_dropout: DropoutConfig::new(self.attn_dropout).init(),
         }
     }
 
@@ -130,6 +141,8 @@ pub struct Attention<B: Backend> {
     pub value: Linear<B>,
     pub out: Linear<B>,
     pub n_heads: usize,
+    /// Holds no weights, so records saved before it existed still load.
+    pub probs_dropout: Dropout,
 }
 
 /// Keys and values of one attention layer for the positions seen so far: [B, H, S, dk].
@@ -169,7 +182,7 @@ impl<B: Backend> Attention<B> {
         if let Some(bias) = bias {
             scores = scores + bias;
         }
-        let attn = softmax(scores, 3);
+        let attn = self.probs_dropout.forward(softmax(scores, 3));
         // [B, H, T, dk] -> [B, T, D]
         let ctx = attn.matmul(v).swap_dims(1, 2).reshape([b, t, h * dk]);
         linear_rows(&self.out, ctx)
@@ -346,6 +359,7 @@ mod tests {
             n_heads: 2,
             mlp_ratio: 2,
             dropout: 0.0,
+            attn_dropout: 0.0,
             layer_norm_eps: 1e-5,
             activation: Activation::Gelu,
             cross_attention: false,
@@ -380,6 +394,77 @@ mod tests {
         let valid = |change| crate::testing::valid_with(&base, change, BlockConfig::validate);
         assert!(!valid(|c| c.n_heads = 3));
         assert!(!valid(|c| c.dropout = 1.0));
+        assert!(valid(|c| c.attn_dropout = 0.99));
+        assert!(!valid(|c| c.attn_dropout = 1.0));
+        assert!(!valid(|c| c.attn_dropout = -0.1));
+    }
+
+    /// Dropout on the attention probabilities changes a training forward pass and leaves
+    /// inference untouched.
+    #[test]
+    fn attention_dropout_acts_only_while_training() {
+        use burn::module::AutodiffModule;
+        type A = burn::backend::Autodiff<B>;
+        let device = Default::default();
+        let attn = BlockConfig {
+            attn_dropout: 0.5,
+            ..cfg()
+        }
+        .attention::<A>(&device);
+        let x = Tensor::<A, 3>::random([2, 6, 8], Distribution::Normal(0.0, 1.0), &device);
+        // Weights are initialised lazily, and a clone made before that would draw its own.
+        let _ = attn.forward(x.clone(), false);
+        let mut plain = attn.clone();
+        plain.probs_dropout = DropoutConfig::new(0.0).init();
+        let train = (attn.forward(x.clone(), false) - plain.forward(x.clone(), false))
+            .abs()
+            .max()
+            .into_scalar();
+        assert!(
+            train > 1e-3,
+            "training forward unchanged by dropout ({train})"
+        );
+        let xv = x.inner();
+        let infer = (attn.valid().forward(xv.clone(), false) - plain.valid().forward(xv, false))
+            .abs()
+            .max()
+            .into_scalar();
+        assert_eq!(infer, 0.0);
+    }
+
+    /// [`Attention`] as it was before it had `probs_dropout`.
+    #[derive(Module, Debug)]
+    struct AttentionBeforeDropout<B: Backend> {
+        query: Linear<B>,
+        key: Linear<B>,
+        value: Linear<B>,
+        out: Linear<B>,
+        n_heads: usize,
+    }
+
+    /// Runs saved before attention dropout existed hold no `probs_dropout` entry; their
+    /// records still load, with every weight.
+    #[test]
+    fn records_without_attention_dropout_still_load() {
+        use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+        let device = Default::default();
+        let a = cfg().attention::<B>(&device);
+        let x = Tensor::<B, 3>::random([1, 3, 8], Distribution::Normal(0.0, 1.0), &device);
+        // Initialises the lazy weights, so the clones below share them.
+        let want = a.forward(x.clone(), false);
+        let old = AttentionBeforeDropout {
+            query: a.query.clone(),
+            key: a.key.clone(),
+            value: a.value.clone(),
+            out: a.out.clone(),
+            n_heads: a.n_heads,
+        };
+        let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
+        let bytes = recorder.record(old.into_record(), ()).unwrap();
+        let record = recorder.load(bytes, &device).unwrap();
+        let loaded = cfg().attention::<B>(&device).load_record(record);
+        let diff = (want - loaded.forward(x, false)).abs().max().into_scalar();
+        assert_eq!(diff, 0.0);
     }
 
     /// The flattened product gives the 3-D linear's outputs and the same weight and bias

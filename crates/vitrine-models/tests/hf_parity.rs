@@ -197,6 +197,8 @@ fn bert_hidden_states_and_sentence_embeddings_match_transformers() {
         (config.pooling, config.normalize, config.layer_norm_eps),
         (TextPooling::Mean, true, 1e-12)
     );
+    // Both dropouts come from config.json (used only while training).
+    assert_eq!((config.dropout, config.attn_dropout), (0.1, 0.1));
     let rows: Vec<Vec<i64>> = r["input_ids"].as_array().unwrap().iter().map(ids).collect();
     let t = rows.iter().map(Vec::len).max().unwrap();
     let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();

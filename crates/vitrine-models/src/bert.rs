@@ -452,20 +452,13 @@ mod tests {
     use crate::testing::B;
 
     pub(crate) fn tiny() -> BertConfig {
+        // The `tiny` preset (16 wide, 2 layers, 4 heads, mean-pooled, normalised, no
+        // dropout) with a smaller vocabulary, context and MLP.
         BertConfig {
             vocab_size: 50,
             max_positions: 16,
-            type_vocab_size: 2,
-            d_model: 16,
-            n_layers: 2,
-            n_heads: 4,
             mlp_ratio: 2,
-            layer_norm_eps: 1e-12,
-            activation: Activation::Gelu,
-            dropout: 0.0,
-            attn_dropout: 0.0,
-            pooling: TextPooling::Mean,
-            normalize: true,
+            ..BertConfig::preset("tiny").unwrap()
         }
     }
 

@@ -547,25 +547,18 @@ mod tests {
 mod bert_trunk_tests {
     use super::tests::{scores, tokens};
     use super::*;
-    use crate::bert::TextPooling;
     use crate::testing::B;
-    use crate::transformer::Activation;
 
     fn bert_scorer(members: usize, head_lr_scale: f64) -> Scorer<B> {
+        // The `tiny` preset is mean-pooled, normalised, erf-GELU and without dropout.
         let bert = BertConfig {
             vocab_size: 40,
             max_positions: 12,
-            type_vocab_size: 2,
             d_model: 8,
             n_layers: 1,
             n_heads: 2,
             mlp_ratio: 2,
-            layer_norm_eps: 1e-12,
-            activation: Activation::Gelu,
-            dropout: 0.0,
-            attn_dropout: 0.0,
-            pooling: TextPooling::Mean,
-            normalize: true,
+            ..BertConfig::preset("tiny").unwrap()
         };
         ScorerConfig {
             trunk: TrunkKind::Bert,

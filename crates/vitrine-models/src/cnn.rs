@@ -24,6 +24,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::PadMode;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -192,6 +193,97 @@ impl CnnConfig {
     }
 }
 
+/// How the convolutions run, chosen per backend at each forward pass.
+///
+/// Burn 0.21's CPU backend (Flex) computes a convolution's input gradient image by image on
+/// one core (its transposed convolution loops over the batch, with gemm's own threading off
+/// below 192³ multiply-adds) and its weight gradient as a convolution whose kernel is the
+/// whole feature map. On Flex a 3x3, stride-1 convolution therefore runs as one matrix
+/// product over the whole batch instead (im2col), forward and backward, on activations kept
+/// channel-major, [C, B, H, W], so that no layer pays a transpose. Other backends keep
+/// their native convolution and the usual [B, C, H, W].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConvPath {
+    Native,
+    Im2col,
+}
+
+impl ConvPath {
+    fn for_device<B: Backend>(device: &B::Device) -> Self {
+        // `Autodiff<Flex>` calls itself "autodiff<flex>".
+        if B::name(device).contains("flex") {
+            Self::Im2col
+        } else {
+            Self::Native
+        }
+    }
+}
+
+/// A 3x3, stride-1, padding-1 convolution as one matrix product over the batch, on
+/// channel-major activations: [C, B, H, W] -> [Cout, B, H, W]. Any other shape of
+/// convolution runs natively between two transposes.
+///
+/// Each image is zero-padded and flattened, and the output is computed on a grid two
+/// columns wider than the image: then the input window of kernel tap (ky, kx) is one
+/// contiguous run of every flattened image, starting ky*(W+2)+kx in, so the nine column
+/// blocks are plain slices (Flex copies those at memory speed, where it walks a 2-D window
+/// element by element). The two extra output columns are dropped at the end.
+fn conv_cbhw<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let weight = conv.weight.val();
+    let [cout, cin, kh, kw] = weight.dims();
+    let same_3x3 = [kh, kw] == [3, 3]
+        && conv.stride == [1, 1]
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
+        && conv.padding == PaddingConfig2d::Explicit(1, 1, 1, 1);
+    if !same_3x3 {
+        return conv.forward(x.swap_dims(0, 1)).swap_dims(0, 1);
+    }
+    let [c, b, h, w] = x.dims();
+    debug_assert_eq!(c, cin);
+    let wide = w + 2;
+    let len = h * wide;
+    // One spare zero row at the bottom keeps the last tap's run inside the image.
+    let padded = x
+        .pad((1, 1, 1, 2), PadMode::Constant(0.0))
+        .reshape([c, b, (h + 3) * wide]);
+    let taps = (0..9)
+        .map(|k| {
+            let start = (k / 3) * wide + k % 3;
+            padded.clone().slice([0..c, 0..b, start..start + len])
+        })
+        .collect();
+    let cols = Tensor::stack::<4>(taps, 1).reshape([c * 9, b * len]); // [C*9, B*H*(W+2)]
+    let mut y = weight.reshape([cout, c * 9]).matmul(cols); // [Cout, B*H*(W+2)]
+    if let Some(bias) = &conv.bias {
+        y = y + bias.val().reshape([cout, 1]);
+    }
+    // The reshape through [Cout, B, H*W] makes the narrowed map contiguous in one pass.
+    y.reshape([cout, b, h, wide])
+        .slice([0..cout, 0..b, 0..h, 0..w])
+        .reshape([cout, b, h * w])
+        .reshape([cout, b, h, w])
+}
+
+/// 2x2, stride-2 max pooling as two elementwise maxima: [A, B, H, W] -> [A, B, H/2, W/2]
+/// for even H and W (the config guarantees them). Flex's pooling kernel visits every window
+/// with scalar bounds checks; here the first maximum is over the two contiguous rows of
+/// each window, the second over neighbouring columns. Ties go to the earlier element in
+/// both steps, as Burn's kernel sends the gradient to the first maximum it meets.
+fn max_pool_2x2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [a, b, h, w] = x.dims();
+    let m = a * b * h / 2;
+    let rows = x.reshape([m, 2, w]);
+    // Reshaping a strided half to one dimension copies it into place at memory speed.
+    let top = rows.clone().slice([0..m, 0..1, 0..w]).reshape([m * w]);
+    let bottom = rows.slice([0..m, 1..2, 0..w]).reshape([m * w]);
+    let n = m * w / 2;
+    let cols = top.max_pair(bottom).reshape([n, 2]);
+    let left = cols.clone().slice([0..n, 0..1]).reshape([n]);
+    let right = cols.slice([0..n, 1..2]).reshape([n]);
+    left.max_pair(right).reshape([a, b, h / 2, w / 2])
+}
+
 /// conv3x3 (+ BatchNorm) + ReLU.
 #[derive(Module, Debug)]
 pub struct ConvUnit<B: Backend> {
@@ -218,17 +310,28 @@ impl<B: Backend> ConvUnit<B> {
         Self { conv, norm }
     }
 
-    /// Convolution and normalisation without the activation.
-    fn linear_part(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = self.conv.forward(x);
-        match &self.norm {
-            Some(bn) => bn.forward(x),
-            None => x,
+    /// Convolution and normalisation without the activation, in `path`'s layout.
+    fn linear_part(&self, x: Tensor<B, 4>, path: ConvPath) -> Tensor<B, 4> {
+        match path {
+            ConvPath::Native => {
+                let x = self.conv.forward(x);
+                match &self.norm {
+                    Some(bn) => bn.forward(x),
+                    None => x,
+                }
+            }
+            ConvPath::Im2col => {
+                let x = conv_cbhw(&self.conv, x);
+                match &self.norm {
+                    Some(bn) => bn.forward(x.swap_dims(0, 1)).swap_dims(0, 1),
+                    None => x,
+                }
+            }
         }
     }
 
-    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        relu(self.linear_part(x))
+    fn forward(&self, x: Tensor<B, 4>, path: ConvPath) -> Tensor<B, 4> {
+        relu(self.linear_part(x, path))
     }
 }
 
@@ -241,8 +344,10 @@ pub struct ResidualBlock<B: Backend> {
 }
 
 impl<B: Backend> ResidualBlock<B> {
-    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let branch = self.conv2.linear_part(self.conv1.forward(x.clone()));
+    fn forward(&self, x: Tensor<B, 4>, path: ConvPath) -> Tensor<B, 4> {
+        let branch = self
+            .conv2
+            .linear_part(self.conv1.forward(x.clone(), path), path);
         let branch = match &self.gate {
             Some(gate) => branch * gate.val().reshape([1, 1, 1, 1]),
             None => branch,
@@ -269,16 +374,36 @@ pub struct Cnn<B: Backend> {
 impl<B: Backend> Cnn<B> {
     /// Feature map of the last stage: [B, C, H, W] -> [B, w_last, H/2^(S-1), W/2^(S-1)].
     pub fn feature_map(&self, images: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut x = self.stem.forward(images);
+        let path = ConvPath::for_device::<B>(&images.device());
+        self.feature_map_with(images, path)
+    }
+
+    /// [`Self::feature_map`] along a given path.
+    pub(crate) fn feature_map_with(&self, images: Tensor<B, 4>, path: ConvPath) -> Tensor<B, 4> {
+        match path {
+            ConvPath::Native => self.stages_forward(images, path),
+            ConvPath::Im2col => self
+                .stages_forward(images.swap_dims(0, 1), path)
+                .swap_dims(0, 1),
+        }
+    }
+
+    /// Every unit in order, on activations in `path`'s layout.
+    fn stages_forward(&self, mut x: Tensor<B, 4>, path: ConvPath) -> Tensor<B, 4> {
+        x = self.stem.forward(x, path);
         for stage in &self.stages {
             if let Some(transition) = &stage.transition {
                 if let Some(pool) = &self.pool {
-                    x = pool.forward(x);
+                    x = match path {
+                        ConvPath::Native => pool.forward(x),
+                        // Pooling is per (image, channel) plane: [C, B, H, W] works as is.
+                        ConvPath::Im2col => max_pool_2x2(x),
+                    };
                 }
-                x = transition.forward(x);
+                x = transition.forward(x, path);
             }
             for block in &stage.blocks {
-                x = block.forward(x);
+                x = block.forward(x, path);
             }
         }
         x
@@ -297,7 +422,37 @@ impl<B: Backend> Cnn<B> {
 
     /// L2-normalised embeddings: [B, C, H, W] -> [B, embed_dim].
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
-        self.embed_map(self.feature_map(images))
+        let path = ConvPath::for_device::<B>(&images.device());
+        self.forward_with(images, path)
+    }
+
+    /// [`Self::forward`] along a given path.
+    pub(crate) fn forward_with(&self, images: Tensor<B, 4>, path: ConvPath) -> Tensor<B, 2> {
+        match path {
+            ConvPath::Im2col => {
+                // Straight from [C, B, h, w], without transposing the map back.
+                let x = self.stages_forward(images.swap_dims(0, 1), path);
+                let [c, b, h, w] = x.dims();
+                let x = x.reshape([c, b, h * w]);
+                let projected = if self.flatten {
+                    // The head's rows are (channel, cell) pairs: one product per channel
+                    // ([B, h*w] x [h*w, E]), summed over the channels.
+                    let e = self.head.weight.dims()[1];
+                    let per_channel = x.matmul(self.head.weight.val().reshape([c, h * w, e]));
+                    let mut y = per_channel.sum_dim(0).reshape([b, e]);
+                    if let Some(bias) = &self.head.bias {
+                        y = y + bias.val().reshape([1, e]);
+                    }
+                    y
+                } else {
+                    // One reduction over the flattened plane.
+                    let pooled = x.mean_dim(2).reshape([c, b]);
+                    self.head.forward(pooled.transpose())
+                };
+                l2_normalize(projected)
+            }
+            ConvPath::Native => self.embed_map(self.feature_map_with(images, path)),
+        }
     }
 
     /// The embedding of a feature map: [B, C, h, w] -> [B, embed_dim].
@@ -358,6 +513,101 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Largest absolute difference between two tensors.
+    fn max_diff<Bk: Backend, const D: usize>(a: Tensor<Bk, D>, b: Tensor<Bk, D>) -> f32 {
+        use burn::tensor::ElementConversion;
+        (a - b).abs().max().into_scalar().elem()
+    }
+
+    /// The matrix-product convolution (Flex's path) computes what Burn's convolution does,
+    /// forward and backward, for every kind of unit, downsampling and head.
+    #[test]
+    fn im2col_path_matches_native_convolution() {
+        type A = burn::backend::Autodiff<B>;
+        let device = Default::default();
+        assert_eq!(ConvPath::for_device::<A>(&device), ConvPath::Im2col);
+        for norm in [Norm::None, Norm::Batch] {
+            for ds in [Downsample::MaxPool, Downsample::StridedConv] {
+                for head_pool in [HeadPool::Avg, HeadPool::Flatten] {
+                    let cfg = CnnConfig {
+                        in_channels: 3,
+                        input_size: [8, 6],
+                        head_pool,
+                        ..tiny(norm, ds)
+                    };
+                    let mut model = cfg.init::<A>(&device).unwrap();
+                    if let Some(gate) = model.stages[1].blocks[0].gate.take() {
+                        // A zero gate would hide the residual branch from the comparison.
+                        model.stages[1].blocks[0].gate =
+                            Some(gate.map(|g| g.ones_like().mul_scalar(0.7)));
+                    }
+                    let x = Tensor::<A, 4>::random(
+                        [3, 3, 8, 6],
+                        burn::tensor::Distribution::Normal(0.0, 1.0),
+                        &device,
+                    );
+                    let target = Tensor::<A, 2>::random(
+                        [3, 6],
+                        burn::tensor::Distribution::Normal(0.0, 1.0),
+                        &device,
+                    );
+                    let run = |path| {
+                        let emb = model.forward_with(x.clone(), path);
+                        let map = model.feature_map_with(x.clone(), path);
+                        let loss = (emb.clone() * target.clone()).sum()
+                            + map.clone().powi_scalar(2).mean();
+                        let grads = loss.backward();
+                        let conv = &model.stages[1].blocks[0].conv2.conv;
+                        (
+                            emb.inner(),
+                            map.inner(),
+                            model.stem.conv.weight.grad(&grads).unwrap(),
+                            conv.weight.grad(&grads).unwrap(),
+                            model.head.weight.grad(&grads).unwrap(),
+                        )
+                    };
+                    let (e1, m1, g1, c1, h1) = run(ConvPath::Native);
+                    let (e2, m2, g2, c2, h2) = run(ConvPath::Im2col);
+                    let what = format!("{norm:?} {ds:?} {head_pool:?}");
+                    assert!(max_diff(e1, e2) < 1e-5, "embeddings, {what}");
+                    assert!(max_diff(m1, m2) < 1e-5, "feature map, {what}");
+                    assert!(max_diff(g1.clone(), g2) < 1e-4, "stem gradient, {what}");
+                    assert!(max_diff(c1.clone(), c2) < 1e-4, "block gradient, {what}");
+                    assert!(max_diff(h1, h2) < 1e-4, "head gradient, {what}");
+                    // The gradients compared are not trivially zero.
+                    assert!(g1.abs().max().into_scalar() > 1e-3, "{what}");
+                    assert!(c1.abs().max().into_scalar() > 1e-3, "{what}");
+                }
+            }
+        }
+    }
+
+    /// The elementwise 2x2 pooling gives Burn's pooling values and gradients.
+    #[test]
+    fn max_pool_2x2_matches_burn() {
+        type A = burn::backend::Autodiff<B>;
+        let device = Default::default();
+        let pool = MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
+        let x = Tensor::<A, 4>::random(
+            [2, 3, 6, 4],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        )
+        .require_grad();
+        let weights = Tensor::<A, 4>::random(
+            [2, 3, 3, 2],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let want = pool.forward(x.clone());
+        let got = max_pool_2x2(x.clone());
+        assert_eq!(got.dims(), [2, 3, 3, 2]);
+        assert_eq!(max_diff(want.clone().inner(), got.clone().inner()), 0.0);
+        let gw = x.grad(&(want * weights.clone()).sum().backward()).unwrap();
+        let gg = x.grad(&(got * weights).sum().backward()).unwrap();
+        assert_eq!(max_diff(gw, gg), 0.0);
     }
 
     #[test]

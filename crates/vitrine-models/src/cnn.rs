@@ -265,13 +265,18 @@ fn conv_cbhw<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         .reshape([cout, b, h, w])
 }
 
-/// 2x2, stride-2 max pooling as two elementwise maxima: [A, B, H, W] -> [A, B, H/2, W/2]
-/// for even H and W (the config guarantees them). Flex's pooling kernel visits every window
-/// with scalar bounds checks; here the first maximum is over the two contiguous rows of
-/// each window, the second over neighbouring columns. Ties go to the earlier element in
-/// both steps, as Burn's kernel sends the gradient to the first maximum it meets.
-fn max_pool_2x2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+/// 2x2, stride-2 max pooling as two elementwise maxima: [A, B, H, W] -> [A, B, H/2, W/2].
+/// Flex's pooling kernel visits every window with scalar bounds checks; here the first
+/// maximum is over the two contiguous rows of each window, the second over neighbouring
+/// columns. A tie sends the gradient to the top row, then to the left column; Burn's kernel
+/// sends it to the first maximum in row-major order, which differs only when the two
+/// diagonal cells of a window tie for its maximum. Odd sizes (which a validated config never
+/// gives) go to `pool`, which drops the last row or column as this would not.
+fn max_pool_2x2<B: Backend>(x: Tensor<B, 4>, pool: &MaxPool2d) -> Tensor<B, 4> {
     let [a, b, h, w] = x.dims();
+    if h % 2 != 0 || w % 2 != 0 {
+        return pool.forward(x);
+    }
     let m = a * b * h / 2;
     let rows = x.reshape([m, 2, w]);
     // Reshaping a strided half to one dimension copies it into place at memory speed.
@@ -397,7 +402,7 @@ impl<B: Backend> Cnn<B> {
                     x = match path {
                         ConvPath::Native => pool.forward(x),
                         // Pooling is per (image, channel) plane: [C, B, H, W] works as is.
-                        ConvPath::Im2col => max_pool_2x2(x),
+                        ConvPath::Im2col => max_pool_2x2(x, pool),
                     };
                 }
                 x = transition.forward(x, path);
@@ -602,12 +607,21 @@ mod tests {
             &device,
         );
         let want = pool.forward(x.clone());
-        let got = max_pool_2x2(x.clone());
+        let got = max_pool_2x2(x.clone(), &pool);
         assert_eq!(got.dims(), [2, 3, 3, 2]);
         assert_eq!(max_diff(want.clone().inner(), got.clone().inner()), 0.0);
         let gw = x.grad(&(want * weights.clone()).sum().backward()).unwrap();
         let gg = x.grad(&(got * weights).sum().backward()).unwrap();
         assert_eq!(max_diff(gw, gg), 0.0);
+        // An odd side goes to Burn's pooling, which drops the last row.
+        let odd = Tensor::<A, 4>::random(
+            [1, 2, 5, 4],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let got = max_pool_2x2(odd.clone(), &pool);
+        assert_eq!(got.dims(), [1, 2, 2, 2]);
+        assert_eq!(max_diff(pool.forward(odd).inner(), got.inner()), 0.0);
     }
 
     #[test]

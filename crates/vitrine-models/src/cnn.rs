@@ -24,7 +24,6 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::PadMode;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -243,9 +242,11 @@ fn conv_cbhw<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     debug_assert_eq!(c, cin);
     let wide = w + 2;
     let len = h * wide;
-    // One spare zero row at the bottom keeps the last tap's run inside the image.
-    let padded = x
-        .pad((1, 1, 1, 2), PadMode::Constant(0.0))
+    // One spare zero row at the bottom keeps the last tap's run inside the image. (Not
+    // `Tensor::pad`: it builds its zeros in the default float type, which breaks f16 maps.)
+    let device = x.device();
+    let padded = Tensor::zeros([c, b, h + 3, wide], (&device, x.dtype()))
+        .slice_assign([0..c, 0..b, 1..h + 1, 1..w + 1], x)
         .reshape([c, b, (h + 3) * wide]);
     let taps = (0..9)
         .map(|k| {
@@ -586,6 +587,33 @@ mod tests {
                     assert!(c1.abs().max().into_scalar() > 1e-3, "{what}");
                 }
             }
+        }
+    }
+
+    /// Half-precision inference (`--precision f16`) runs the matrix-product path and agrees
+    /// with the native one.
+    #[test]
+    fn im2col_path_runs_in_half_precision() {
+        use burn::tensor::DType;
+        let device = Default::default();
+        for head_pool in [HeadPool::Avg, HeadPool::Flatten] {
+            let cfg = CnnConfig {
+                in_channels: 3,
+                head_pool,
+                ..tiny(Norm::None, Downsample::MaxPool)
+            };
+            let model = crate::Precision::F16.apply(cfg.init::<B>(&device).unwrap());
+            let x = Tensor::<B, 4>::random(
+                [2, 3, 8, 8],
+                burn::tensor::Distribution::Normal(0.0, 1.0),
+                &device,
+            )
+            .cast(DType::F16);
+            let native = model.forward_with(x.clone(), ConvPath::Native);
+            let im2col = model.forward_with(x, ConvPath::Im2col);
+            assert_eq!(im2col.dtype(), DType::F16);
+            let diff = max_diff(native.cast(DType::F32), im2col.cast(DType::F32));
+            assert!(diff < 1e-2, "{head_pool:?}: {diff}");
         }
     }
 

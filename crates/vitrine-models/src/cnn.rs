@@ -271,8 +271,8 @@ fn conv_cbhw<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// maximum is over the two contiguous rows of each window, the second over neighbouring
 /// columns. A tie sends the gradient to the top row, then to the left column; Burn's kernel
 /// sends it to the first maximum in row-major order, which differs only when the two
-/// diagonal cells of a window tie for its maximum. Odd sizes (which a validated config never
-/// gives) go to `pool`, which drops the last row or column as this would not.
+/// diagonal cells of a window tie for its maximum. An odd side (never from a validated
+/// config) goes to Burn's `pool`, which drops the last row or column.
 fn max_pool_2x2<B: Backend>(x: Tensor<B, 4>, pool: &MaxPool2d) -> Tensor<B, 4> {
     let [a, b, h, w] = x.dims();
     if h % 2 != 0 || w % 2 != 0 {

@@ -318,21 +318,15 @@ impl<B: Backend> ConvUnit<B> {
 
     /// Convolution and normalisation without the activation, in `path`'s layout.
     fn linear_part(&self, x: Tensor<B, 4>, path: ConvPath) -> Tensor<B, 4> {
-        match path {
-            ConvPath::Native => {
-                let x = self.conv.forward(x);
-                match &self.norm {
-                    Some(bn) => bn.forward(x),
-                    None => x,
-                }
-            }
-            ConvPath::Im2col => {
-                let x = conv_cbhw(&self.conv, x);
-                match &self.norm {
-                    Some(bn) => bn.forward(x.swap_dims(0, 1)).swap_dims(0, 1),
-                    None => x,
-                }
-            }
+        let x = match path {
+            ConvPath::Native => self.conv.forward(x),
+            ConvPath::Im2col => conv_cbhw(&self.conv, x),
+        };
+        match (&self.norm, path) {
+            (None, _) => x,
+            (Some(bn), ConvPath::Native) => bn.forward(x),
+            // BatchNorm wants the channels second.
+            (Some(bn), ConvPath::Im2col) => bn.forward(x.swap_dims(0, 1)).swap_dims(0, 1),
         }
     }
 
@@ -435,29 +429,14 @@ impl<B: Backend> Cnn<B> {
     /// [`Self::forward`] along a given path.
     pub(crate) fn forward_with(&self, images: Tensor<B, 4>, path: ConvPath) -> Tensor<B, 2> {
         match path {
-            ConvPath::Im2col => {
-                // Straight from [C, B, h, w], without transposing the map back.
+            ConvPath::Im2col if !self.flatten => {
+                // Average straight from [C, B, h, w]: one reduction, no transpose of the map.
                 let x = self.stages_forward(images.swap_dims(0, 1), path);
                 let [c, b, h, w] = x.dims();
-                let x = x.reshape([c, b, h * w]);
-                let projected = if self.flatten {
-                    // The head's rows are (channel, cell) pairs: one product per channel
-                    // ([B, h*w] x [h*w, E]), summed over the channels.
-                    let e = self.head.weight.dims()[1];
-                    let per_channel = x.matmul(self.head.weight.val().reshape([c, h * w, e]));
-                    let mut y = per_channel.sum_dim(0).reshape([b, e]);
-                    if let Some(bias) = &self.head.bias {
-                        y = y + bias.val().reshape([1, e]);
-                    }
-                    y
-                } else {
-                    // One reduction over the flattened plane.
-                    let pooled = x.mean_dim(2).reshape([c, b]);
-                    self.head.forward(pooled.transpose())
-                };
-                l2_normalize(projected)
+                let pooled = x.reshape([c, b, h * w]).mean_dim(2).reshape([c, b]);
+                l2_normalize(self.head.forward(pooled.transpose()))
             }
-            ConvPath::Native => self.embed_map(self.feature_map_with(images, path)),
+            _ => self.embed_map(self.feature_map_with(images, path)),
         }
     }
 

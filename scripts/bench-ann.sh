@@ -13,6 +13,8 @@ dir="${ANN_DIR:-runs/ann}/$kind"
 bin=target/release/vitrine
 ef="${EF:-8,10,12,16,24,32,48,64,96,128}"
 queries="${QUERIES:-0}"
+# Passes per setting, the fastest counted, for both engines (REPEAT=1: one pass).
+repeat="${REPEAT:-3}"
 mkdir -p "$dir"
 if [ ! -f "$dir/truth.ivecs" ]; then
   case "$kind" in
@@ -32,9 +34,22 @@ filters=(--filters 0.5,0.05,0.005)
 ann=()
 [ -n "${ANN_CONFIG:-}" ] && ann=(--ann-config "$ANN_CONFIG")
 tag="${TAG:-vitrine}"
-"$bin" bench-ann --base "$dir/base.fvecs" --queries "$dir/queries.fvecs" --truth "$dir/truth.ivecs" \
-  --metric "$metric" --ef "$ef" --max-queries "$queries" "${filters[@]}" "${ann[@]}" \
-  --out "$dir/$tag.json" > /dev/null
-[ -n "${SKIP_FAISS:-}" ] || \
-  "$py" scripts/peers/ann_faiss.py --data "$dir" --ef "$ef" --max-queries "$queries" --out "$dir/faiss.json" > /dev/null
-"$py" scripts/peers/ann_compare.py "$dir/$tag.json" "$dir/faiss.json" --name "$kind" | tee "$dir/$tag-table.md"
+# ROUNDS=N alternates the two engines N times (ours, faiss, ours, faiss…) and counts each
+# engine's fastest pass: this machine's speed drifts by tens of percent over minutes, and
+# alternating keeps a slow spell from falling on one engine only.
+rounds="${ROUNDS:-1}"
+ours=() peer=()
+for r in $(seq 1 "$rounds"); do
+  sfx=""
+  [ "$rounds" -gt 1 ] && sfx=".r$r"
+  "$bin" bench-ann --base "$dir/base.fvecs" --queries "$dir/queries.fvecs" --truth "$dir/truth.ivecs" \
+    --metric "$metric" --ef "$ef" --max-queries "$queries" --repeat "$repeat" "${filters[@]}" "${ann[@]}" \
+    --out "$dir/$tag$sfx.json" > /dev/null
+  [ -n "${SKIP_FAISS:-}" ] || \
+    "$py" scripts/peers/ann_faiss.py --data "$dir" --ef "$ef" --max-queries "$queries" --repeat "$repeat" \
+      --out "$dir/faiss$sfx.json" > /dev/null
+  ours+=("$dir/$tag$sfx.json")
+  peer+=("$dir/faiss$sfx.json")
+done
+"$py" scripts/peers/ann_compare.py "$(IFS=,; echo "${ours[*]}")" "$(IFS=,; echo "${peer[*]}")" --name "$kind" \
+  | tee "$dir/$tag-table.md"

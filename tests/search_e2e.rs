@@ -131,6 +131,29 @@ fn train_eval_index_search_round_trip() {
         };
         assert_eq!(ids(&ann), ids(&plain), "{extra:?}");
     }
+    // An 8-bit graph finds the same items, and rescoring (on by default) gives them the
+    // exact cosines of the f32 embeddings.
+    let sq8 = d.join("sq8.index");
+    std::fs::write(
+        &cfg,
+        "exact_below = 0\nfilter_exact_below = 0.0\nconnectivity = 8\nquantization = \"sq8\"\n",
+    )
+    .unwrap();
+    let mut args = index_build_args(&run, &sq8, &["--ann", "hnsw", "--ann-config", s(&cfg)]);
+    args.push("--quiet");
+    ok(&args);
+    let scored = |index: &std::path::Path| {
+        let hits = search_json(index, &["--id", "205", "-k", "10", "--ef", "64"]);
+        let mut v = id_scores(&hits[0]);
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let (coded, exact) = (scored(&sq8), scored(&plain));
+    assert_eq!(coded.len(), 10);
+    for ((id, a), (want, b)) in coded.iter().zip(&exact) {
+        assert_eq!(id, want);
+        assert!((a - b).abs() < 1e-5, "{id}: {a} vs {b}");
+    }
     ok(&["index", "remove", "--index", s(&ann), "205"]);
     let hits = search_json(&ann, &["--id", "206", "-k", "23"]);
     assert!(field_strs(&hits[0], "id").iter().all(|id| *id != "205"));
@@ -410,17 +433,7 @@ fn text_and_mixed_queries_on_a_hybrid_index() {
     args.extend_from_slice(&text_model);
     ok(&args);
     let t = search_json(&text_only, &["--text", "dark blue item", "-k", "24"]);
-    let only: Vec<(String, f64)> = t[0]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["id"].as_str().unwrap().to_string(),
-                h["score"].as_f64().unwrap(),
-            )
-        })
-        .collect();
+    let only = id_scores(&t[0]);
     assert_eq!(only.len(), 24);
     for (id, score) in &only {
         assert!(
@@ -462,4 +475,18 @@ fn text_and_mixed_queries_on_a_hybrid_index() {
     assert!(d.join("hybrid.index.text-eval.json").exists());
     let (good, err) = outcome(&["eval", "text-search", "--index", s(&plain)]);
     assert!(!good && err.contains("no text embeddings"), "{err}");
+}
+
+/// (id, score) of each hit of one query's JSON results, best first.
+fn id_scores(hits: &serde_json::Value) -> Vec<(String, f64)> {
+    hits.as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["id"].as_str().unwrap().to_string(),
+                h["score"].as_f64().unwrap(),
+            )
+        })
+        .collect()
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Side-by-side table of `vitrine bench-ann` and ann_faiss.py reports on the same data:
 for each (threads, batch), each engine's fastest setting with recall@k >= --target, and the
-queries/s ratio (Vitrine / faiss)."""
+queries/s ratio (Vitrine / faiss). Each side may be several reports (comma-separated, the
+rounds of `ROUNDS=N scripts/bench-ann.sh`): the fastest point over all of them counts."""
 
 import argparse
 import json
@@ -19,8 +20,16 @@ def main():
     ap.add_argument("--target", type=float, default=0.95)
     ap.add_argument("--name", default="")
     a = ap.parse_args()
-    ours, peer = json.load(open(a.ours)), json.load(open(a.faiss))
-    print(f"### {a.name or a.ours}: {ours['base']} x {ours['dim']}, {ours['queries']} queries, {ours['metric']}, recall@{ours['k']} >= {a.target}")
+    def load(paths):
+        reports = [json.load(open(p)) for p in paths.split(",")]
+        first = dict(reports[0])
+        first["points"] = [p for r in reports for p in r["points"]]
+        first["build_s"] = min(r["build_s"] for r in reports)
+        return first, len(reports)
+
+    (ours, rounds), (peer, _) = load(a.ours), load(a.faiss)
+    print(f"### {a.name or a.ours}: {ours['base']} x {ours['dim']}, {ours['queries']} queries, {ours['metric']}, recall@{ours['k']} >= {a.target}"
+          + (f", best of {rounds} alternating rounds" if rounds > 1 else ""))
     print()
     print(f"build: Vitrine ({ours['engine']}) {ours['build_s']:.1f} s, {ours['graph_memory_mb']:.0f} MB; "
           f"faiss ({peer['engine']}) {peer['build_s']:.1f} s, {peer['graph_memory_mb']:.0f} MB (RSS growth)")

@@ -7,8 +7,9 @@
 //! log id; a graph for another base is rebuilt. After loading, the graph is brought up to
 //! date with the log's adds and removes ([`AnnIndex::catch_up`]).
 //!
-//! Graph file: `b"VTRHNSW1"`, u64 LE log id, u64 LE key count, keys (u64 LE), then the
-//! USearch serialisation.
+//! Graph file: `b"VTRHNSW2"`, u64 LE log id, the 8-bit codebook (f32 LE `lo`, `step`; both 0
+//! when the graph stores floats), u64 LE key count, keys (u64 LE), then the USearch
+//! serialisation. Files of the first version (`VTRHNSW1`: no codebook) still load.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,8 @@ use usearch::{IndexOptions, MetricKind, ScalarKind};
 
 use crate::{Index, IndexError, Result};
 
-const MAGIC: &[u8; 8] = b"VTRHNSW1";
+const MAGIC: &[u8; 8] = b"VTRHNSW2";
+const MAGIC_V1: &[u8; 8] = b"VTRHNSW1";
 
 /// HNSW parameters, fixed when the graph is built except `expansion_search`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,9 +39,14 @@ pub struct AnnConfig {
     pub filter_exact_below: f64,
     /// Threads used to build the graph (0: all cores).
     pub build_threads: usize,
-    /// How the graph stores vectors: f32, or f16 / bf16 / i8 (less memory and bandwidth,
-    /// slightly coarser distances; queries stay f32).
+    /// How the graph stores vectors: f32, or f16 / bf16 / i8 / sq8 (less memory and
+    /// bandwidth, slightly coarser distances; queries stay f32 at the interface).
     pub quantization: Quantization,
+    /// With a graph that stores f16 / bf16 / i8 / sq8, ask it for ⌈k × `rescore`⌉
+    /// candidates and rank them by exact f32 scores from the embeddings themselves (Qdrant's
+    /// oversampling and rescoring). 1 keeps the graph's k items with exact scores; 0 uses
+    /// the graph's scores as they are; otherwise at least 1. Ignored for f32 graphs.
+    pub rescore: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -49,7 +56,73 @@ pub enum Quantization {
     F32,
     F16,
     Bf16,
+    /// USearch's own cast: components times 127, so only for vectors within [-1, 1].
     I8,
+    /// 8-bit codes on one range learned from the vectors the graph is built on ([`Sq8`]):
+    /// a quarter of f32's bytes per vector, lossless for 0–255 integer data such as pixels.
+    Sq8,
+}
+
+/// Scalar quantisation to 8 bits with one range for every component, `x ≈ lo + step * code`,
+/// so distances between codes keep the order of true distances up to rounding (a range per
+/// component would not: the kernels compare codes, never decoded floats). L2 graphs store
+/// u8 codes over [min, max] of the build vectors; cosine (inner-product) graphs store i8
+/// codes symmetric around 0 over [-max |x|, max |x|] (`lo` = 0: queries are coded alike, so
+/// an offset would add lo × the sum of each item's components to its inner product). Vectors added later are clamped into the range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sq8 {
+    pub lo: f32,
+    pub step: f32,
+}
+
+impl Sq8 {
+    /// The range of `vectors` for `metric`; an empty set gets unit vectors' range (cosine) or
+    /// integer steps from 0 (L2).
+    pub fn fit(vectors: &[f32], metric: Metric) -> Self {
+        let finite = vectors.iter().copied().filter(|x| x.is_finite());
+        match metric {
+            Metric::Cosine => {
+                let m = finite.fold(0f32, |m, x| m.max(x.abs()));
+                let m = if m > 0.0 { m } else { 1.0 };
+                Self {
+                    lo: 0.0,
+                    step: m / 127.0,
+                }
+            }
+            Metric::L2 => {
+                let (lo, hi) = finite.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), x| {
+                    (lo.min(x), hi.max(x))
+                });
+                if lo.is_finite() && hi > lo {
+                    Self {
+                        lo,
+                        step: (hi - lo) / 255.0,
+                    }
+                } else if lo.is_finite() {
+                    Self { lo, step: 1.0 }
+                } else {
+                    Self { lo: 0.0, step: 1.0 }
+                }
+            }
+        }
+    }
+
+    fn encode_u8(&self, x: &[f32]) -> Vec<u8> {
+        x.iter()
+            .map(|&v| ((v - self.lo) / self.step).round().clamp(0.0, 255.0) as u8)
+            .collect()
+    }
+
+    fn encode_i8(&self, x: &[f32]) -> Vec<i8> {
+        x.iter()
+            .map(|&v| (v / self.step).round().clamp(-127.0, 127.0) as i8)
+            .collect()
+    }
+
+    /// Code-space distances (squared L2, inner product) times this are true ones.
+    fn scale(&self) -> f32 {
+        self.step * self.step
+    }
 }
 
 impl Default for AnnConfig {
@@ -62,6 +135,7 @@ impl Default for AnnConfig {
             filter_exact_below: 0.05,
             build_threads: 0,
             quantization: Quantization::F32,
+            rescore: 1.0,
         }
     }
 }
@@ -76,6 +150,12 @@ impl AnnConfig {
             if v == 0 {
                 return Err(format!("ann.{name} = 0: it must be at least 1"));
             }
+        }
+        if !(self.rescore == 0.0 || (self.rescore.is_finite() && self.rescore >= 1.0)) {
+            return Err(format!(
+                "ann.rescore = {}: it must be 0 (off) or at least 1",
+                self.rescore
+            ));
         }
         if self.connectivity < 2 {
             return Err("ann.connectivity = 1: it must be at least 2".into());
@@ -131,10 +211,59 @@ pub struct AnnIndex {
     metric: Metric,
     pub config: AnnConfig,
     dim: usize,
+    /// Set when the graph stores 8-bit codes of [`Quantization::Sq8`].
+    sq8: Option<Sq8>,
+    /// USearch keeps one working context per concurrent caller and refuses a call when all
+    /// are taken; callers past that many wait here for one instead.
+    contexts: Permits,
+}
+
+/// A counting semaphore over USearch's per-thread contexts.
+struct Permits {
+    count: usize,
+    free: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl Permits {
+    fn new(count: usize) -> Self {
+        Self {
+            count,
+            free: std::sync::Mutex::new(count),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Runs `f` holding one context.
+    fn with<T>(&self, f: impl FnOnce() -> T) -> T {
+        {
+            // A poisoned lock only means another caller panicked; the count is still right.
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            while *free == 0 {
+                free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+            }
+            *free -= 1;
+        }
+        struct Release<'a>(&'a Permits);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                self.0.freed.notify_one();
+            }
+        }
+        let _release = Release(self);
+        f()
+    }
 }
 
 impl AnnIndex {
-    fn empty(dim: usize, metric: Metric, config: &AnnConfig, capacity: usize) -> Result<Self> {
+    fn empty(
+        dim: usize,
+        metric: Metric,
+        config: &AnnConfig,
+        capacity: usize,
+        sq8: Option<Sq8>,
+    ) -> Result<Self> {
         config.validate().map_err(IndexError::Backend)?;
         let options = IndexOptions {
             dimensions: dim,
@@ -147,6 +276,10 @@ impl AnnIndex {
                 Quantization::F16 => ScalarKind::F16,
                 Quantization::Bf16 => ScalarKind::BF16,
                 Quantization::I8 => ScalarKind::I8,
+                Quantization::Sq8 => match metric {
+                    Metric::Cosine => ScalarKind::I8,
+                    Metric::L2 => ScalarKind::U8,
+                },
             },
             connectivity: config.connectivity,
             expansion_add: config.expansion_add,
@@ -154,15 +287,17 @@ impl AnnIndex {
             multi: false,
         };
         let inner = usearch::Index::new(&options).map_err(|e| ann_err("init", e))?;
-        let threads = build_threads(config);
+        let threads = build_threads(config).max(2);
         inner
-            .reserve_capacity_and_threads(capacity.max(16), threads.max(2))
+            .reserve_capacity_and_threads(capacity.max(16), threads)
             .map_err(|e| ann_err("reserve", e))?;
         Ok(Self {
             inner,
             metric,
             config: config.clone(),
             dim,
+            sq8,
+            contexts: Permits::new(threads),
         })
     }
 
@@ -175,7 +310,8 @@ impl AnnIndex {
         metric: Metric,
         config: &AnnConfig,
     ) -> Result<Self> {
-        let ann = Self::empty(dim, metric, config, keys.len())?;
+        let sq8 = (config.quantization == Quantization::Sq8).then(|| Sq8::fit(vectors, metric));
+        let ann = Self::empty(dim, metric, config, keys.len(), sq8)?;
         let threads = build_threads(config).min(keys.len().max(1));
         let chunk = keys.len().div_ceil(threads.max(1)).max(1);
         std::thread::scope(|s| {
@@ -187,9 +323,7 @@ impl AnnIndex {
                     s.spawn(move || -> Result<()> {
                         for (i, &key) in ks.iter().enumerate() {
                             let row = t * chunk + i;
-                            ann.inner
-                                .add(key, &vectors[row * dim..(row + 1) * dim])
-                                .map_err(|e| ann_err("add", e))?;
+                            ann.add_unchecked(key, &vectors[row * dim..(row + 1) * dim])?;
                         }
                         Ok(())
                     })
@@ -214,6 +348,11 @@ impl AnnIndex {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The 8-bit codebook, when the graph stores codes.
+    pub fn sq8(&self) -> Option<Sq8> {
+        self.sq8
     }
 
     /// The SIMD kernels the engine picked on this CPU.
@@ -249,10 +388,21 @@ impl AnnIndex {
         if self.inner.size() >= self.inner.capacity() {
             let grow = (self.inner.capacity() * 2).max(1024);
             self.inner
-                .reserve(grow)
+                .reserve_capacity_and_threads(grow, self.contexts.count)
                 .map_err(|e| ann_err("reserve", e))?;
         }
-        self.inner.add(key, vector).map_err(|e| ann_err("add", e))
+        self.add_unchecked(key, vector)
+    }
+
+    /// Adds in the graph's stored form: f32 (USearch casts to its scalar) or our codes.
+    fn add_unchecked(&self, key: u64, vector: &[f32]) -> Result<()> {
+        self.contexts
+            .with(|| match (self.sq8, self.metric) {
+                (None, _) => self.inner.add(key, vector),
+                (Some(q), Metric::Cosine) => self.inner.add(key, &q.encode_i8(vector)),
+                (Some(q), Metric::L2) => self.inner.add(key, &q.encode_u8(vector)),
+            })
+            .map_err(|e| ann_err("add", e))
     }
 
     pub fn remove(&self, key: u64) -> Result<()> {
@@ -276,24 +426,80 @@ impl AnnIndex {
                 expected: self.dim,
             });
         }
-        let found = match allow {
-            None => self.inner.search(query, k),
-            Some(f) => self.inner.filtered_search(query, k, f),
-        }
-        .map_err(|e| ann_err("search", e))?;
+        let found = match (self.sq8, self.metric) {
+            (None, _) => self.search_as(query, k, allow)?,
+            (Some(q), Metric::Cosine) => self.search_as(&q.encode_i8(query), k, allow)?,
+            (Some(q), Metric::L2) => self.search_as(&q.encode_u8(query), k, allow)?,
+        };
         let metric = self.metric;
+        let scale = self.sq8.map_or(1.0, |q| q.scale());
         Ok(found
             .keys
             .into_iter()
             .zip(found.distances)
             .map(|(key, d)| {
+                // USearch reports 1 - dot for inner products, the squared distance for L2.
                 let score = match metric {
-                    Metric::Cosine => 1.0 - d,
-                    Metric::L2 => -d,
+                    Metric::Cosine => (1.0 - d) * scale,
+                    Metric::L2 => -d * scale,
                 };
                 (key, score)
             })
             .collect())
+    }
+
+    fn search_as<T: usearch::VectorType>(
+        &self,
+        query: &[T],
+        k: usize,
+        allow: Option<&(dyn Fn(u64) -> bool + Sync)>,
+    ) -> Result<usearch::ffi::Matches> {
+        self.contexts
+            .with(|| match allow {
+                None => self.inner.search(query, k),
+                Some(f) => self.inner.filtered_search(query, k, f),
+            })
+            .map_err(|e| ann_err("search", e))
+    }
+
+    /// [`Self::search`], then, for a graph that stores coarser scalars than f32 and
+    /// `config.rescore` > 0, k × `rescore` candidates ranked by exact scores against the f32
+    /// vectors `vector_of` gives for their keys (a key without one keeps its graph score).
+    pub fn search_rescored<'v>(
+        &self,
+        query: &[f32],
+        k: usize,
+        allow: Option<&(dyn Fn(u64) -> bool + Sync)>,
+        vector_of: impl Fn(u64) -> Option<&'v [f32]>,
+    ) -> Result<Vec<(u64, f32)>> {
+        let coarse = self.sq8.is_some() || self.config.quantization != Quantization::F32;
+        if !coarse || self.config.rescore == 0.0 {
+            return self.search(query, k, allow);
+        }
+        // Never more candidates than items (`as` saturates): a large factor cannot ask for a
+        // huge buffer.
+        let wanted = ((k as f64 * self.config.rescore).ceil() as usize)
+            .min(self.len())
+            .max(k);
+        let mut found = self.search(query, wanted, allow)?;
+        let vectors: Vec<Option<&[f32]>> = found
+            .iter()
+            .map(|&(key, _)| vector_of(key).filter(|v| v.len() == query.len()))
+            .collect();
+        // The candidates lie scattered in memory: ask for all their cache lines first, so
+        // the loads overlap instead of each product waiting for its own.
+        vectors.iter().flatten().for_each(|v| prefetch(v));
+        for ((_, score), v) in found.iter_mut().zip(vectors) {
+            if let Some(v) = v {
+                *score = match self.metric {
+                    Metric::Cosine => dot(v, query),
+                    Metric::L2 => -squared_l2(v, query),
+                };
+            }
+        }
+        found.sort_by(|a, b| b.1.total_cmp(&a.1));
+        found.truncate(k);
+        Ok(found)
     }
 
     /// Writes the graph atomically, tagged with `log_id` and holding `keys` (its items).
@@ -306,6 +512,9 @@ impl AnnIndex {
             use std::io::Write;
             w.write_all(MAGIC)?;
             w.write_all(&log_id.to_le_bytes())?;
+            let q = self.sq8.unwrap_or(Sq8 { lo: 0.0, step: 0.0 });
+            w.write_all(&q.lo.to_le_bytes())?;
+            w.write_all(&q.step.to_le_bytes())?;
             w.write_all(&(keys.len() as u64).to_le_bytes())?;
             for k in keys {
                 w.write_all(&k.to_le_bytes())?;
@@ -336,29 +545,45 @@ impl AnnIndex {
                 })
             }
         };
-        if bytes.len() < 24 || &bytes[..8] != MAGIC {
+        // Version 2 puts the codebook (8 bytes) between the log id and the key count.
+        let (head, sq8_at) = match bytes.get(..8) {
+            Some(m) if m == MAGIC => (32usize, Some(16usize)),
+            Some(m) if m == MAGIC_V1 => (24, None),
+            _ => return Ok(None),
+        };
+        if bytes.len() < head {
             return Ok(None);
         }
         let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        let float = |at: usize| f32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         if word(8) != log_id {
             return Ok(None);
         }
-        let n = word(16) as usize;
-        let body = 24usize
+        let sq8 = sq8_at
+            .map(|at| Sq8 {
+                lo: float(at),
+                step: float(at + 4),
+            })
+            .filter(|q| q.step != 0.0);
+        if sq8.is_some_and(|q| !(q.lo.is_finite() && q.step.is_finite() && q.step > 0.0)) {
+            return Ok(None);
+        }
+        let n = word(head - 8) as usize;
+        let body = head
             .checked_add(n.saturating_mul(8))
             .filter(|&end| end <= bytes.len());
         let Some(body) = body else {
             return Ok(None);
         };
-        let keys: Vec<u64> = (0..n).map(|i| word(24 + i * 8)).collect();
-        let ann = Self::empty(dim, Metric::Cosine, config, n)?;
+        let keys: Vec<u64> = (0..n).map(|i| word(head + i * 8)).collect();
+        let ann = Self::empty(dim, Metric::Cosine, config, n, sq8)?;
         if ann.inner.load_from_buffer(&bytes[body..]).is_err() || ann.inner.size() != n {
             return Ok(None);
         }
         ann.inner.change_expansion_search(config.expansion_search);
         // Loading sizes the graph to its items: room to grow, and contexts for threads.
         ann.inner
-            .reserve_capacity_and_threads((n * 2).max(1024), build_threads(config).max(2))
+            .reserve_capacity_and_threads((n * 2).max(1024), ann.contexts.count)
             .map_err(|e| ann_err("reserve", e))?;
         Ok(Some((ann, keys)))
     }
@@ -388,6 +613,47 @@ impl AnnIndex {
         }
         Ok(())
     }
+}
+
+/// Hints the CPU to load `v` into the cache (no effect on other architectures).
+fn prefetch(v: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in v.chunks(16) {
+        // SAFETY: a prefetch hint never faults, and the pointer is inside `v`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
+/// Eight running sums, so the compiler vectorises the loop (one sum would be a serial chain).
+fn lanes(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, &y)| term(x, y))
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += term(x[i], y[i]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    lanes(a, b, |x, y| x * y)
+}
+
+fn squared_l2(a: &[f32], b: &[f32]) -> f32 {
+    lanes(a, b, |x, y| (x - y) * (x - y))
 }
 
 fn build_threads(config: &AnnConfig) -> usize {
@@ -515,6 +781,203 @@ mod tests {
         assert!(AnnIndex::load(&path, 42, 8, &config).unwrap().is_none());
     }
 
+    fn sq8() -> AnnConfig {
+        AnnConfig {
+            quantization: Quantization::Sq8,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sq8_is_lossless_on_integer_pixels() {
+        // 0..=255 integers span the u8 range exactly: codes are the values themselves.
+        let (n, dim) = (600, 12);
+        let mut x = 17u64;
+        let mut vectors: Vec<f32> = (0..n * dim)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                ((x >> 33) % 256) as f32
+            })
+            .collect();
+        vectors[0] = 0.0;
+        vectors[1] = 255.0;
+        let keys: Vec<u64> = (0..n as u64).collect();
+        let ann = AnnIndex::build(&vectors, &keys, dim, Metric::L2, &sq8()).unwrap();
+        assert_eq!(ann.sq8(), Some(Sq8 { lo: 0.0, step: 1.0 }));
+        let q = &vectors[5 * dim..6 * dim];
+        let hits = ann.search(q, 5, None).unwrap();
+        assert_eq!(
+            hits[0],
+            (5, 0.0),
+            "a stored vector finds itself at distance 0"
+        );
+        for &(key, score) in &hits {
+            let row = &vectors[key as usize * dim..(key as usize + 1) * dim];
+            let d: f32 = row.iter().zip(q).map(|(a, b)| (a - b) * (a - b)).sum();
+            assert_eq!(score, -d, "code distances are the true ones");
+        }
+    }
+
+    #[test]
+    fn sq8_cosine_finds_the_neighbours_and_scores_near_the_cosine() {
+        let ix = index(2000, 16);
+        let ann = AnnIndex::for_index(&ix, &sq8()).unwrap();
+        let q8 = ann.sq8().expect("codes");
+        assert_eq!(q8.lo, 0.0);
+        let mut x = 99;
+        let mut found = 0;
+        for _ in 0..50 {
+            let q = unit(&mut x, 16);
+            let want = exact(&ix, &q, 10);
+            let hits = ann.search(&q, 10, None).unwrap();
+            found += hits.iter().filter(|h| want.contains(&h.0)).count();
+            for (key, score) in hits {
+                let row = ix
+                    .items()
+                    .iter()
+                    .position(|it| key_of(&it.id) == key)
+                    .unwrap();
+                let cos: f32 = ix
+                    .embedding(row)
+                    .unwrap()
+                    .iter()
+                    .zip(&q)
+                    .map(|(a, b)| a * b)
+                    .sum();
+                // Rounding each of 16 components by at most step/2 on both sides.
+                assert!((score - cos).abs() < 16.0 * q8.step, "{score} vs {cos}");
+            }
+        }
+        assert!(found >= 450, "recall@10 {}", found as f64 / 500.0);
+    }
+
+    #[test]
+    fn sq8_codebook_survives_save_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.index.hnsw");
+        let ix = index(300, 8);
+        let ann = AnnIndex::for_index(&ix, &sq8()).unwrap();
+        let keys: Vec<u64> = ix.items().iter().map(|it| key_of(&it.id)).collect();
+        ann.save(&path, 7, &keys).unwrap();
+        let (back, had) = AnnIndex::load(&path, 7, 8, &AnnConfig::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(had, keys);
+        assert_eq!(
+            back.sq8(),
+            ann.sq8(),
+            "the file's codebook, whatever the config says"
+        );
+        let q = unit(&mut 3, 8);
+        assert_eq!(
+            back.search(&q, 5, None).unwrap(),
+            ann.search(&q, 5, None).unwrap()
+        );
+        // A float graph saved in this version loads without a codebook.
+        let plain = AnnIndex::for_index(&ix, &AnnConfig::default()).unwrap();
+        plain.save(&path, 7, &keys).unwrap();
+        let (back, _) = AnnIndex::load(&path, 7, 8, &sq8()).unwrap().unwrap();
+        assert_eq!(back.sq8(), None);
+        // A damaged codebook is no graph (it is rebuilt), never a panic.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[20..24].copy_from_slice(&f32::NAN.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(AnnIndex::load(&path, 7, 8, &sq8()).unwrap().is_none());
+    }
+
+    #[test]
+    fn rescoring_ranks_candidates_by_exact_scores() {
+        // Coarse codes: 300 points on a line in [0, 1000] share 256 levels, so code
+        // distances tie; rescoring with the f32 vectors recovers the exact order.
+        let dim = 4;
+        let vectors: Vec<f32> = (0..300)
+            .flat_map(|i| {
+                let t = i as f32 * 1000.0 / 299.0;
+                [t, 1000.0 - t, t * 0.5, 0.0]
+            })
+            .collect();
+        let keys: Vec<u64> = (0..300).collect();
+        let row = |key: u64| vectors.get(key as usize * dim..(key as usize + 1) * dim);
+        let mut config = AnnConfig {
+            rescore: 4.0,
+            ..sq8()
+        };
+        let ann = AnnIndex::build(&vectors, &keys, dim, Metric::L2, &config).unwrap();
+        let q = [500.3, 499.7, 250.15, 0.0];
+        let truth = |key: u64| {
+            -row(key)
+                .unwrap()
+                .iter()
+                .zip(&q)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f32>()
+        };
+        let hits = ann.search_rescored(&q, 5, None, row).unwrap();
+        assert_eq!(hits.len(), 5);
+        assert_eq!(
+            hits.iter().map(|h| h.0).collect::<Vec<_>>(),
+            vec![150, 149, 151, 148, 152]
+        );
+        assert!(hits.iter().all(|&(key, s)| s == truth(key)), "exact scores");
+        // rescore 0: the graph's own, coarser scores.
+        config.rescore = 0.0;
+        let raw = AnnIndex::build(&vectors, &keys, dim, Metric::L2, &config).unwrap();
+        let hits = raw.search_rescored(&q, 5, None, row).unwrap();
+        assert!(hits.iter().any(|&(key, s)| s != truth(key)));
+        // A factor far past the item count asks for at most every item.
+        config.rescore = 1e30;
+        let all = AnnIndex::build(&vectors, &keys, dim, Metric::L2, &config).unwrap();
+        assert_eq!(all.search_rescored(&q, 5, None, row).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn more_concurrent_searches_than_contexts_wait_instead_of_failing() {
+        let ix = index(500, 8);
+        let config = AnnConfig {
+            build_threads: 2,
+            ..Default::default()
+        };
+        let ann = AnnIndex::for_index(&ix, &config).unwrap();
+        assert_eq!(ann.contexts.count, 2);
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8u64)
+                .map(|t| {
+                    let ann = &ann;
+                    s.spawn(move || {
+                        let mut x = t + 1;
+                        (0..200).all(|_| {
+                            ann.search(&unit(&mut x, 8), 5, None)
+                                .is_ok_and(|h| h.len() == 5)
+                        })
+                    })
+                })
+                .collect();
+            assert!(
+                hs.into_iter().all(|h| h.join().unwrap()),
+                "every search answered"
+            );
+        });
+    }
+
+    #[test]
+    fn sq8_fits_ranges_and_clamps_what_lies_outside() {
+        let q = Sq8::fit(&[-2.0, 0.5, 3.0, f32::NAN], Metric::L2);
+        assert_eq!((q.lo, q.step), (-2.0, 5.0 / 255.0));
+        assert_eq!(q.encode_u8(&[-9.0, -2.0, 3.0, 40.0]), vec![0, 0, 255, 255]);
+        let c = Sq8::fit(&[0.25, -0.5], Metric::Cosine);
+        assert_eq!((c.lo, c.step), (0.0, 0.5 / 127.0));
+        assert_eq!(
+            c.encode_i8(&[-0.5, 0.5, 1.0, -1.0]),
+            vec![-127, 127, 127, -127]
+        );
+        assert_eq!(Sq8::fit(&[], Metric::Cosine).step, 1.0 / 127.0);
+        assert_eq!(Sq8::fit(&[], Metric::L2), Sq8 { lo: 0.0, step: 1.0 });
+        assert_eq!(
+            Sq8::fit(&[4.0, 4.0], Metric::L2),
+            Sq8 { lo: 4.0, step: 1.0 }
+        );
+    }
+
     #[test]
     fn bad_parameters_are_clear_errors() {
         let zero = AnnConfig {
@@ -528,5 +991,33 @@ mod tests {
         };
         assert!(wide.validate().unwrap_err().contains("filter_exact_below"));
         assert!(AnnConfig::default().validate().is_ok());
+        for (rescore, ok) in [
+            (0.0, true),
+            (1.0, true),
+            (1.5, true),
+            (0.99, false),
+            (f64::NAN, false),
+        ] {
+            let c = AnnConfig {
+                rescore,
+                ..Default::default()
+            };
+            assert_eq!(c.validate().is_ok(), ok, "rescore {rescore}");
+        }
+        let err = AnnConfig {
+            rescore: 0.5,
+            ..Default::default()
+        };
+        assert!(err.validate().unwrap_err().contains("ann.rescore = 0.5"));
+    }
+
+    #[test]
+    fn rescoring_sums_match_plain_sums() {
+        let a: Vec<f32> = (0..19).map(|i| i as f32 * 0.25 - 2.0).collect();
+        let b: Vec<f32> = (0..19).map(|i| 1.0 - i as f32 * 0.125).collect();
+        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - plain).abs() < 1e-5);
+        let plain: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+        assert!((squared_l2(&a, &b) - plain).abs() < 1e-4);
     }
 }

@@ -132,9 +132,10 @@ impl<B: Backend> Searcher<B> {
         queries
             .chunks(index.dim)
             .map(|q| {
+                let vector_of = |key| index.row_of_key(key).and_then(|r| index.embedding(r));
                 let found = match &pass {
-                    None => ann.search(q, k, None)?,
-                    Some(_) => ann.search(q, k, Some(&allow))?,
+                    None => ann.search_rescored(q, k, None, vector_of)?,
+                    Some(_) => ann.search_rescored(q, k, Some(&allow), vector_of)?,
                 };
                 Ok(found
                     .into_iter()

@@ -68,7 +68,8 @@ pub enum Quantization {
 /// component would not: the kernels compare codes, never decoded floats). L2 graphs store
 /// u8 codes over [min, max] of the build vectors; cosine (inner-product) graphs store i8
 /// codes symmetric around 0 over [-max |x|, max |x|] (`lo` = 0: queries are coded alike, so
-/// an offset would add lo × the sum of each item's components to its inner product). Vectors added later are clamped into the range.
+/// an offset would add lo × the sum of each item's components to its inner product).
+/// Vectors added later are clamped into the range.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sq8 {
     pub lo: f32,

@@ -107,14 +107,18 @@ fn train_eval_index_search_round_trip() {
     // filters included, and follows later writes through the log.
     let ann = d.join("ann.index");
     let cfg = d.join("ann.toml");
-    std::fs::write(
-        &cfg,
+    // `index build --ann hnsw` with `toml` as the graph's parameters.
+    let build_graph = |out: &std::path::Path, toml: &str| {
+        std::fs::write(&cfg, toml).unwrap();
+        let mut args = index_build_args(&run, out, &["--ann", "hnsw", "--ann-config", s(&cfg)]);
+        args.push("--quiet");
+        outcome(&args)
+    };
+    let (good, err) = build_graph(
+        &ann,
         "exact_below = 0\nfilter_exact_below = 0.0\nconnectivity = 8\n",
-    )
-    .unwrap();
-    let mut args = index_build_args(&run, &ann, &["--ann", "hnsw", "--ann-config", s(&cfg)]);
-    args.push("--quiet");
-    ok(&args);
+    );
+    assert!(good, "{err}");
     assert!(d.join("ann.index.hnsw").exists());
     let plain = d.join("plain.index");
     ok(&index_build_args(&run, &plain, &["--quiet"]));
@@ -134,14 +138,11 @@ fn train_eval_index_search_round_trip() {
     // An 8-bit graph finds the same items, and rescoring (on by default) gives them the
     // exact cosines of the f32 embeddings.
     let sq8 = d.join("sq8.index");
-    std::fs::write(
-        &cfg,
+    let (good, err) = build_graph(
+        &sq8,
         "exact_below = 0\nfilter_exact_below = 0.0\nconnectivity = 8\nquantization = \"sq8\"\n",
-    )
-    .unwrap();
-    let mut args = index_build_args(&run, &sq8, &["--ann", "hnsw", "--ann-config", s(&cfg)]);
-    args.push("--quiet");
-    ok(&args);
+    );
+    assert!(good, "{err}");
     let scored = |index: &std::path::Path| {
         let hits = search_json(index, &["--id", "205", "-k", "10", "--ef", "64"]);
         let mut v = id_scores(&hits[0]);
@@ -160,10 +161,7 @@ fn train_eval_index_search_round_trip() {
     assert_eq!(hits[0].as_array().unwrap().len(), 23);
     let (good, err) = outcome(&["search", "--index", s(&ann), "--id", "206", "--ef", "0"]);
     assert!(!good && err.contains("--ef 0"), "{err}");
-    std::fs::write(&cfg, "connectivity = 0\n").unwrap();
-    let mut args = index_build_args(&run, &ann, &["--ann", "hnsw", "--ann-config", s(&cfg)]);
-    args.push("--quiet");
-    let (good, err) = outcome(&args);
+    let (good, err) = build_graph(&ann, "connectivity = 0\n");
     assert!(!good && err.contains("ann.connectivity"), "{err}");
 }
 

@@ -129,10 +129,11 @@ impl<B: Backend> Searcher<B> {
                 .row_of_key(key)
                 .is_some_and(|r| pass.as_ref().is_none_or(|b| b[r]))
         };
+        // The f32 embedding behind a graph key, for rescoring a coarse graph's candidates.
+        let vector_of = |key| index.row_of_key(key).and_then(|r| index.embedding(r));
         queries
             .chunks(index.dim)
             .map(|q| {
-                let vector_of = |key| index.row_of_key(key).and_then(|r| index.embedding(r));
                 let found = match &pass {
                     None => ann.search_rescored(q, k, None, vector_of)?,
                     Some(_) => ann.search_rescored(q, k, Some(&allow), vector_of)?,

@@ -163,6 +163,22 @@ fn train_eval_index_search_round_trip() {
     assert!(!good && err.contains("--ef 0"), "{err}");
     let (good, err) = build_graph(&ann, "connectivity = 0\n");
     assert!(!good && err.contains("ann.connectivity"), "{err}");
+    // The graph parameters docs/search.md's figures were measured with build as they are.
+    let shipped = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/ann")).unwrap();
+    let mut count = 0;
+    for entry in shipped {
+        let toml = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let (good, err) = build_graph(
+            &d.join("shipped.index"),
+            &format!("{toml}exact_below = 0\n"),
+        );
+        assert!(good, "{toml}: {err}");
+        count += 1;
+    }
+    assert!(
+        count >= 3,
+        "configs/ann holds the benchmarked graph settings"
+    );
 }
 
 /// `vitrine search … | head -3`: a reader that stops early ends the command quietly.

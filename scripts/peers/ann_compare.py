@@ -33,6 +33,10 @@ def main():
     print()
     print(f"build: Vitrine ({ours['engine']}) {ours['build_s']:.1f} s, {ours['graph_memory_mb']:.0f} MB; "
           f"faiss ({peer['engine']}) {peer['build_s']:.1f} s, {peer['graph_memory_mb']:.0f} MB (RSS growth)")
+    if "huge_pages" in ours:
+        print()
+        print(f"huge pages: Vitrine {'asks for them' if ours['huge_pages'] else 'off'}; "
+              f"system THP mode {ours.get('thp')} (Vitrine run), {peer.get('thp')} (faiss run)")
     print()
     print("| threads | batch | Vitrine ef | recall | q/s | faiss ef | recall | q/s | ratio |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -30,6 +30,14 @@ def rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def thp_mode():
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+        return text.split("[", 1)[1].split("]", 1)[0]
+    except (OSError, IndexError):
+        return None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help="folder from scripts/ann_data.py")
@@ -112,6 +120,9 @@ def main():
                 points.append({"ef": ef, "recall": r, "threads": threads, "batch": batch, "qps": qps})
     report = {
         "engine": f"faiss {faiss.__version__} IndexHNSWFlat",
+        # faiss asks for no huge pages itself: it gets them only when the system's THP mode
+        # is `always`.
+        "thp": thp_mode(),
         "base": base.shape[0],
         "dim": d,
         "queries": n,

@@ -114,6 +114,9 @@ pub struct AnnReport {
     pub quantization: vitrine_index::Quantization,
     /// Candidates per result rescored with f32 vectors (quantised graphs; 0: none).
     pub rescore: f64,
+    /// Whether the graph asked for huge pages, and the system's THP mode.
+    pub huge_pages: bool,
+    pub thp: Option<String>,
     pub base: usize,
     pub dim: usize,
     pub queries: usize,
@@ -296,6 +299,8 @@ pub fn run_ann<B: Backend>(
         hardware: ann.hardware(),
         quantization: c.graph.quantization,
         rescore: c.graph.rescore,
+        huge_pages: c.graph.huge_pages,
+        thp: vitrine_index::hugepages::system_mode(),
         base: n,
         dim,
         queries: nq,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use usearch::{IndexOptions, MetricKind, ScalarKind};
 
-use crate::{Index, IndexError, Result};
+use crate::{hugepages, Index, IndexError, Result};
 
 const MAGIC: &[u8; 8] = b"VTRHNSW2";
 const MAGIC_V1: &[u8; 8] = b"VTRHNSW1";
@@ -47,6 +47,9 @@ pub struct AnnConfig {
     /// oversampling and rescoring). 1 keeps the graph's k items with exact scores; 0 uses
     /// the graph's scores as they are; otherwise at least 1. Ignored for f32 graphs.
     pub rescore: f64,
+    /// Ask the kernel for 2 MiB pages under the graph and the vectors it rescores with
+    /// ([`crate::hugepages`]): fewer TLB misses on the walk's scattered loads.
+    pub huge_pages: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -137,6 +140,7 @@ impl Default for AnnConfig {
             build_threads: 0,
             quantization: Quantization::F32,
             rescore: 1.0,
+            huge_pages: true,
         }
     }
 }
@@ -312,17 +316,31 @@ impl AnnIndex {
         config: &AnnConfig,
     ) -> Result<Self> {
         let sq8 = (config.quantization == Quantization::Sq8).then(|| Sq8::fit(vectors, metric));
+        let watch = config
+            .huge_pages
+            .then(|| std::sync::Mutex::new(hugepages::Watch::new()));
         let ann = Self::empty(dim, metric, config, keys.len(), sq8)?;
         let threads = build_threads(config).min(keys.len().max(1));
         let chunk = keys.len().div_ceil(threads.max(1)).max(1);
+        // USearch maps its arenas as the graph grows; the first thread asks for huge pages
+        // under each new one while it is still mostly untouched.
+        let advise_new = || {
+            if let Some(w) = &watch {
+                w.lock().unwrap_or_else(|e| e.into_inner()).advise_new();
+            }
+        };
         std::thread::scope(|s| {
             let handles: Vec<_> = keys
                 .chunks(chunk)
                 .enumerate()
                 .map(|(t, ks)| {
                     let ann = &ann;
+                    let advise_new = &advise_new;
                     s.spawn(move || -> Result<()> {
                         for (i, &key) in ks.iter().enumerate() {
+                            if t == 0 && i % 4096 == 0 {
+                                advise_new();
+                            }
                             let row = t * chunk + i;
                             ann.add_unchecked(key, &vectors[row * dim..(row + 1) * dim])?;
                         }
@@ -334,6 +352,11 @@ impl AnnIndex {
                 .into_iter()
                 .try_for_each(|h| h.join().expect("an HNSW build thread panicked"))
         })?;
+        if watch.is_some() {
+            advise_new();
+            // Rescoring reads `vectors`.
+            hugepages::advise_slice(vectors);
+        }
         Ok(ann)
     }
 
@@ -577,6 +600,7 @@ impl AnnIndex {
             return Ok(None);
         };
         let keys: Vec<u64> = (0..n).map(|i| word(head + i * 8)).collect();
+        let mut watch = config.huge_pages.then(hugepages::Watch::new);
         let ann = Self::empty(dim, Metric::Cosine, config, n, sq8)?;
         if ann.inner.load_from_buffer(&bytes[body..]).is_err() || ann.inner.size() != n {
             return Ok(None);
@@ -586,6 +610,9 @@ impl AnnIndex {
         ann.inner
             .reserve_capacity_and_threads((n * 2).max(1024), ann.contexts.count)
             .map_err(|e| ann_err("reserve", e))?;
+        if let Some(w) = &mut watch {
+            w.advise_new();
+        }
         Ok(Some((ann, keys)))
     }
 
@@ -731,6 +758,42 @@ mod tests {
             found += got.iter().filter(|k| want.contains(k)).count();
         }
         assert!(found >= 490, "recall@10 {}", found as f64 / 500.0);
+    }
+
+    #[test]
+    fn huge_pages_change_no_result() {
+        // A 20k x 64 graph spans several 2 MiB blocks; one build thread keeps it deterministic.
+        let ix = index(20_000, 64);
+        let config = |huge_pages| AnnConfig {
+            build_threads: 1,
+            huge_pages,
+            ..AnnConfig::default()
+        };
+        let on = AnnIndex::for_index(&ix, &config(true)).unwrap();
+        let off = AnnIndex::for_index(&ix, &config(false)).unwrap();
+        let mut x = 7;
+        for _ in 0..20 {
+            let q = unit(&mut x, 64);
+            assert_eq!(
+                on.search(&q, 10, None).unwrap(),
+                off.search(&q, 10, None).unwrap()
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.hnsw");
+        let keys: Vec<u64> = ix.items().iter().map(|it| key_of(&it.id)).collect();
+        off.save(&path, 1, &keys).unwrap();
+        let (back, _) = AnnIndex::load(&path, 1, 64, &config(true))
+            .unwrap()
+            .unwrap();
+        let q = unit(&mut x, 64);
+        assert_eq!(
+            back.search(&q, 10, None).unwrap(),
+            off.search(&q, 10, None).unwrap()
+        );
+        let parsed: AnnConfig = serde_json::from_str(r#"{"huge_pages": false}"#).unwrap();
+        assert!(!parsed.huge_pages);
+        assert!(AnnConfig::default().huge_pages);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod ann;
 mod filter;
+pub mod hugepages;
 pub mod layout;
 mod search;
 pub mod searcher;

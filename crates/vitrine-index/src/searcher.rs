@@ -53,6 +53,10 @@ impl<B: Backend> Searcher<B> {
             match AnnIndex::load(&gpath, index.log_id(), index.dim, config)? {
                 Some((ann, had)) => {
                     ann.catch_up(&had, index, replayed_adds)?;
+                    if config.huge_pages {
+                        // Rescoring reads these rows (a build advises them itself).
+                        crate::hugepages::advise_slice(index.embeddings());
+                    }
                     ann
                 }
                 None => {

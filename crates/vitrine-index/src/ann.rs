@@ -20,6 +20,9 @@ use usearch::{IndexOptions, MetricKind, ScalarKind};
 use crate::{hugepages, Index, IndexError, Result};
 
 const MAGIC: &[u8; 8] = b"VTRHNSW2";
+/// Adds between two looks for new arenas to ask huge pages for (a look reads
+/// `/proc/self/maps`).
+const ADVISE_EVERY: usize = 4096;
 const MAGIC_V1: &[u8; 8] = b"VTRHNSW1";
 
 /// HNSW parameters, fixed when the graph is built except `expansion_search`.
@@ -221,6 +224,8 @@ pub struct AnnIndex {
     /// USearch keeps one working context per concurrent caller and refuses a call when all
     /// are taken; callers past that many wait here for one instead.
     contexts: Permits,
+    /// With `huge_pages`: the mappings seen so far, to advise the arenas USearch adds.
+    pages: Option<std::sync::Mutex<hugepages::Watch>>,
 }
 
 /// A counting semaphore over USearch's per-thread contexts.
@@ -270,6 +275,10 @@ impl AnnIndex {
         sq8: Option<Sq8>,
     ) -> Result<Self> {
         config.validate().map_err(IndexError::Backend)?;
+        // Taken first, so the graph's own first allocations count as new.
+        let pages = config
+            .huge_pages
+            .then(|| std::sync::Mutex::new(hugepages::Watch::new()));
         let options = IndexOptions {
             dimensions: dim,
             metric: match metric {
@@ -303,7 +312,16 @@ impl AnnIndex {
             dim,
             sq8,
             contexts: Permits::new(threads),
+            pages,
         })
+    }
+
+    /// Asks for huge pages under what the graph mapped since the last call (no-op without
+    /// `huge_pages`).
+    fn advise_new_pages(&self) {
+        if let Some(w) = &self.pages {
+            w.lock().unwrap_or_else(|e| e.into_inner()).advise_new();
+        }
     }
 
     /// Builds the graph over vectors (row-major [n, dim]) with the given keys, on
@@ -316,30 +334,21 @@ impl AnnIndex {
         config: &AnnConfig,
     ) -> Result<Self> {
         let sq8 = (config.quantization == Quantization::Sq8).then(|| Sq8::fit(vectors, metric));
-        let watch = config
-            .huge_pages
-            .then(|| std::sync::Mutex::new(hugepages::Watch::new()));
         let ann = Self::empty(dim, metric, config, keys.len(), sq8)?;
         let threads = build_threads(config).min(keys.len().max(1));
         let chunk = keys.len().div_ceil(threads.max(1)).max(1);
-        // USearch maps its arenas as the graph grows; the first thread asks for huge pages
-        // under each new one while it is still mostly untouched.
-        let advise_new = || {
-            if let Some(w) = &watch {
-                w.lock().unwrap_or_else(|e| e.into_inner()).advise_new();
-            }
-        };
         std::thread::scope(|s| {
             let handles: Vec<_> = keys
                 .chunks(chunk)
                 .enumerate()
                 .map(|(t, ks)| {
                     let ann = &ann;
-                    let advise_new = &advise_new;
                     s.spawn(move || -> Result<()> {
                         for (i, &key) in ks.iter().enumerate() {
-                            if t == 0 && i % 4096 == 0 {
-                                advise_new();
+                            // USearch maps arenas as the graph grows: ask for huge pages
+                            // under each new one while it is still mostly untouched.
+                            if t == 0 && i % ADVISE_EVERY == 0 {
+                                ann.advise_new_pages();
                             }
                             let row = t * chunk + i;
                             ann.add_unchecked(key, &vectors[row * dim..(row + 1) * dim])?;
@@ -352,8 +361,8 @@ impl AnnIndex {
                 .into_iter()
                 .try_for_each(|h| h.join().expect("an HNSW build thread panicked"))
         })?;
-        if watch.is_some() {
-            advise_new();
+        if config.huge_pages {
+            ann.advise_new_pages();
             // Rescoring reads `vectors`.
             hugepages::advise_slice(vectors);
         }
@@ -415,7 +424,12 @@ impl AnnIndex {
                 .reserve_capacity_and_threads(grow, self.contexts.count)
                 .map_err(|e| ann_err("reserve", e))?;
         }
-        self.add_unchecked(key, vector)
+        self.add_unchecked(key, vector)?;
+        // Catalogue adds after a load grow the graph into new arenas too.
+        if self.inner.size() % ADVISE_EVERY == 0 {
+            self.advise_new_pages();
+        }
+        Ok(())
     }
 
     /// Adds in the graph's stored form: f32 (USearch casts to its scalar) or our codes.
@@ -600,7 +614,6 @@ impl AnnIndex {
             return Ok(None);
         };
         let keys: Vec<u64> = (0..n).map(|i| word(head + i * 8)).collect();
-        let mut watch = config.huge_pages.then(hugepages::Watch::new);
         let ann = Self::empty(dim, Metric::Cosine, config, n, sq8)?;
         if ann.inner.load_from_buffer(&bytes[body..]).is_err() || ann.inner.size() != n {
             return Ok(None);
@@ -610,9 +623,7 @@ impl AnnIndex {
         ann.inner
             .reserve_capacity_and_threads((n * 2).max(1024), ann.contexts.count)
             .map_err(|e| ann_err("reserve", e))?;
-        if let Some(w) = &mut watch {
-            w.advise_new();
-        }
+        ann.advise_new_pages();
         Ok(Some((ann, keys)))
     }
 
@@ -783,14 +794,33 @@ mod tests {
         let path = dir.path().join("g.hnsw");
         let keys: Vec<u64> = ix.items().iter().map(|it| key_of(&it.id)).collect();
         off.save(&path, 1, &keys).unwrap();
-        let (back, _) = AnnIndex::load(&path, 1, 64, &config(true))
-            .unwrap()
-            .unwrap();
+        // The same file loaded with and without huge pages; each is searched once, so both
+        // rotate USearch's contexts (each with its own level generator) alike.
+        let load = |huge| {
+            AnnIndex::load(&path, 1, 64, &config(huge))
+                .unwrap()
+                .unwrap()
+                .0
+        };
+        let (back, back_off) = (load(true), load(false));
         let q = unit(&mut x, 64);
-        assert_eq!(
-            back.search(&q, 10, None).unwrap(),
-            off.search(&q, 10, None).unwrap()
-        );
+        let want = off.search(&q, 10, None).unwrap();
+        assert_eq!(back.search(&q, 10, None).unwrap(), want);
+        assert_eq!(back_off.search(&q, 10, None).unwrap(), want);
+        // Adds after a load cross ADVISE_EVERY, so the loaded graph advises its new arenas;
+        // the same adds without huge pages give the same graph.
+        for i in 0..ADVISE_EVERY as u64 + 100 {
+            let v = unit(&mut x, 64);
+            back.add(1 << 40 | i, &v).unwrap();
+            back_off.add(1 << 40 | i, &v).unwrap();
+        }
+        for _ in 0..20 {
+            let q = unit(&mut x, 64);
+            assert_eq!(
+                back.search(&q, 10, None).unwrap(),
+                back_off.search(&q, 10, None).unwrap()
+            );
+        }
         let parsed: AnnConfig = serde_json::from_str(r#"{"huge_pages": false}"#).unwrap();
         assert!(!parsed.huge_pages);
         assert!(AnnConfig::default().huge_pages);

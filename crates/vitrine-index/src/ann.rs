@@ -347,7 +347,7 @@ impl AnnIndex {
                         for (i, &key) in ks.iter().enumerate() {
                             // USearch maps arenas as the graph grows: ask for huge pages
                             // under each new one while it is still mostly untouched.
-                            if t == 0 && i % ADVISE_EVERY == 0 {
+                            if t == 0 && i.is_multiple_of(ADVISE_EVERY) {
                                 ann.advise_new_pages();
                             }
                             let row = t * chunk + i;
@@ -426,7 +426,7 @@ impl AnnIndex {
         }
         self.add_unchecked(key, vector)?;
         // Catalogue adds after a load grow the graph into new arenas too.
-        if self.inner.size() % ADVISE_EVERY == 0 {
+        if self.inner.size().is_multiple_of(ADVISE_EVERY) {
             self.advise_new_pages();
         }
         Ok(())

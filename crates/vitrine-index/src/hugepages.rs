@@ -1,8 +1,9 @@
 //! Transparent huge pages for the memory a graph search walks.
 //!
 //! An HNSW walk touches a few hundred nodes and vectors scattered over tens or hundreds of
-//! MB. With 4 KiB pages nearly every touch also misses the TLB, and the page walk adds its
-//! own memory latency to the load. Most Linux systems ship THP as `madvise` (only regions
+//! MB. With 4 KiB pages many touches also miss the TLB, and the page walk adds its own
+//! memory latency to the load (docs/search.md has what this bought as measured: little on
+//! 60k-item graphs, more on a 1M one). Most Linux systems ship THP as `madvise` (only regions
 //! that ask get 2 MiB pages), and USearch maps its arenas itself without asking, so the graph
 //! asks for them here: `madvise(MADV_HUGEPAGE)` marks the regions and `MADV_COLLAPSE`
 //! (Linux 6.1+) moves the pages already written into huge pages at once instead of waiting

@@ -20,10 +20,10 @@ use usearch::{IndexOptions, MetricKind, ScalarKind};
 use crate::{hugepages, Index, IndexError, Result};
 
 const MAGIC: &[u8; 8] = b"VTRHNSW2";
+const MAGIC_V1: &[u8; 8] = b"VTRHNSW1";
 /// Adds between two looks for new arenas to ask huge pages for (a look reads
 /// `/proc/self/maps`).
 const ADVISE_EVERY: usize = 4096;
-const MAGIC_V1: &[u8; 8] = b"VTRHNSW1";
 
 /// HNSW parameters, fixed when the graph is built except `expansion_search`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

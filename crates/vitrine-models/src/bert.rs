@@ -43,6 +43,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check_range, invalid, ModelError};
+use crate::fused;
 use crate::gpt::hf_activation;
 use crate::hf::{load_checkpoint, HfConfig, HfError, Layout, Loaded, Weights};
 use crate::l2_normalize;
@@ -190,6 +191,7 @@ impl BertConfig {
                 mlp: block.mlp(device),
                 ln_out: block.layer_norm(device),
                 dropout: DropoutConfig::new(self.dropout).init(),
+                ln_eps: self.layer_norm_eps,
             })
             .collect();
         Ok(Bert {
@@ -279,6 +281,8 @@ pub struct BertLayer<B: Backend> {
     pub mlp: Mlp<B>,
     pub ln_out: LayerNorm<B>,
     pub dropout: Dropout,
+    /// The LayerNorms' epsilon, for [`fused::layer_norm`]. Not a weight.
+    pub ln_eps: f64,
 }
 
 impl<B: Backend> BertLayer<B> {
@@ -287,9 +291,9 @@ impl<B: Backend> BertLayer<B> {
         let a = self
             .dropout
             .forward(self.attn.forward_biased(x.clone(), bias));
-        let x = self.ln_attn.forward(x + a);
+        let x = fused::layer_norm(&self.ln_attn, self.ln_eps, x + a);
         let m = self.dropout.forward(self.mlp.forward(x.clone()));
-        self.ln_out.forward(x + m)
+        fused::layer_norm(&self.ln_out, self.ln_eps, x + m)
     }
 }
 

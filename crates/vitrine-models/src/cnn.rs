@@ -28,6 +28,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check_range, invalid, ModelError};
+use crate::fused;
 use crate::l2_normalize;
 
 /// How a stage halves the spatial size.
@@ -222,7 +223,9 @@ impl ConvPath {
 /// channel-major activations: [C, B, H, W] -> [Cout, B, H, W]. Any other shape of
 /// convolution runs natively between two transposes.
 ///
-/// Each image is zero-padded and flattened, and the output is computed on a grid two
+/// In f32 the column matrix comes from [`fused::im2col_3x3`] (one pass forward, one
+/// accumulation backward). In half precision it is built from Burn ops: each image is
+/// zero-padded and flattened, and the output is computed on a grid two
 /// columns wider than the image: then the input window of kernel tap (ky, kx) is one
 /// contiguous run of every flattened image, starting ky*(W+2)+kx in, so the nine column
 /// blocks are plain slices (Flex copies those at memory speed, where it walks a 2-D window
@@ -240,6 +243,17 @@ fn conv_cbhw<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     }
     let [c, b, h, w] = x.dims();
     debug_assert_eq!(c, cin);
+    // f32 on Flex: the column matrix in one pass, its gradient in one (fused::im2col_3x3).
+    let x = match fused::im2col_3x3(x) {
+        Ok(cols) => {
+            let mut y = weight.reshape([cout, c * 9]).matmul(cols); // [Cout, B*H*W]
+            if let Some(bias) = &conv.bias {
+                y = y + bias.val().reshape([cout, 1]);
+            }
+            return y.reshape([cout, b, h, w]);
+        }
+        Err(x) => x,
+    };
     let wide = w + 2;
     let len = h * wide;
     // One spare zero row at the bottom keeps the last tap's run inside the image. (Not

@@ -12,6 +12,7 @@ pub mod clip;
 pub mod cnn;
 pub mod encoder;
 pub mod error;
+pub mod fused;
 pub mod gpt;
 pub mod hf;
 pub mod scorer;

@@ -15,12 +15,13 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, gelu_approximate, sigmoid, softmax};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check_range, invalid, ModelError};
+use crate::fused;
 use crate::hf::{Layout, Weights};
 
 /// `lin` applied to every position of x [B, T, Din] -> [B, T, Dout], as one [B*T, Din]
@@ -128,6 +129,7 @@ impl BlockConfig {
             ln_2: self.layer_norm(device),
             mlp: self.mlp(device),
             dropout: DropoutConfig::new(self.dropout).init(),
+            ln_eps: self.layer_norm_eps,
         }
     }
 }
@@ -172,7 +174,7 @@ impl<B: Backend> Attention<B> {
         mask: Option<Tensor<B, 2, burn::tensor::Bool>>,
         bias: Option<Tensor<B, 4>>,
     ) -> Tensor<B, 3> {
-        let [b, h, t, dk] = q.dims();
+        let [_, _, t, dk] = q.dims();
         let s = k.dims()[2];
         // [B, H, T, S]
         let mut scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dk as f64).sqrt());
@@ -182,9 +184,9 @@ impl<B: Backend> Attention<B> {
         if let Some(bias) = bias {
             scores = scores + bias;
         }
-        let attn = self.probs_dropout.forward(softmax(scores, 3));
+        let attn = self.probs_dropout.forward(fused::softmax_last(scores));
         // [B, H, T, dk] -> [B, T, D]
-        let ctx = attn.matmul(v).swap_dims(1, 2).reshape([b, t, h * dk]);
+        let ctx = fused::merge_heads(attn.matmul(v));
         linear_rows(&self.out, ctx)
     }
 
@@ -270,9 +272,9 @@ impl<B: Backend> Mlp<B> {
         let h = if self.quick_gelu {
             h.clone() * sigmoid(h.mul_scalar(1.702))
         } else if self.gelu_tanh {
-            gelu_approximate(h)
+            fused::gelu_tanh(h)
         } else {
-            gelu(h)
+            fused::gelu_erf(h)
         };
         linear_rows(&self.fc_out, h)
     }
@@ -288,6 +290,9 @@ pub struct Block<B: Backend> {
     pub ln_2: LayerNorm<B>,
     pub mlp: Mlp<B>,
     pub dropout: Dropout,
+    /// The LayerNorms' epsilon (Burn keeps theirs private; [`fused::layer_norm`] needs it).
+    /// Not a weight: records saved before it existed still load.
+    pub ln_eps: f64,
 }
 
 impl<B: Backend> Block<B> {
@@ -332,17 +337,15 @@ impl<B: Backend> Block<B> {
         causal: bool,
         memory: Option<&LayerKv<B>>,
     ) -> (Tensor<B, 3>, LayerKv<B>) {
+        let ln = |norm: &LayerNorm<B>, x: Tensor<B, 3>| fused::layer_norm(norm, self.ln_eps, x);
         let (a, kv) = self
             .attn
-            .forward_kv(self.ln_1.forward(x.clone()), past, causal);
+            .forward_kv(ln(&self.ln_1, x.clone()), past, causal);
         let mut x = x + self.dropout.forward(a);
         if let (Some(c), Some(m)) = (&self.cross, memory) {
-            x = x.clone()
-                + self
-                    .dropout
-                    .forward(c.attn.forward_cross(c.ln.forward(x), m));
+            x = x.clone() + self.dropout.forward(c.attn.forward_cross(ln(&c.ln, x), m));
         }
-        let y = x.clone() + self.dropout.forward(self.mlp.forward(self.ln_2.forward(x)));
+        let y = x.clone() + self.dropout.forward(self.mlp.forward(ln(&self.ln_2, x)));
         (y, kv)
     }
 }
@@ -463,6 +466,47 @@ mod tests {
         let bytes = recorder.record(old.into_record(), ()).unwrap();
         let record = recorder.load(bytes, &device).unwrap();
         let loaded = cfg().attention::<B>(&device).load_record(record);
+        let diff = (want - loaded.forward(x, false)).abs().max().into_scalar();
+        assert_eq!(diff, 0.0);
+    }
+
+    /// [`Block`] as it was before it had `ln_eps`.
+    #[derive(Module, Debug)]
+    struct BlockBeforeEps<B: Backend> {
+        ln_1: LayerNorm<B>,
+        attn: Attention<B>,
+        cross: Option<CrossLayer<B>>,
+        ln_2: LayerNorm<B>,
+        mlp: Mlp<B>,
+        dropout: Dropout,
+    }
+
+    /// Runs saved before blocks had `ln_eps` load, and keep the configured epsilon (the
+    /// fused layer norm reads it).
+    #[test]
+    fn records_without_layer_norm_epsilon_still_load() {
+        use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+        let device = Default::default();
+        let config = BlockConfig {
+            layer_norm_eps: 1e-3,
+            ..cfg()
+        };
+        let block = config.init::<B>(&device);
+        let x = Tensor::<B, 3>::random([1, 3, 8], Distribution::Normal(0.0, 1.0), &device);
+        let want = block.forward(x.clone(), false);
+        let old = BlockBeforeEps {
+            ln_1: block.ln_1.clone(),
+            attn: block.attn.clone(),
+            cross: None,
+            ln_2: block.ln_2.clone(),
+            mlp: block.mlp.clone(),
+            dropout: block.dropout.clone(),
+        };
+        let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
+        let bytes = recorder.record(old.into_record(), ()).unwrap();
+        let record = recorder.load(bytes, &device).unwrap();
+        let loaded = config.init::<B>(&device).load_record(record);
+        assert_eq!(loaded.ln_eps, 1e-3);
         let diff = (want - loaded.forward(x, false)).abs().max().into_scalar();
         assert_eq!(diff, 0.0);
     }

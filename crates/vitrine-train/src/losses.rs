@@ -1,9 +1,9 @@
 //! Metric-learning losses on L2-normalised embeddings. Masks are built on the host from the
 //! batch labels (a few kilobytes) and uploaded once per step.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor, TensorData};
+use vitrine_models::fused::log_softmax_last;
 
 fn pair_masks(labels: &[u32]) -> (Vec<f32>, Vec<bool>, Vec<f32>) {
     let n = labels.len();
@@ -43,7 +43,7 @@ pub fn supcon<B: Backend>(z: Tensor<B, 2>, labels: &[u32], tau: f64) -> Tensor<B
         .matmul(z.transpose())
         .div_scalar(tau)
         .mask_fill(diag, -1e9);
-    let log_prob = log_softmax(logits, 1);
+    let log_prob = log_softmax_last(logits);
     let per_anchor = (log_prob * pos).sum_dim(1).reshape([n]) * weight;
     per_anchor.sum().neg().div_scalar(anchors as f64)
 }
@@ -104,7 +104,7 @@ pub fn norm_softmax<B: Backend>(
     let logits = z
         .matmul(vitrine_models::l2_normalize(proxies).transpose())
         .div_scalar(tau); // [N, C]
-    (log_softmax(logits, 1) * target)
+    (log_softmax_last(logits) * target)
         .sum()
         .neg()
         .div_scalar(n.max(1) as f64)

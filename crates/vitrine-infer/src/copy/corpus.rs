@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
@@ -147,7 +146,7 @@ pub fn masked_cross_entropy<B: Backend>(
     device: &B::Device,
 ) -> Tensor<B, 1> {
     let [b, t, v] = logits.dims();
-    let logp = log_softmax(logits.reshape([b * t, v]), 1);
+    let logp = vitrine_models::fused::log_softmax_last(logits.reshape([b * t, v]));
     let targets =
         Tensor::<B, 2, Int>::from_data(TensorData::new(batch.targets.clone(), [b * t, 1]), device);
     let mask = Tensor::<B, 1>::from_data(TensorData::new(batch.mask.clone(), [b * t]), device);

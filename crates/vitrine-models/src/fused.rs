@@ -1,0 +1,1208 @@
+//! Fused CPU kernels for Flex, the CPU backend, with and without autodiff.
+//!
+//! Under autodiff Burn 0.21 builds layer normalisation, softmax, log-softmax and GPT-2's
+//! GELU from their definitions: up to ten elementwise ops and reductions forward, each
+//! allocating a tensor and each with its own backward step, with scalar libm calls (`expf`,
+//! `tanhf`, `powf`, `erff`) per element; the gradients of a LayerNorm's scale and shift are
+//! sums over every axis but the last, which Flex reduces slowly. Flex's own softmax and
+//! GELU kernels call the same scalar functions. Here each is one op with a hand-written
+//! backward, branch-free approximations of exp, tanh and erf (errors below 5e-7) that the
+//! compiler vectorises, compiled for AVX2 + FMA where the CPU has them:
+//!
+//! ```text
+//! layer_norm      y = x̂·γ + β, x̂ = (x − mean)·rstd       dx = rstd·(gγ − mean(gγ) − x̂·mean(gγ·x̂))
+//!                                                       dγ = Σ g·x̂, dβ = Σ g (over rows)
+//! softmax_last    y = exp(x − max) / Σ exp(x − max)     dx = y·(g − Σ g·y)
+//! log_softmax_last y = x − max − ln Σ exp(x − max)      dx = g − exp(y)·Σ g
+//! gelu_tanh, gelu_erf                                   dx = g·gelu'(x)
+//! im2col_3x3      [C, B, H, W] -> [C·9, B·H·W]          dx = col2im(g)
+//! merge_heads     [B, H, T, dk] -> [B, T, H·dk]          dx = the inverse permutation
+//! ```
+//!
+//! Every function takes and returns tensors of any backend `B`: the fused path runs when
+//! `B` is `Autodiff<Flex>` or `Flex` and the data is f32 (layer norm: only under autodiff;
+//! Flex's own forward kernel is already one pass), and Burn's op runs otherwise (GPU
+//! backends, f16/bf16). The tests check values and gradients against Burn's ops.
+
+use std::any::{Any, TypeId};
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::nn::LayerNorm;
+use burn::tensor::activation::{gelu, gelu_approximate, log_softmax, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Shape, Tensor, TensorData, TensorPrimitive};
+use rayon::prelude::*;
+
+type Ad = Autodiff<Flex, NoCheckpointing>;
+
+/// Rows handed to one parallel task: large enough that scheduling is noise.
+const ROWS_PER_TASK: usize = 64;
+
+/// Runs `body` compiled for AVX2 + FMA where the CPU has them (the build targets baseline
+/// x86-64, whose SSE2 vectors are half as wide), plainly elsewhere.
+macro_rules! with_avx2 {
+    ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn wide($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU was just found to have both features.
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+/// Lanes of the reductions below: sixteen independent partial results, so the compiler
+/// can keep them in vector registers (a single f32 accumulator is a serial chain it may
+/// not reorder).
+const LANES: usize = 16;
+
+#[inline(always)]
+fn sum_lanes(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for k in 0..LANES {
+            acc[k] += c[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..LANES {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn max_lanes(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for c in chunks {
+        for k in 0..LANES {
+            acc[k] = acc[k].max(c[k]);
+        }
+    }
+    acc.iter().fold(tail, |m, &v| m.max(v))
+}
+
+/// `t` as a tensor of backend `To` when `From` is that very type; otherwise `t` back.
+fn cast<From: Backend, To: Backend, const D: usize>(
+    t: Tensor<From, D>,
+) -> Result<Tensor<To, D>, Tensor<From, D>> {
+    if TypeId::of::<From>() != TypeId::of::<To>() {
+        return Err(t);
+    }
+    let boxed: Box<dyn Any> = Box::new(t.into_primitive());
+    match boxed.downcast::<TensorPrimitive<To>>() {
+        Ok(p) => Ok(Tensor::from_primitive(*p)),
+        // Unreachable (same TypeId), but hand the tensor back rather than panic.
+        Err(boxed) => match boxed.downcast::<TensorPrimitive<From>>() {
+            Ok(p) => Err(Tensor::from_primitive(*p)),
+            Err(_) => unreachable!("a boxed tensor primitive is one of its two types"),
+        },
+    }
+}
+
+/// `t` back to the caller's backend (the inverse of a successful [`cast`]).
+fn uncast<From: Backend, To: Backend, const D: usize>(t: Tensor<From, D>) -> Tensor<To, D> {
+    match cast::<From, To, D>(t) {
+        Ok(t) => t,
+        Err(_) => unreachable!("uncast follows a cast between the same two types"),
+    }
+}
+
+/// The autodiff tensor of an `Autodiff<Flex>` float tensor.
+fn ad_prim<const D: usize>(t: Tensor<Ad, D>) -> FloatTensor<Ad> {
+    t.into_primitive().tensor()
+}
+
+/// Contiguous f32 values of a Flex tensor (copied only when it is a strided view).
+fn f32_values(t: &FlexTensor) -> FlexTensor {
+    if t.as_slice::<f32>().is_some() {
+        t.clone()
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("f32_values returns a contiguous f32 tensor")
+}
+
+fn flex_f32(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+// ---------------------------------------------------------------------------------------
+// Layer normalisation over the last axis.
+
+/// `ln(x)` with `ln`'s epsilon given as `eps` (Burn keeps it private): the fused op on
+/// `Autodiff<Flex>` in f32, `ln.forward(x)` elsewhere.
+pub fn layer_norm<B: Backend, const D: usize>(
+    ln: &LayerNorm<B>,
+    eps: f64,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let Some(beta) = &ln.beta else {
+        return ln.forward(x);
+    };
+    if x.dtype() != DType::F32 {
+        return ln.forward(x);
+    }
+    let x = match cast::<B, Ad, D>(x) {
+        Ok(x) => x,
+        Err(x) => return ln.forward(x),
+    };
+    let gamma = uncast_param::<B>(ln.gamma.val());
+    let beta = uncast_param::<B>(beta.val());
+    let d = x.dims()[D - 1];
+    let y = layer_norm_ad(ad_prim(x), ad_prim(gamma), ad_prim(beta), d, eps as f32);
+    uncast::<Ad, B, D>(Tensor::from_primitive(TensorPrimitive::Float(y)))
+}
+
+fn uncast_param<B: Backend>(t: Tensor<B, 1>) -> Tensor<Ad, 1> {
+    match cast::<B, Ad, 1>(t) {
+        Ok(t) => t,
+        Err(_) => unreachable!("the parameters live on the input's backend"),
+    }
+}
+
+#[derive(Debug)]
+struct LayerNormBackward;
+
+/// What the backward pass needs: x̂ [N, D] (as the input's shape), 1/σ per row, γ.
+#[derive(Debug, Clone)]
+struct LayerNormState {
+    xhat: FlexTensor,
+    rstd: Vec<f32>,
+    gamma: FlexTensor,
+}
+
+impl Backward<Flex, 3> for LayerNormBackward {
+    type State = LayerNormState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let LayerNormState { xhat, rstd, gamma } = ops.state;
+        let shape = xhat.layout().shape().clone();
+        let d = gamma.layout().shape().num_elements();
+        let g = f32_values(&grad);
+        let (g, xh, gm) = (slice(&g), slice(&xhat), slice(&f32_values(&gamma)).to_vec());
+        let n = rstd.len();
+
+        let mut dx = vec![0f32; n * d];
+        // Per task: its rows' input gradient and its partial sums of dγ and dβ.
+        let chunk = ROWS_PER_TASK * d;
+        let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(chunk)
+            .zip(g.par_chunks(chunk))
+            .zip(xh.par_chunks(chunk))
+            .zip(rstd.par_chunks(ROWS_PER_TASK))
+            .map(|(((dx, g), xh), rs)| {
+                let (mut dgamma, mut dbeta, mut tmp) =
+                    (vec![0f32; d], vec![0f32; d], vec![0f32; d]);
+                layer_norm_bwd_rows(g, xh, &gm, rs, dx, &mut dgamma, &mut dbeta, &mut tmp);
+                (dgamma, dbeta)
+            })
+            .collect();
+        let (mut dgamma, mut dbeta) = (vec![0f32; d], vec![0f32; d]);
+        for (pg, pb) in partial {
+            dgamma.iter_mut().zip(pg).for_each(|(a, b)| *a += b);
+            dbeta.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+        }
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, flex_f32(dx, shape));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, flex_f32(dgamma, Shape::new([d])));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, flex_f32(dbeta, Shape::new([d])));
+        }
+    }
+}
+
+/// Input gradient of rows `g`, `xh` (x̂), `rs` (1/σ), adding their dγ and dβ; `tmp` is a
+/// row of scratch.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn layer_norm_bwd_rows_body(
+    g: &[f32],
+    xh: &[f32],
+    gamma: &[f32],
+    rs: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    tmp: &mut [f32],
+) {
+    let d = gamma.len();
+    for (((gr, xr), dr), &r) in g.chunks(d).zip(xh.chunks(d)).zip(dx.chunks_mut(d)).zip(rs) {
+        for ((t, &gv), &gmv) in tmp.iter_mut().zip(gr).zip(gamma) {
+            *t = gv * gmv;
+        }
+        let mean_gg = sum_lanes(tmp) / d as f32;
+        let mean_ggx = dot_lanes(tmp, xr) / d as f32;
+        for ((o, &t), &xv) in dr.iter_mut().zip(tmp.iter()).zip(xr) {
+            *o = r * (t - mean_gg - xv * mean_ggx);
+        }
+        for (((dg, db), &gv), &xv) in dgamma.iter_mut().zip(dbeta.iter_mut()).zip(gr).zip(xr) {
+            *dg += gv * xv;
+            *db += gv;
+        }
+    }
+}
+
+with_avx2!(
+    layer_norm_bwd_rows,
+    layer_norm_bwd_rows_body,
+    (
+        g: &[f32],
+        xh: &[f32],
+        gamma: &[f32],
+        rs: &[f32],
+        dx: &mut [f32],
+        dgamma: &mut [f32],
+        dbeta: &mut [f32],
+        tmp: &mut [f32]
+    )
+);
+
+/// Rows of `x`: forward values into `y`, x̂ into `xh`, 1/σ into `rs`.
+#[inline(always)]
+fn layer_norm_fwd_rows_body(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    y: &mut [f32],
+    xh: &mut [f32],
+    rs: &mut [f32],
+) {
+    let d = gamma.len();
+    for (((xr, yr), hr), r) in x
+        .chunks(d)
+        .zip(y.chunks_mut(d))
+        .zip(xh.chunks_mut(d))
+        .zip(rs)
+    {
+        let mean = sum_lanes(xr) / d as f32;
+        for (h, &v) in hr.iter_mut().zip(xr) {
+            *h = v - mean;
+        }
+        *r = 1.0 / (dot_lanes(hr, hr) / d as f32 + eps).sqrt();
+        let rv = *r;
+        for (((o, h), &gv), &bv) in yr.iter_mut().zip(hr.iter_mut()).zip(gamma).zip(beta) {
+            *h *= rv;
+            *o = *h * gv + bv;
+        }
+    }
+}
+
+with_avx2!(
+    layer_norm_fwd_rows,
+    layer_norm_fwd_rows_body,
+    (
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        y: &mut [f32],
+        xh: &mut [f32],
+        rs: &mut [f32]
+    )
+);
+
+/// Forward values, x̂ and 1/σ of every row of `x` ([N·D] values, rows of `d`).
+fn layer_norm_rows(x: &[f32], gamma: &[f32], beta: &[f32], d: usize, eps: f32) -> [Vec<f32>; 3] {
+    let n = x.len() / d;
+    let mut y = vec![0f32; n * d];
+    let mut xhat = vec![0f32; n * d];
+    let mut rstd = vec![0f32; n];
+    let chunk = ROWS_PER_TASK * d;
+    y.par_chunks_mut(chunk)
+        .zip(xhat.par_chunks_mut(chunk))
+        .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
+        .zip(x.par_chunks(chunk))
+        .for_each(|(((y, xh), rs), x)| layer_norm_fwd_rows(x, gamma, beta, eps, y, xh, rs));
+    [y, xhat, rstd]
+}
+
+fn layer_norm_ad(
+    x: FloatTensor<Ad>,
+    gamma: FloatTensor<Ad>,
+    beta: FloatTensor<Ad>,
+    d: usize,
+    eps: f32,
+) -> FloatTensor<Ad> {
+    let shape = x.primitive.layout().shape().clone();
+    let xv = f32_values(&x.primitive);
+    let (gv, bv) = (f32_values(&gamma.primitive), f32_values(&beta.primitive));
+    let [y, xhat, rstd] = layer_norm_rows(slice(&xv), slice(&gv), slice(&bv), d, eps);
+    let y = flex_f32(y, shape.clone());
+    match LayerNormBackward
+        .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(
+            LayerNormState {
+                xhat: flex_f32(xhat, shape),
+                rstd,
+                gamma: gv,
+            },
+            y,
+        ),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Softmax and log-softmax over the last axis: row-wise ops whose backward reads the output.
+
+/// `softmax(x, D - 1)`: one pass with a vectorised exp on Flex (whose own kernel calls
+/// scalar `expf`) and, with a one-pass backward, on `Autodiff<Flex>`, in f32; Burn's
+/// elsewhere.
+pub fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    rowwise(x, Saved::Output, softmax_rows, softmax_bwd_rows, |x| {
+        softmax(x, D - 1)
+    })
+}
+
+/// `log_softmax(x, D - 1)` (cross-entropy over a vocabulary): as [`softmax_last`]; Burn
+/// composes it from five ops, with scalar `exp` twice forward and again backward. A row
+/// whose entries are all −∞ gives NaN, as Burn's does.
+pub fn log_softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let burn_op = |x| log_softmax(x, D - 1);
+    rowwise(
+        x,
+        Saved::Output,
+        log_softmax_rows,
+        log_softmax_bwd_rows,
+        burn_op,
+    )
+}
+
+#[inline(always)]
+fn softmax_rows_body(x: &[f32], y: &mut [f32], d: usize) {
+    for (xr, yr) in x.chunks(d).zip(y.chunks_mut(d)) {
+        let max = max_lanes(xr);
+        for (o, &v) in yr.iter_mut().zip(xr) {
+            *o = exp_poly(v - max);
+        }
+        let inv = 1.0 / sum_lanes(yr);
+        yr.iter_mut().for_each(|o| *o *= inv);
+    }
+}
+
+with_avx2!(softmax_rows, softmax_rows_body, (x: &[f32], y: &mut [f32], d: usize));
+
+/// dx = y·(g − Σ g·y) per row.
+#[inline(always)]
+fn softmax_bwd_rows_body(y: &[f32], g: &[f32], dx: &mut [f32], d: usize) {
+    for ((yr, gr), dr) in y.chunks(d).zip(g.chunks(d)).zip(dx.chunks_mut(d)) {
+        let dot = dot_lanes(gr, yr);
+        for ((o, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
+            *o = yv * (gv - dot);
+        }
+    }
+}
+
+with_avx2!(
+    softmax_bwd_rows,
+    softmax_bwd_rows_body,
+    (y: &[f32], g: &[f32], dx: &mut [f32], d: usize)
+);
+
+#[inline(always)]
+fn log_softmax_rows_body(x: &[f32], y: &mut [f32], d: usize) {
+    for (xr, yr) in x.chunks(d).zip(y.chunks_mut(d)) {
+        let max = max_lanes(xr);
+        // The row's exponentials go through the output, then the output is overwritten.
+        for (o, &v) in yr.iter_mut().zip(xr) {
+            *o = exp_poly(v - max);
+        }
+        let lse = max + sum_lanes(yr).ln();
+        for (o, &v) in yr.iter_mut().zip(xr) {
+            *o = v - lse;
+        }
+    }
+}
+
+/// dx = g − softmax(x)·Σg per row, softmax(x) = exp(y).
+#[inline(always)]
+fn log_softmax_bwd_rows_body(y: &[f32], g: &[f32], dx: &mut [f32], d: usize) {
+    for ((yr, gr), dr) in y.chunks(d).zip(g.chunks(d)).zip(dx.chunks_mut(d)) {
+        let total = sum_lanes(gr);
+        for ((o, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
+            *o = gv - exp_poly(yv) * total;
+        }
+    }
+}
+
+with_avx2!(log_softmax_rows, log_softmax_rows_body, (x: &[f32], y: &mut [f32], d: usize));
+with_avx2!(
+    log_softmax_bwd_rows,
+    log_softmax_bwd_rows_body,
+    (y: &[f32], g: &[f32], dx: &mut [f32], d: usize)
+);
+
+/// Forward over rows of `d`: `fwd(x, y, d)`.
+type RowsForward = fn(&[f32], &mut [f32], usize);
+/// Backward over rows of `d` from what the forward saved: `bwd(saved, grad, dx, d)`.
+type RowsBackward = fn(&[f32], &[f32], &mut [f32], usize);
+
+/// What a row-wise op's backward reads: its input (GELU) or its output (softmax).
+#[derive(Debug, Clone, Copy)]
+enum Saved {
+    Input,
+    Output,
+}
+
+fn rows_per_task(d: usize) -> usize {
+    (ELEMS_PER_TASK / d.max(1)).max(1)
+}
+
+fn map_rows(x: &[f32], d: usize, fwd: RowsForward) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    let chunk = rows_per_task(d) * d;
+    y.par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk))
+        .for_each(|(y, x)| fwd(x, y, d));
+    y
+}
+
+/// A row-wise op over the last axis (an elementwise one is row-wise too), fused on Flex
+/// and `Autodiff<Flex>` in f32, `burn_op` elsewhere.
+fn rowwise<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    saved: Saved,
+    fwd: RowsForward,
+    bwd: RowsBackward,
+    burn_op: fn(Tensor<B, D>) -> Tensor<B, D>,
+) -> Tensor<B, D> {
+    if x.dtype() != DType::F32 {
+        return burn_op(x);
+    }
+    let d = x.dims()[D - 1];
+    let x = match cast::<B, Ad, D>(x) {
+        Ok(x) => {
+            let y = rowwise_ad(ad_prim(x), d, saved, fwd, bwd);
+            return uncast::<Ad, B, D>(Tensor::from_primitive(TensorPrimitive::Float(y)));
+        }
+        Err(x) => x,
+    };
+    match cast::<B, Flex, D>(x) {
+        Ok(x) => {
+            let xp = x.into_primitive().tensor();
+            let shape = xp.layout().shape().clone();
+            let y = flex_f32(map_rows(slice(&f32_values(&xp)), d, fwd), shape);
+            uncast::<Flex, B, D>(Tensor::from_primitive(TensorPrimitive::Float(y)))
+        }
+        Err(x) => burn_op(x),
+    }
+}
+
+#[derive(Debug)]
+struct RowwiseBackward {
+    bwd: RowsBackward,
+}
+
+impl Backward<Flex, 1> for RowwiseBackward {
+    /// The forward input or output ([`Saved`]), contiguous.
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let Some(node) = node_x else { return };
+        let saved = ops.state;
+        let shape = saved.layout().shape().clone();
+        let d = shape[shape.num_dims() - 1];
+        let g = f32_values(&grad);
+        let (yv, gv) = (slice(&saved), slice(&g));
+        let mut dx = vec![0f32; yv.len()];
+        let chunk = rows_per_task(d) * d;
+        let bwd = self.bwd;
+        dx.par_chunks_mut(chunk)
+            .zip(yv.par_chunks(chunk))
+            .zip(gv.par_chunks(chunk))
+            .for_each(|((dx, y), g)| bwd(y, g, dx, d));
+        grads.register::<Flex>(node.id, flex_f32(dx, shape));
+    }
+}
+
+fn rowwise_ad(
+    x: FloatTensor<Ad>,
+    d: usize,
+    saved: Saved,
+    fwd: RowsForward,
+    bwd: RowsBackward,
+) -> FloatTensor<Ad> {
+    let shape = x.primitive.layout().shape().clone();
+    let xv = f32_values(&x.primitive);
+    let y = flex_f32(map_rows(slice(&xv), d, fwd), shape);
+    match (RowwiseBackward { bwd })
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let state = match saved {
+                Saved::Input => xv,
+                Saved::Output => y.clone(),
+            };
+            prep.finish(state, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// GELU, tanh approximation (GPT-2's `gelu_new`).
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_CUBIC: f32 = 0.044_715;
+/// Elements handed to one parallel task of an elementwise kernel.
+const ELEMS_PER_TASK: usize = 1 << 14;
+
+/// tanh as a [13/6] rational function on [-7.9053, 7.9053] (beyond it tanh is ±1 in
+/// f32): branch-free, so it vectorises. Largest error over [-12, 12] in f32 arithmetic:
+/// 3.4e-7 (libm's tanhf: 6e-8).
+#[allow(clippy::excessive_precision)] // the coefficients as published, f32 rounds them
+#[inline(always)]
+fn tanh_rational(x: f32) -> f32 {
+    let x = x.clamp(-7.905_311, 7.905_311);
+    let x2 = x * x;
+    let mut p = -2.760_768_5e-16_f32;
+    p = p * x2 + 2.000_187_9e-13;
+    p = p * x2 + -8.604_672e-11;
+    p = p * x2 + 5.122_297e-8;
+    p = p * x2 + 1.485_722_4e-5;
+    p = p * x2 + 6.372_619_3e-4;
+    p = p * x2 + 4.893_524_6e-3;
+    let mut q = 1.198_258_4e-6_f32;
+    q = q * x2 + 1.185_347_1e-4;
+    q = q * x2 + 2.268_434_6e-3;
+    q = q * x2 + 4.893_525_2e-3;
+    x * p / q
+}
+
+#[inline(always)]
+fn gelu_tanh_fwd_body(x: &[f32], y: &mut [f32], _rows_of: usize) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        let t = tanh_rational(SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x));
+        *y = 0.5 * x * (1.0 + t);
+    }
+}
+
+#[inline(always)]
+fn gelu_tanh_bwd_body(x: &[f32], g: &[f32], dx: &mut [f32], _rows_of: usize) {
+    for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+        let t = tanh_rational(SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x));
+        let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x);
+        *dx = g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du);
+    }
+}
+
+with_avx2!(gelu_tanh_fwd, gelu_tanh_fwd_body, (x: &[f32], y: &mut [f32], d: usize));
+with_avx2!(
+    gelu_tanh_bwd,
+    gelu_tanh_bwd_body,
+    (x: &[f32], g: &[f32], dx: &mut [f32], d: usize)
+);
+
+/// GPT-2's GELU, `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`: one fused pass forward and
+/// one backward on Flex and `Autodiff<Flex>` in f32 (Burn composes it from eight ops, with
+/// scalar `powf` and `tanh`); Burn's `gelu_approximate` elsewhere.
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    rowwise(
+        x,
+        Saved::Input,
+        gelu_tanh_fwd,
+        gelu_tanh_bwd,
+        gelu_approximate,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// GELU, exact (erf): ViT, BERT.
+
+/// erf as a [13/8] rational function on [-4, 4] (beyond it erf is ±1 in f32): branch-free,
+/// so it vectorises, where Flex calls libm's scalar `erff` per element. Largest error
+/// over [-8, 8]: 4.2e-7.
+#[allow(clippy::excessive_precision)]
+#[inline(always)]
+fn erf_rational(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10_f32;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 + -2.101_024e-6;
+    p = p * x2 + -5.692_506_4e-5;
+    p = p * x2 + -7.349_906e-4;
+    p = p * x2 + -2.954_6e-3;
+    p = p * x2 + -1.609_603_3e-2;
+    let mut q = -1.456_607_2e-5_f32;
+    q = q * x2 + -2.133_740_6e-4;
+    q = q * x2 + -1.682_827e-3;
+    q = q * x2 + -7.373_329e-3;
+    q = q * x2 + -1.426_474e-2;
+    x * p / q
+}
+
+/// e^x by range reduction to [-ln2/2, ln2/2] and a degree-6 polynomial (Cephes' `expf`
+/// coefficients), the power of two built in the exponent bits: branch-free. Inputs are
+/// clamped to [-87, 88]; relative error 8e-8.
+#[allow(clippy::excessive_precision)]
+#[inline(always)]
+fn exp_poly(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1/√(2π)
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+#[inline(always)]
+fn gelu_erf_fwd_body(x: &[f32], y: &mut [f32], _rows_of: usize) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = 0.5 * x * (1.0 + erf_rational(x * FRAC_1_SQRT_2));
+    }
+}
+
+#[inline(always)]
+fn gelu_erf_bwd_body(x: &[f32], g: &[f32], dx: &mut [f32], _rows_of: usize) {
+    for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+        let cdf = 0.5 * (1.0 + erf_rational(x * FRAC_1_SQRT_2));
+        let pdf = FRAC_1_SQRT_2PI * exp_poly(-0.5 * x * x);
+        *dx = g * (cdf + x * pdf);
+    }
+}
+
+with_avx2!(gelu_erf_fwd, gelu_erf_fwd_body, (x: &[f32], y: &mut [f32], d: usize));
+with_avx2!(
+    gelu_erf_bwd,
+    gelu_erf_bwd_body,
+    (x: &[f32], g: &[f32], dx: &mut [f32], d: usize)
+);
+
+/// The exact GELU, `0.5·x·(1 + erf(x/√2))`, vectorised on Flex and `Autodiff<Flex>` in
+/// f32; Burn's `gelu` elsewhere.
+pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    rowwise(x, Saved::Input, gelu_erf_fwd, gelu_erf_bwd, gelu)
+}
+
+// ---------------------------------------------------------------------------------------
+// im2col for 3x3, stride-1, padding-1 convolutions on channel-major maps.
+
+/// Column matrix of a 3x3, stride-1, zero-padded convolution over a channel-major map:
+/// x [C, B, H, W] -> [C·9, B·H·W], row c·9 + ky·3 + kx holding input (y + ky − 1,
+/// x + kx − 1) at column (b, y, x). On Flex and `Autodiff<Flex>` in f32 it is one pass
+/// (and its backward one accumulation, col2im); `None` elsewhere, for the caller's own path.
+pub fn im2col_3x3<B: Backend>(x: Tensor<B, 4>) -> Result<Tensor<B, 2>, Tensor<B, 4>> {
+    let [c, b, h, w] = x.dims();
+    layout_op(x, [c * 9, b * h * w], im2col_values, col2im_values)
+}
+
+/// A copy that rearranges a 4-D tensor into `out` dims, `fwd(values, dims)`, with the
+/// gradient rearranged back by `bwd(grad, dims)`: fused on Flex and `Autodiff<Flex>` in
+/// f32; `Err(x)` elsewhere, for the caller's Burn ops.
+fn layout_op<B: Backend, const E: usize>(
+    x: Tensor<B, 4>,
+    out: [usize; E],
+    fwd: LayoutFn,
+    bwd: LayoutFn,
+) -> Result<Tensor<B, E>, Tensor<B, 4>> {
+    if x.dtype() != DType::F32 {
+        return Err(x);
+    }
+    let x = match cast::<B, Ad, 4>(x) {
+        Ok(x) => {
+            let x = ad_prim(x);
+            let dims = x.primitive.layout().shape().dims::<4>();
+            let y = flex_f32(fwd(slice(&f32_values(&x.primitive)), dims), Shape::new(out));
+            let y = match (LayoutBackward { bwd })
+                .prepare::<NoCheckpointing>([x.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(dims, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            return Ok(uncast::<Ad, B, E>(Tensor::from_primitive(
+                TensorPrimitive::Float(y),
+            )));
+        }
+        Err(x) => x,
+    };
+    match cast::<B, Flex, 4>(x) {
+        Ok(x) => {
+            let xp = x.into_primitive().tensor();
+            let dims = xp.layout().shape().dims::<4>();
+            let y = flex_f32(fwd(slice(&f32_values(&xp)), dims), Shape::new(out));
+            Ok(uncast::<Flex, B, E>(Tensor::from_primitive(
+                TensorPrimitive::Float(y),
+            )))
+        }
+        Err(x) => Err(x),
+    }
+}
+
+/// Rearranges contiguous values of a tensor whose input dims are given.
+type LayoutFn = fn(&[f32], [usize; 4]) -> Vec<f32>;
+
+#[derive(Debug)]
+struct LayoutBackward {
+    bwd: LayoutFn,
+}
+
+impl Backward<Flex, 1> for LayoutBackward {
+    /// The input's dims.
+    type State = [usize; 4];
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let Some(node) = node_x else { return };
+        let dims = ops.state;
+        let dx = (self.bwd)(slice(&f32_values(&grad)), dims);
+        grads.register::<Flex>(node.id, flex_f32(dx, Shape::new(dims)));
+    }
+}
+
+/// The valid output columns of tap offset `d` (−1, 0, 1) in a row of `w`: (first output
+/// column, first input column, count).
+fn tap_span(d: isize, w: usize) -> (usize, usize, usize) {
+    match d {
+        -1 => (1, 0, w.saturating_sub(1)),
+        0 => (0, 0, w),
+        _ => (0, 1, w.saturating_sub(1)),
+    }
+}
+
+fn im2col_values(x: &[f32], [c, b, h, w]: [usize; 4]) -> Vec<f32> {
+    let plane = b * h * w;
+    let mut cols = vec![0f32; c * 9 * plane];
+    cols.par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (ch, ky, kx) = (row / 9, (row % 9) / 3, row % 3);
+            let (dy, dx) = (ky as isize - 1, kx as isize - 1);
+            let (o0, i0, n) = tap_span(dx, w);
+            for bi in 0..b {
+                let src = &x[(ch * b + bi) * h * w..(ch * b + bi + 1) * h * w];
+                for y in 0..h {
+                    let sy = y as isize + dy;
+                    if sy < 0 || sy >= h as isize {
+                        continue; // stays zero
+                    }
+                    let s = sy as usize * w;
+                    let o = (bi * h + y) * w;
+                    out[o + o0..o + o0 + n].copy_from_slice(&src[s + i0..s + i0 + n]);
+                }
+            }
+        });
+    cols
+}
+
+/// The input gradient of [`im2col_values`]: every column entry added back to the input cell
+/// it was copied from.
+fn col2im_values(cols: &[f32], [c, b, h, w]: [usize; 4]) -> Vec<f32> {
+    let plane = b * h * w;
+    let mut dx = vec![0f32; c * plane];
+    dx.par_chunks_mut(plane).enumerate().for_each(|(ch, out)| {
+        for tap in 0..9 {
+            let (dy, dxo) = ((tap / 3) as isize - 1, (tap % 3) as isize - 1);
+            let (o0, i0, n) = tap_span(dxo, w);
+            let rows = &cols[(ch * 9 + tap) * plane..(ch * 9 + tap + 1) * plane];
+            for bi in 0..b {
+                for y in 0..h {
+                    let sy = y as isize + dy;
+                    if sy < 0 || sy >= h as isize {
+                        continue;
+                    }
+                    let src = &rows[(bi * h + y) * w + o0..(bi * h + y) * w + o0 + n];
+                    let base = (bi * h + sy as usize) * w + i0;
+                    for (d, s) in out[base..base + n].iter_mut().zip(src) {
+                        *d += s;
+                    }
+                }
+            }
+        }
+    });
+    dx
+}
+
+// ---------------------------------------------------------------------------------------
+// Attention heads back into rows.
+
+/// [B, H, T, dk] -> [B, T, H·dk]: the attention context's heads side by side again. On
+/// Flex and `Autodiff<Flex>` in f32 it copies runs of dk values (Flex copies this permuted
+/// view one element at a time); `x.swap_dims(1, 2).reshape(..)` elsewhere.
+pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, h, t, dk] = x.dims();
+    match layout_op(x, [b, t, h * dk], merge_values, split_values) {
+        Ok(y) => y,
+        Err(x) => x.swap_dims(1, 2).reshape([b, t, h * dk]),
+    }
+}
+
+/// [B, H, T, dk] values (dims given) -> [B, T, H, dk].
+fn merge_values(x: &[f32], dims: [usize; 4]) -> Vec<f32> {
+    permute_bhtd(x, dims, false)
+}
+
+/// [B, T, H, dk] values -> [B, H, T, dk] (dims given as [B, H, T, dk]).
+fn split_values(x: &[f32], dims: [usize; 4]) -> Vec<f32> {
+    permute_bhtd(x, dims, true)
+}
+
+/// Swaps the middle axes of contiguous [B, H, T, dk] values (`back` = false) or of
+/// [B, T, H, dk] values back to [B, H, T, dk] (`back` = true), in runs of dk.
+fn permute_bhtd(x: &[f32], [_, h, t, dk]: [usize; 4], back: bool) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    // One task per (batch row, output position along the new second axis).
+    let (outer, inner) = if back { (h, t) } else { (t, h) };
+    y.par_chunks_mut(inner * dk)
+        .enumerate()
+        .for_each(|(i, out)| {
+            let (bi, o) = (i / outer, i % outer);
+            for (k, run) in out.chunks_mut(dk).enumerate() {
+                // Output [bi, o, k] reads input [bi, k, o].
+                let src = ((bi * inner + k) * outer + o) * dk;
+                run.copy_from_slice(&x[src..src + dk]);
+            }
+        });
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::LayerNormConfig;
+    use burn::tensor::Distribution;
+
+    type A = Autodiff<Flex>;
+
+    fn max_diff<Bk: Backend, const D: usize>(a: Tensor<Bk, D>, b: Tensor<Bk, D>) -> f32 {
+        (a - b).abs().max().into_scalar().to_f32_lossy()
+    }
+
+    trait Lossy {
+        fn to_f32_lossy(self) -> f32;
+    }
+    impl<T: burn::tensor::ElementConversion> Lossy for T {
+        fn to_f32_lossy(self) -> f32 {
+            self.elem()
+        }
+    }
+
+    /// `f(x0)` and the gradient of Σ f(x0)·w with respect to x0.
+    fn values_and_grad<const D: usize, const E: usize>(
+        x0: &Tensor<A, D>,
+        w: &Tensor<A, E>,
+        f: impl Fn(Tensor<A, D>) -> Tensor<A, E>,
+    ) -> (Tensor<Flex, E>, Tensor<Flex, D>) {
+        let x = x0.clone().require_grad();
+        let y = f(x.clone());
+        let g = (y.clone() * w.clone()).sum().backward();
+        (y.inner(), x.grad(&g).unwrap())
+    }
+
+    /// Values and every gradient (input, γ, β) of the fused layer norm match Burn's, on a
+    /// strided input, with a non-trivial γ and β.
+    #[test]
+    fn layer_norm_matches_burn_with_gradients() {
+        let device = Default::default();
+        let mut ln = LayerNormConfig::new(24)
+            .with_epsilon(1e-5)
+            .init::<A>(&device);
+        ln.gamma = ln
+            .gamma
+            .map(|_| Tensor::random([24], Distribution::Normal(1.0, 0.3), &device).require_grad());
+        ln.beta = ln.beta.map(|b| {
+            b.map(|_| Tensor::random([24], Distribution::Normal(0.0, 0.3), &device).require_grad())
+        });
+        // 150 rows: more than two tasks' worth, the last one partial.
+        let x0 = Tensor::<A, 3>::random([24, 3, 50], Distribution::Normal(0.5, 2.0), &device);
+        let w = Tensor::<A, 3>::random([3, 50, 24], Distribution::Default, &device);
+        let run = |fused: bool| {
+            let x = x0.clone().require_grad();
+            // A strided view: [3, 50, 24] from [24, 3, 50].
+            let xs = x.clone().permute([1, 2, 0]);
+            let y = if fused {
+                layer_norm(&ln, 1e-5, xs)
+            } else {
+                ln.forward(xs)
+            };
+            let g = (y.clone() * w.clone()).sum().backward();
+            let beta = ln.beta.as_ref().unwrap().val();
+            (
+                y.inner(),
+                x.grad(&g).unwrap(),
+                ln.gamma.val().grad(&g).unwrap(),
+                beta.grad(&g).unwrap(),
+            )
+        };
+        let (ya, xa, ga, ba) = run(false);
+        let (yb, xb, gb, bb) = run(true);
+        assert!(max_diff(ya, yb) < 1e-5);
+        assert!(max_diff(xa, xb) < 1e-4);
+        assert!(max_diff(ga, gb) < 1e-3);
+        assert!(max_diff(ba, bb) < 1e-3);
+    }
+
+    #[test]
+    fn softmax_matches_burn_with_gradients() {
+        let device = Default::default();
+        let x0 = Tensor::<A, 4>::random([2, 3, 70, 9], Distribution::Normal(0.0, 3.0), &device);
+        let w = Tensor::<A, 4>::random([2, 3, 9, 70], Distribution::Default, &device);
+        let (ya, ga) = values_and_grad(&x0, &w, |x| softmax(x.swap_dims(2, 3), 3));
+        let (yb, gb) = values_and_grad(&x0, &w, |x| softmax_last(x.swap_dims(2, 3)));
+        assert!(max_diff(ya, yb) < 1e-6);
+        assert!(max_diff(ga, gb) < 1e-5);
+    }
+
+    /// Inputs that need no gradient take the untracked route and still compute.
+    #[test]
+    fn untracked_inputs_compute_the_same_values() {
+        let device = Default::default();
+        let ln = burn::module::Module::no_grad(LayerNormConfig::new(8).init::<A>(&device));
+        let x = Tensor::<A, 2>::random([5, 8], Distribution::Default, &device);
+        assert!(max_diff(ln.forward(x.clone()), layer_norm(&ln, 1e-5, x.clone())) < 1e-5);
+        assert!(max_diff(softmax(x.clone(), 1), softmax_last(x)) < 1e-6);
+    }
+
+    /// On plain Flex, too, the fused softmax matches Burn's, masked (−∞) entries included.
+    #[test]
+    fn softmax_on_flex_matches_burn() {
+        let device = Default::default();
+        let x = Tensor::<Flex, 3>::random([7, 9, 65], Distribution::Normal(0.0, 4.0), &device);
+        let mask =
+            Tensor::<Flex, 3>::random([7, 9, 65], Distribution::Default, &device).lower_elem(0.3);
+        let x = x.mask_fill(mask, f32::NEG_INFINITY);
+        assert!(max_diff(softmax(x.clone(), 2), softmax_last(x)) < 1e-6);
+    }
+
+    #[test]
+    fn tanh_rational_is_within_4e7_of_tanh() {
+        let worst = (-120_000..=120_000)
+            .map(|i| i as f32 * 1e-4)
+            .map(|x| ((tanh_rational(x) as f64) - (x as f64).tanh()).abs())
+            .fold(0f64, f64::max);
+        assert!(worst < 4e-7, "worst error {worst}");
+        assert_eq!(tanh_rational(0.0), 0.0);
+        assert_eq!(tanh_rational(50.0), tanh_rational(8.0));
+    }
+
+    /// The fused GELU matches Burn's composition in value and gradient, under autodiff and
+    /// on plain Flex, over a range that reaches both clamped tails.
+    #[test]
+    fn gelu_tanh_matches_burn_with_gradients() {
+        use burn::tensor::activation::gelu_approximate;
+        let device = Default::default();
+        let x0 = Tensor::<A, 2>::random([300, 130], Distribution::Normal(0.0, 4.0), &device);
+        let w = Tensor::<A, 2>::random([300, 130], Distribution::Default, &device);
+        let (ya, ga) = values_and_grad(&x0, &w, gelu_approximate);
+        let (yb, gb) = values_and_grad(&x0, &w, gelu_tanh);
+        assert!(max_diff(ya.clone(), yb) < 1e-5);
+        assert!(max_diff(ga, gb) < 1e-5);
+        let plain = gelu_tanh(x0.inner());
+        assert!(max_diff(ya, plain) < 1e-5);
+    }
+
+    #[test]
+    fn erf_and_exp_approximations_are_close() {
+        let mut worst_erf = 0f64;
+        let mut worst_exp = 0f64;
+        for i in -80_000..=80_000 {
+            let x = i as f32 * 1e-4;
+            let erf_ref = libm_erf(x as f64);
+            worst_erf = worst_erf.max((erf_rational(x) as f64 - erf_ref).abs());
+        }
+        for i in -8_700..=8_800 {
+            let x = i as f32 * 1e-2;
+            let e = (x as f64).exp();
+            worst_exp = worst_exp.max(((exp_poly(x) as f64) - e).abs() / e);
+        }
+        assert!(worst_erf < 5e-7, "erf: {worst_erf}");
+        assert!(worst_exp < 2e-7, "exp: {worst_exp}");
+        assert_eq!(exp_poly(-1000.0), exp_poly(-87.0));
+    }
+
+    /// erf by its Maclaurin series below 3 and its asymptotic expansion above: a
+    /// double-precision reference (std has no erf).
+    fn libm_erf(x: f64) -> f64 {
+        if x.abs() > 3.0 {
+            let z = x.abs();
+            let mut term = 1.0;
+            let mut sum = 1.0;
+            for n in 1..12 {
+                term *= -((2 * n - 1) as f64) / (2.0 * z * z);
+                sum += term;
+            }
+            let v = 1.0 - (-z * z).exp() / (z * std::f64::consts::PI.sqrt()) * sum;
+            return v.copysign(x);
+        }
+        let (mut term, mut sum) = (x, x);
+        for n in 1..200 {
+            term *= -x * x / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn gelu_erf_matches_burn_with_gradients() {
+        use burn::tensor::activation::gelu;
+        let device = Default::default();
+        let x0 = Tensor::<A, 2>::random([300, 130], Distribution::Normal(0.0, 4.0), &device);
+        let w = Tensor::<A, 2>::random([300, 130], Distribution::Default, &device);
+        let run = |fused: bool| {
+            let x = x0.clone().require_grad();
+            let y = if fused {
+                gelu_erf(x.clone())
+            } else {
+                gelu(x.clone())
+            };
+            let g = (y.clone() * w.clone()).sum().backward();
+            (y.inner(), x.grad(&g).unwrap())
+        };
+        let (ya, ga) = run(false);
+        let (yb, gb) = run(true);
+        assert!(max_diff(ya.clone(), yb) < 2e-6);
+        assert!(max_diff(ga, gb) < 2e-6);
+        assert!(max_diff(ya, gelu_erf(x0.inner())) < 2e-6);
+    }
+
+    /// The fused column matrix equals the one built from padding and slices, and its
+    /// gradient equals autodiff's through that construction; odd sides and width 1 included.
+    #[test]
+    fn im2col_matches_pad_and_slice_with_gradients() {
+        let device = Default::default();
+        for [c, b, h, w] in [[3, 2, 5, 7], [2, 3, 4, 1], [1, 1, 1, 3]] {
+            let x0 = Tensor::<A, 4>::random([c, b, h, w], Distribution::Normal(0.0, 1.0), &device);
+            let wt = Tensor::<A, 2>::random([c * 9, b * h * w], Distribution::Default, &device);
+            let reference = |x: Tensor<A, 4>| {
+                let padded = Tensor::<A, 4>::zeros([c, b, h + 2, w + 2], &device)
+                    .slice_assign([0..c, 0..b, 1..h + 1, 1..w + 1], x);
+                let taps: Vec<Tensor<A, 4>> = (0..9)
+                    .map(|k| {
+                        let (ky, kx) = (k / 3, k % 3);
+                        padded.clone().slice([0..c, 0..b, ky..ky + h, kx..kx + w])
+                    })
+                    .collect();
+                Tensor::stack::<5>(taps, 1).reshape([c * 9, b * h * w])
+            };
+            let (ca, ga) = values_and_grad(&x0, &wt, reference);
+            let fused = |x| im2col_3x3(x).expect("fused path on Autodiff<Flex>");
+            let (cb, gb) = values_and_grad(&x0, &wt, fused);
+            assert_eq!(max_diff(ca, cb), 0.0, "{:?}", [c, b, h, w]);
+            assert!(max_diff(ga, gb) < 1e-5, "{:?}", [c, b, h, w]);
+        }
+    }
+
+    /// Values and gradients match Burn's log-softmax, on rows longer than one task and on a
+    /// strided input; a −∞ entry (a masked logit) keeps its row finite.
+    #[test]
+    fn log_softmax_matches_burn_with_gradients() {
+        use burn::tensor::activation::log_softmax;
+        let device = Default::default();
+        let x0 = Tensor::<A, 3>::random([40, 3, 2100], Distribution::Normal(0.0, 5.0), &device);
+        let w = Tensor::<A, 3>::random([3, 40, 2100], Distribution::Default, &device);
+        let (ya, ga) = values_and_grad(&x0, &w, |x| log_softmax(x.swap_dims(0, 1), 2));
+        let (yb, gb) = values_and_grad(&x0, &w, |x| log_softmax_last(x.swap_dims(0, 1)));
+        assert!(max_diff(ya.clone(), yb) < 1e-4);
+        // Row sums of the upstream gradient reach ~1,000 here and multiply exp(y), where y
+        // carries the log-sum-exp's f32 rounding (~2e-6 at 20): compare relative to them.
+        let scale = ga.clone().abs().max().into_scalar().to_f32_lossy();
+        let diff = max_diff(ga, gb);
+        assert!(
+            diff < 1e-5 * scale.max(1.0),
+            "gradients differ by {diff} (scale {scale})"
+        );
+        let plain = log_softmax_last(x0.inner().swap_dims(0, 1));
+        assert!(max_diff(ya, plain) < 1e-4);
+        let masked = Tensor::<Flex, 2>::from_floats([[0.0, f32::NEG_INFINITY, 1.0]], &device);
+        let lp: Vec<f32> = log_softmax_last(masked).into_data().to_vec().unwrap();
+        assert!(
+            lp[0].is_finite() && lp[2].is_finite() && lp[1] == f32::NEG_INFINITY,
+            "{lp:?}"
+        );
+    }
+
+    /// Merging heads equals swap + reshape, on Flex and under autodiff with its gradient.
+    #[test]
+    fn merge_heads_matches_swap_and_reshape() {
+        let device = Default::default();
+        let [b, h, t, dk] = [2, 3, 5, 4];
+        let x0 = Tensor::<A, 4>::random([b, h, t, dk], Distribution::Default, &device);
+        let w = Tensor::<A, 3>::random([b, t, h * dk], Distribution::Default, &device);
+        let (ya, ga) = values_and_grad(&x0, &w, |x| x.swap_dims(1, 2).reshape([b, t, h * dk]));
+        let (yb, gb) = values_and_grad(&x0, &w, merge_heads);
+        assert_eq!(max_diff(ya.clone(), yb), 0.0);
+        assert_eq!(max_diff(ga, gb), 0.0);
+        assert_eq!(max_diff(ya, merge_heads(x0.inner())), 0.0);
+    }
+
+    /// Layer norm on plain Flex (inference) is Burn's own fused op.
+    #[test]
+    fn layer_norm_on_flex_is_burns() {
+        let device = Default::default();
+        let ln = LayerNormConfig::new(8).init::<Flex>(&device);
+        let x = Tensor::<Flex, 2>::random([5, 8], Distribution::Default, &device);
+        assert_eq!(
+            max_diff(ln.forward(x.clone()), layer_norm(&ln, 1e-5, x)),
+            0.0
+        );
+    }
+}

@@ -152,6 +152,38 @@ fn ad_prim<const D: usize>(t: Tensor<Ad, D>) -> FloatTensor<Ad> {
     t.into_primitive().tensor()
 }
 
+/// Which path a tensor takes: one of the fused kernels' two backends (f32 only), or Burn's
+/// own ops.
+enum Route<B: Backend, const D: usize> {
+    Autodiff(FloatTensor<Ad>),
+    Flex(FlexTensor),
+    Burn(Tensor<B, D>),
+}
+
+fn route<B: Backend, const D: usize>(x: Tensor<B, D>) -> Route<B, D> {
+    if x.dtype() != DType::F32 {
+        return Route::Burn(x);
+    }
+    let x = match cast::<B, Ad, D>(x) {
+        Ok(x) => return Route::Autodiff(ad_prim(x)),
+        Err(x) => x,
+    };
+    match cast::<B, Flex, D>(x) {
+        Ok(x) => Route::Flex(x.into_primitive().tensor()),
+        Err(x) => Route::Burn(x),
+    }
+}
+
+/// A fused kernel's output on the autodiff route, as the caller's tensor.
+fn from_ad<B: Backend, const E: usize>(y: FloatTensor<Ad>) -> Tensor<B, E> {
+    uncast::<Ad, B, E>(Tensor::from_primitive(TensorPrimitive::Float(y)))
+}
+
+/// A fused kernel's output on the Flex route, as the caller's tensor.
+fn from_flex<B: Backend, const E: usize>(y: FlexTensor) -> Tensor<B, E> {
+    uncast::<Flex, B, E>(Tensor::from_primitive(TensorPrimitive::Float(y)))
+}
+
 /// Contiguous f32 values of a Flex tensor (copied only when it is a strided view).
 fn f32_values(t: &FlexTensor) -> FlexTensor {
     if t.as_slice::<f32>().is_some() {
@@ -183,18 +215,15 @@ pub fn layer_norm<B: Backend, const D: usize>(
     let Some(beta) = &ln.beta else {
         return ln.forward(x);
     };
-    if x.dtype() != DType::F32 {
-        return ln.forward(x);
+    match route(x) {
+        Route::Autodiff(x) => {
+            let gamma = ad_prim(uncast_param::<B>(ln.gamma.val()));
+            let beta = ad_prim(uncast_param::<B>(beta.val()));
+            from_ad(layer_norm_ad(x, gamma, beta, eps as f32))
+        }
+        Route::Flex(x) => ln.forward(from_flex(x)),
+        Route::Burn(x) => ln.forward(x),
     }
-    let x = match cast::<B, Ad, D>(x) {
-        Ok(x) => x,
-        Err(x) => return ln.forward(x),
-    };
-    let gamma = uncast_param::<B>(ln.gamma.val());
-    let beta = uncast_param::<B>(beta.val());
-    let d = x.dims()[D - 1];
-    let y = layer_norm_ad(ad_prim(x), ad_prim(gamma), ad_prim(beta), d, eps as f32);
-    uncast::<Ad, B, D>(Tensor::from_primitive(TensorPrimitive::Float(y)))
 }
 
 fn uncast_param<B: Backend>(t: Tensor<B, 1>) -> Tensor<Ad, 1> {
@@ -351,8 +380,9 @@ with_avx2!(
     )
 );
 
-/// Forward values, x̂ and 1/σ of every row of `x` ([N·D] values, rows of `d`).
-fn layer_norm_rows(x: &[f32], gamma: &[f32], beta: &[f32], d: usize, eps: f32) -> [Vec<f32>; 3] {
+/// Forward values, x̂ and 1/σ of every row of `x` (rows as long as `gamma`).
+fn layer_norm_rows(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> [Vec<f32>; 3] {
+    let d = gamma.len();
     let n = x.len() / d;
     let mut y = vec![0f32; n * d];
     let mut xhat = vec![0f32; n * d];
@@ -370,13 +400,12 @@ fn layer_norm_ad(
     x: FloatTensor<Ad>,
     gamma: FloatTensor<Ad>,
     beta: FloatTensor<Ad>,
-    d: usize,
     eps: f32,
 ) -> FloatTensor<Ad> {
     let shape = x.primitive.layout().shape().clone();
     let xv = f32_values(&x.primitive);
     let (gv, bv) = (f32_values(&gamma.primitive), f32_values(&beta.primitive));
-    let [y, xhat, rstd] = layer_norm_rows(slice(&xv), slice(&gv), slice(&bv), d, eps);
+    let [y, xhat, rstd] = layer_norm_rows(slice(&xv), slice(&gv), slice(&bv), eps);
     let y = flex_f32(y, shape.clone());
     match LayerNormBackward
         .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
@@ -519,25 +548,14 @@ fn rowwise<B: Backend, const D: usize>(
     bwd: RowsBackward,
     burn_op: fn(Tensor<B, D>) -> Tensor<B, D>,
 ) -> Tensor<B, D> {
-    if x.dtype() != DType::F32 {
-        return burn_op(x);
-    }
     let d = x.dims()[D - 1];
-    let x = match cast::<B, Ad, D>(x) {
-        Ok(x) => {
-            let y = rowwise_ad(ad_prim(x), d, saved, fwd, bwd);
-            return uncast::<Ad, B, D>(Tensor::from_primitive(TensorPrimitive::Float(y)));
+    match route(x) {
+        Route::Autodiff(x) => from_ad(rowwise_ad(x, d, saved, fwd, bwd)),
+        Route::Flex(x) => {
+            let shape = x.layout().shape().clone();
+            from_flex(flex_f32(map_rows(slice(&f32_values(&x)), d, fwd), shape))
         }
-        Err(x) => x,
-    };
-    match cast::<B, Flex, D>(x) {
-        Ok(x) => {
-            let xp = x.into_primitive().tensor();
-            let shape = xp.layout().shape().clone();
-            let y = flex_f32(map_rows(slice(&f32_values(&xp)), d, fwd), shape);
-            uncast::<Flex, B, D>(Tensor::from_primitive(TensorPrimitive::Float(y)))
-        }
-        Err(x) => burn_op(x),
+        Route::Burn(x) => burn_op(x),
     }
 }
 
@@ -762,13 +780,9 @@ fn layout_op<B: Backend, const E: usize>(
     fwd: LayoutFn,
     bwd: LayoutFn,
 ) -> Result<Tensor<B, E>, Tensor<B, 4>> {
-    if x.dtype() != DType::F32 {
-        return Err(x);
-    }
-    let x = match cast::<B, Ad, 4>(x) {
-        Ok(x) => {
-            let x = ad_prim(x);
-            let dims = x.primitive.layout().shape().dims::<4>();
+    let dims = x.dims();
+    match route(x) {
+        Route::Autodiff(x) => {
             let y = flex_f32(fwd(slice(&f32_values(&x.primitive)), dims), Shape::new(out));
             let y = match (LayoutBackward { bwd })
                 .prepare::<NoCheckpointing>([x.node.clone()])
@@ -778,22 +792,13 @@ fn layout_op<B: Backend, const E: usize>(
                 OpsKind::Tracked(prep) => prep.finish(dims, y),
                 OpsKind::UnTracked(prep) => prep.finish(y),
             };
-            return Ok(uncast::<Ad, B, E>(Tensor::from_primitive(
-                TensorPrimitive::Float(y),
-            )));
+            Ok(from_ad(y))
         }
-        Err(x) => x,
-    };
-    match cast::<B, Flex, 4>(x) {
-        Ok(x) => {
-            let xp = x.into_primitive().tensor();
-            let dims = xp.layout().shape().dims::<4>();
-            let y = flex_f32(fwd(slice(&f32_values(&xp)), dims), Shape::new(out));
-            Ok(uncast::<Flex, B, E>(Tensor::from_primitive(
-                TensorPrimitive::Float(y),
-            )))
-        }
-        Err(x) => Err(x),
+        Route::Flex(x) => Ok(from_flex(flex_f32(
+            fwd(slice(&f32_values(&x)), dims),
+            Shape::new(out),
+        ))),
+        Route::Burn(x) => Err(x),
     }
 }
 

@@ -22,7 +22,7 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::relu;
+use burn::tensor::activation::{self, relu};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -220,17 +220,18 @@ impl ConvPath {
 }
 
 /// A 3x3, stride-1, padding-1 convolution as one matrix product over the batch, on
-/// channel-major activations: [C, B, H, W] -> [Cout, B, H, W]. Any other shape of
-/// convolution runs natively between two transposes.
+/// channel-major activations: [C, B, H, W] -> [Cout, B, H, W], followed by a ReLU when
+/// `relu`. Any other shape of convolution runs natively between two transposes.
 ///
-/// In f32 the column matrix comes from [`fused::im2col_3x3`] (one pass forward, one
-/// accumulation backward). In half precision it is built from Burn ops: each image is
-/// zero-padded and flattened, and the output is computed on a grid two
-/// columns wider than the image: then the input window of kernel tap (ky, kx) is one
-/// contiguous run of every flattened image, starting ky*(W+2)+kx in, so the nine column
-/// blocks are plain slices (Flex copies those at memory speed, where it walks a 2-D window
-/// element by element). The two extra output columns are dropped at the end.
-fn conv_cbhw<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+/// In f32 the whole unit is [`fused::conv3x3_cbhw`] (one op forward and backward). In half
+/// precision it is built from Burn ops: each image is zero-padded and flattened, and the
+/// output is computed on a grid two columns wider than the image: then the input window of
+/// kernel tap (ky, kx) is one contiguous run of every flattened image, starting ky*(W+2)+kx
+/// in, so the nine column blocks are plain slices (Flex copies those at memory speed, where
+/// it walks a 2-D window element by element). The two extra output columns are dropped at
+/// the end.
+fn conv_cbhw<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {
+    let act = |y: Tensor<B, 4>| if relu { activation::relu(y) } else { y };
     let weight = conv.weight.val();
     let [cout, cin, kh, kw] = weight.dims();
     let same_3x3 = [kh, kw] == [3, 3]
@@ -239,19 +240,13 @@ fn conv_cbhw<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         && conv.groups == 1
         && conv.padding == PaddingConfig2d::Explicit(1, 1, 1, 1);
     if !same_3x3 {
-        return conv.forward(x.swap_dims(0, 1)).swap_dims(0, 1);
+        return act(conv.forward(x.swap_dims(0, 1)).swap_dims(0, 1));
     }
     let [c, b, h, w] = x.dims();
     debug_assert_eq!(c, cin);
-    // f32 on Flex: the column matrix in one pass, its gradient in one (fused::im2col_3x3).
-    let x = match fused::im2col_3x3(x) {
-        Ok(cols) => {
-            let mut y = weight.reshape([cout, c * 9]).matmul(cols); // [Cout, B*H*W]
-            if let Some(bias) = &conv.bias {
-                y = y + bias.val().reshape([cout, 1]);
-            }
-            return y.reshape([cout, b, h, w]);
-        }
+    let bias = conv.bias.as_ref().map(|p| p.val());
+    let x = match fused::conv3x3_cbhw(x, weight.clone(), bias, relu) {
+        Ok(y) => return y,
         Err(x) => x,
     };
     let wide = w + 2;
@@ -274,20 +269,26 @@ fn conv_cbhw<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         y = y + bias.val().reshape([cout, 1]);
     }
     // The reshape through [Cout, B, H*W] makes the narrowed map contiguous in one pass.
-    y.reshape([cout, b, h, wide])
+    act(y
+        .reshape([cout, b, h, wide])
         .slice([0..cout, 0..b, 0..h, 0..w])
         .reshape([cout, b, h * w])
-        .reshape([cout, b, h, w])
+        .reshape([cout, b, h, w]))
 }
 
-/// 2x2, stride-2 max pooling as two elementwise maxima: [A, B, H, W] -> [A, B, H/2, W/2].
-/// Flex's pooling kernel visits every window with scalar bounds checks; here the first
-/// maximum is over the two contiguous rows of each window, the second over neighbouring
-/// columns. A tie sends the gradient to the top row, then to the left column; Burn's kernel
+/// 2x2, stride-2 max pooling: [A, B, H, W] -> [A, B, H/2, W/2]. In f32 on Flex it is
+/// [`fused::max_pool_2x2`], one pass each way (Flex's pooling kernel visits every window
+/// with scalar bounds checks). Otherwise (half precision) two elementwise maxima: the first
+/// over the two contiguous rows of each window, the second over neighbouring columns; a
+/// tie sends the gradient to the top row, then to the left column, where Burn's kernel
 /// sends it to the first maximum in row-major order, which differs only when the two
 /// diagonal cells of a window tie for its maximum. An odd side (never from a validated
 /// config) goes to Burn's `pool`, which drops the last row or column.
 fn max_pool_2x2<B: Backend>(x: Tensor<B, 4>, pool: &MaxPool2d) -> Tensor<B, 4> {
+    let x = match fused::max_pool_2x2(x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
     let [a, b, h, w] = x.dims();
     if h % 2 != 0 || w % 2 != 0 {
         return pool.forward(x);
@@ -334,7 +335,7 @@ impl<B: Backend> ConvUnit<B> {
     fn linear_part(&self, x: Tensor<B, 4>, path: ConvPath) -> Tensor<B, 4> {
         let x = match path {
             ConvPath::Native => self.conv.forward(x),
-            ConvPath::Im2col => conv_cbhw(&self.conv, x),
+            ConvPath::Im2col => conv_cbhw(&self.conv, x, false),
         };
         match (&self.norm, path) {
             (None, _) => x,
@@ -345,7 +346,11 @@ impl<B: Backend> ConvUnit<B> {
     }
 
     fn forward(&self, x: Tensor<B, 4>, path: ConvPath) -> Tensor<B, 4> {
-        relu(self.linear_part(x, path))
+        match (&self.norm, path) {
+            // Without normalisation the ReLU joins the convolution's fused op.
+            (None, ConvPath::Im2col) => conv_cbhw(&self.conv, x, true),
+            _ => relu(self.linear_part(x, path)),
+        }
     }
 }
 

@@ -15,7 +15,8 @@
 //! softmax_last    y = exp(x − max) / Σ exp(x − max)     dx = y·(g − Σ g·y)
 //! log_softmax_last y = x − max − ln Σ exp(x − max)      dx = g − exp(y)·Σ g
 //! gelu_tanh, gelu_erf                                   dx = g·gelu'(x)
-//! im2col_3x3      [C, B, H, W] -> [C·9, B·H·W]          dx = col2im(g)
+//! conv3x3_cbhw    y = relu?(W·im2col(x) + b)            dx = col2im(Wᵀ·gy), dW = gy·colsᵀ, db = Σ gy
+//! max_pool_2x2    y = max of each 2x2 window            dx = g at the window's winning cell
 //! merge_heads     [B, H, T, dk] -> [B, T, H·dk]          dx = the inverse permutation
 //! ```
 //!
@@ -25,6 +26,7 @@
 //! backends, f16/bf16). The tests check values and gradients against Burn's ops.
 
 use std::any::{Any, TypeId};
+use std::mem::MaybeUninit;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -200,6 +202,50 @@ fn slice(t: &FlexTensor) -> &[f32] {
 
 fn flex_f32(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// `len` f32 slots left unzeroed, for an output that a kernel then writes in full: zeroing
+/// maps of tens of MB first costs about as much as filling them.
+fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit<f32> needs no initialisation, and the capacity is `len`.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// The values of a vector whose every element has been written.
+///
+/// # Safety
+/// Every element of `v` must have been initialised.
+unsafe fn assume_init(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: MaybeUninit<f32> has f32's layout, the allocation is handed over whole, and
+    // the caller guarantees every element is initialised.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
+}
+
+/// A slice whose every element has been written, as values.
+///
+/// # Safety
+/// Every element of `s` must have been initialised.
+unsafe fn assume_init_mut(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: same layout; the caller guarantees initialisation.
+    unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// Writes `src` into `dst` (equal lengths).
+#[inline(always)]
+fn write_all(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        d.write(v);
+    }
+}
+
+#[inline(always)]
+fn write_zeros(dst: &mut [MaybeUninit<f32>]) {
+    for d in dst {
+        d.write(0.0);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -760,16 +806,7 @@ pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 }
 
 // ---------------------------------------------------------------------------------------
-// im2col for 3x3, stride-1, padding-1 convolutions on channel-major maps.
-
-/// Column matrix of a 3x3, stride-1, zero-padded convolution over a channel-major map:
-/// x [C, B, H, W] -> [C·9, B·H·W], row c·9 + ky·3 + kx holding input (y + ky − 1,
-/// x + kx − 1) at column (b, y, x). On Flex and `Autodiff<Flex>` in f32 it is one pass
-/// (and its backward one accumulation, col2im); `None` elsewhere, for the caller's own path.
-pub fn im2col_3x3<B: Backend>(x: Tensor<B, 4>) -> Result<Tensor<B, 2>, Tensor<B, 4>> {
-    let [c, b, h, w] = x.dims();
-    layout_op(x, [c * 9, b * h * w], im2col_values, col2im_values)
-}
+// Layout copies: the 3x3 convolution's column matrix, attention heads.
 
 /// A copy that rearranges a 4-D tensor into `out` dims, `fwd(values, dims)`, with the
 /// gradient rearranged back by `bwd(grad, dims)`: fused on Flex and `Autodiff<Flex>` in
@@ -834,10 +871,14 @@ fn tap_span(d: isize, w: usize) -> (usize, usize, usize) {
     }
 }
 
+/// Column matrix of a 3x3, stride-1, zero-padded convolution over channel-major values
+/// x [C, B, H, W] -> [C·9, B·H·W]: row c·9 + ky·3 + kx holds input (y + ky − 1, x + kx − 1)
+/// at column (b, y, x), zero outside the image.
 fn im2col_values(x: &[f32], [c, b, h, w]: [usize; 4]) -> Vec<f32> {
     let plane = b * h * w;
-    let mut cols = vec![0f32; c * 9 * plane];
+    let mut cols = uninit(c * 9 * plane);
     cols.par_chunks_mut(plane)
+        .with_min_len(min_items(plane))
         .enumerate()
         .for_each(|(row, out)| {
             let (ch, ky, kx) = (row / 9, (row % 9) / 3, row % 3);
@@ -846,45 +887,527 @@ fn im2col_values(x: &[f32], [c, b, h, w]: [usize; 4]) -> Vec<f32> {
             for bi in 0..b {
                 let src = &x[(ch * b + bi) * h * w..(ch * b + bi + 1) * h * w];
                 for y in 0..h {
+                    let run = &mut out[(bi * h + y) * w..(bi * h + y + 1) * w];
                     let sy = y as isize + dy;
                     if sy < 0 || sy >= h as isize {
-                        continue; // stays zero
+                        write_zeros(run);
+                        continue;
                     }
                     let s = sy as usize * w;
-                    let o = (bi * h + y) * w;
-                    out[o + o0..o + o0 + n].copy_from_slice(&src[s + i0..s + i0 + n]);
+                    // Zeros left of the copied span, the span, zeros right of it: all w.
+                    write_zeros(&mut run[..o0]);
+                    write_all(&mut run[o0..o0 + n], &src[s + i0..s + i0 + n]);
+                    write_zeros(&mut run[o0 + n..]);
                 }
             }
         });
-    cols
+    // SAFETY: every row of every plane was written in full above.
+    unsafe { assume_init(cols) }
 }
 
 /// The input gradient of [`im2col_values`]: every column entry added back to the input cell
 /// it was copied from.
 fn col2im_values(cols: &[f32], [c, b, h, w]: [usize; 4]) -> Vec<f32> {
     let plane = b * h * w;
-    let mut dx = vec![0f32; c * plane];
-    dx.par_chunks_mut(plane).enumerate().for_each(|(ch, out)| {
-        for tap in 0..9 {
-            let (dy, dxo) = ((tap / 3) as isize - 1, (tap % 3) as isize - 1);
-            let (o0, i0, n) = tap_span(dxo, w);
-            let rows = &cols[(ch * 9 + tap) * plane..(ch * 9 + tap + 1) * plane];
-            for bi in 0..b {
-                for y in 0..h {
-                    let sy = y as isize + dy;
-                    if sy < 0 || sy >= h as isize {
-                        continue;
-                    }
-                    let src = &rows[(bi * h + y) * w + o0..(bi * h + y) * w + o0 + n];
-                    let base = (bi * h + sy as usize) * w + i0;
-                    for (d, s) in out[base..base + n].iter_mut().zip(src) {
-                        *d += s;
+    let mut dx = uninit(c * plane);
+    dx.par_chunks_mut(plane)
+        .with_min_len(min_items(9 * plane))
+        .enumerate()
+        .for_each(|(ch, out)| {
+            // The centre tap (dy = dx = 0) covers every cell: it initialises the plane.
+            write_all(out, &cols[(ch * 9 + 4) * plane..(ch * 9 + 5) * plane]);
+            // SAFETY: written in full just above.
+            let out = unsafe { assume_init_mut(out) };
+            for tap in (0..9).filter(|&t| t != 4) {
+                let (dy, dxo) = ((tap / 3) as isize - 1, (tap % 3) as isize - 1);
+                let (o0, i0, n) = tap_span(dxo, w);
+                let rows = &cols[(ch * 9 + tap) * plane..(ch * 9 + tap + 1) * plane];
+                for bi in 0..b {
+                    for y in 0..h {
+                        let sy = y as isize + dy;
+                        if sy < 0 || sy >= h as isize {
+                            continue;
+                        }
+                        let src = &rows[(bi * h + y) * w + o0..(bi * h + y) * w + o0 + n];
+                        let base = (bi * h + sy as usize) * w + i0;
+                        for (d, s) in out[base..base + n].iter_mut().zip(src) {
+                            *d += s;
+                        }
                     }
                 }
             }
+        });
+    // SAFETY: every plane was initialised by its centre tap.
+    unsafe { assume_init(dx) }
+}
+
+// ---------------------------------------------------------------------------------------
+// A whole 3x3 convolution (column matrix, matrix product, bias, ReLU) as one op.
+
+/// `relu?(conv(x) + bias)` for a 3x3, stride-1, zero-padded convolution on channel-major
+/// maps: x [C, B, H, W], `weight` [Cout, C, 3, 3], `bias` [Cout] -> [Cout, B, H, W]. On Flex
+/// and `Autodiff<Flex>` in f32 it is one op: the column matrix, one matrix product and one
+/// pass for the bias and ReLU forward; backward, one pass for the ReLU mask and the bias
+/// gradient, the weight gradient with the long inner dimension split across the cores
+/// (gemm parallelises over the output only, which is one tile here), and the input
+/// gradient only when the input needs one (never for the images themselves). `Err(x)`
+/// elsewhere, for the caller's Burn ops.
+pub fn conv3x3_cbhw<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    relu: bool,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    let [cout, cin, kh, kw] = weight.dims();
+    let [c, b, h, w] = x.dims();
+    if [kh, kw] != [3, 3] || cin != c || weight.dtype() != DType::F32 {
+        return Err(x);
+    }
+    if bias.as_ref().is_some_and(|t| t.dtype() != DType::F32) {
+        return Err(x);
+    }
+    let dims = ConvDims { c, b, h, w, cout };
+    match route(x) {
+        Route::Autodiff(x) => {
+            let weight = ad_prim(same_backend::<B, Ad, 4>(weight));
+            let bias = match bias {
+                Some(t) => ad_prim(same_backend::<B, Ad, 1>(t)),
+                None => ad_prim(Tensor::<Ad, 1>::zeros([cout], &Default::default())),
+            };
+            Ok(from_ad(conv3x3_ad(x, weight, bias, dims, relu)))
         }
-    });
-    dx
+        Route::Flex(x) => {
+            let weight = same_backend::<B, Flex, 4>(weight).into_primitive().tensor();
+            let bias = bias.map(|t| same_backend::<B, Flex, 1>(t).into_primitive().tensor());
+            let bias = bias.as_ref().map(f32_values);
+            let (y, _) = conv3x3_forward(
+                slice(&f32_values(&x)),
+                slice(&f32_values(&weight)),
+                bias.as_ref().map(slice),
+                dims,
+                relu,
+            );
+            Ok(from_flex(flex_f32(y, dims.out_shape())))
+        }
+        Route::Burn(x) => Err(x),
+    }
+}
+
+/// `t` as backend `To`, which is known to be its own backend (the input's took that route).
+fn same_backend<B: Backend, To: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<To, D> {
+    match cast::<B, To, D>(t) {
+        Ok(t) => t,
+        Err(_) => unreachable!("the parameters live on the input's backend"),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ConvDims {
+    c: usize,
+    b: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+}
+
+impl ConvDims {
+    /// Output positions, the columns of every matrix here.
+    fn n(&self) -> usize {
+        self.b * self.h * self.w
+    }
+    fn out_shape(&self) -> Shape {
+        Shape::new([self.cout, self.b, self.h, self.w])
+    }
+}
+
+/// Multiply-adds from which a matrix product is split across the cores (Flex's threshold).
+const PARALLEL_GEMM_OPS: usize = 192 * 192 * 192;
+
+/// Parallel tasks of `item`-sized pieces hold at least this many of them, so small maps
+/// (a batch of one) run as one task instead of one per channel.
+fn min_items(item: usize) -> usize {
+    (ELEMS_PER_TASK / item.max(1)).max(1)
+}
+
+/// `dst` (m×n, row-major) = lhs (m×k) · rhs (k×n), the operands given with their row and
+/// column strides; every element of `dst` is written (it need not be initialised). The
+/// bounds of both operands are checked before gemm reads them through raw pointers.
+fn gemm_into(
+    dst: &mut [MaybeUninit<f32>],
+    [m, n, k]: [usize; 3],
+    lhs: &[f32],
+    [lhs_rs, lhs_cs]: [usize; 2],
+    rhs: &[f32],
+    [rhs_rs, rhs_cs]: [usize; 2],
+    parallel: bool,
+) {
+    assert_eq!(dst.len(), m * n, "gemm destination size");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        write_zeros(dst);
+        return;
+    }
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(last(m, lhs_rs, k, lhs_cs) < lhs.len(), "gemm lhs bounds");
+    assert!(last(k, rhs_rs, n, rhs_cs) < rhs.len(), "gemm rhs bounds");
+    // Below Flex's own threshold a product runs on one core: handing a batch-1 layer's
+    // product to the thread pool costs more than it saves.
+    let parallelism = if parallel && m * n * k >= PARALLEL_GEMM_OPS {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every index gemm forms lies inside the slices, as checked above; `dst` is a
+    // distinct, exclusively borrowed m×n buffer; read_dst = false, so it is only written,
+    // every element of it (dst = 1.0 · lhs · rhs).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().cast::<f32>(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// The output (after bias and ReLU) and the column matrix the backward pass needs.
+fn conv3x3_forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    d: ConvDims,
+    relu: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    let (n, k) = (d.n(), d.c * 9);
+    let cols = im2col_values(x, [d.c, d.b, d.h, d.w]);
+    let mut y = uninit(d.cout * n);
+    gemm_into(&mut y, [d.cout, n, k], weight, [k, 1], &cols, [n, 1], true);
+    // SAFETY: gemm_into writes every element.
+    let mut y = unsafe { assume_init(y) };
+    let chunk = ELEMS_PER_TASK.max(1);
+    if bias.is_some() || relu {
+        // Row o of y is channel o: split each row into tasks so a few wide channels still
+        // spread over the cores.
+        y.par_chunks_mut(n)
+            .with_min_len(min_items(n))
+            .enumerate()
+            .for_each(|(o, row)| {
+                let add = bias.map_or(0.0, |bv| bv[o]);
+                row.par_chunks_mut(chunk)
+                    .for_each(|part| bias_act(part, add, relu));
+            });
+    }
+    (y, cols)
+}
+
+#[inline(always)]
+fn bias_act_body(row: &mut [f32], add: f32, relu: bool) {
+    if relu {
+        row.iter_mut().for_each(|v| *v = (*v + add).max(0.0));
+    } else {
+        row.iter_mut().for_each(|v| *v += add);
+    }
+}
+with_avx2!(bias_act, bias_act_body, (row: &mut [f32], add: f32, relu: bool));
+
+/// g masked by the ReLU (where the output is positive) written into `gy` (all of it);
+/// returns the part's sum, its share of the bias gradient of its channel.
+#[inline(always)]
+fn relu_mask_sum_body(g: &[f32], y: &[f32], gy: &mut [MaybeUninit<f32>], relu: bool) -> f32 {
+    assert!(g.len() == gy.len() && y.len() == gy.len());
+    if relu {
+        for ((d, &gv), &yv) in gy.iter_mut().zip(g).zip(y) {
+            d.write(if yv > 0.0 { gv } else { 0.0 });
+        }
+    } else {
+        write_all(gy, g);
+    }
+    // SAFETY: every element was written above (the lengths are equal).
+    sum_lanes(unsafe { assume_init_mut(gy) })
+}
+
+fn relu_mask_sum(g: &[f32], y: &[f32], gy: &mut [MaybeUninit<f32>], relu: bool) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn wide(g: &[f32], y: &[f32], gy: &mut [MaybeUninit<f32>], relu: bool) -> f32 {
+            relu_mask_sum_body(g, y, gy, relu)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU was just found to have both features.
+            return unsafe { wide(g, y, gy, relu) };
+        }
+    }
+    relu_mask_sum_body(g, y, gy, relu)
+}
+
+#[derive(Debug)]
+struct ConvBackward {
+    dims: ConvDims,
+    relu: bool,
+}
+
+/// What the backward pass needs: the column matrix, the weights and the output (for the
+/// ReLU mask).
+#[derive(Debug, Clone)]
+struct ConvState {
+    cols: FlexTensor,
+    weight: FlexTensor,
+    y: FlexTensor,
+}
+
+impl Backward<Flex, 3> for ConvBackward {
+    type State = ConvState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let ConvState { cols, weight, y } = ops.state;
+        let d = self.dims;
+        let (n, k) = (d.n(), d.c * 9);
+        let g = f32_values(&grad);
+        let (g, y, cols, weight) = (slice(&g), slice(&y), slice(&cols), slice(&weight));
+
+        // The gradient at the pre-activation, and its row sums (the bias gradient).
+        let chunk = ELEMS_PER_TASK;
+        let mut gy = uninit(d.cout * n);
+        let db: Vec<f32> = gy
+            .par_chunks_mut(n)
+            .zip(g.par_chunks(n))
+            .zip(y.par_chunks(n))
+            .with_min_len(min_items(n))
+            .map(|((gy, g), y)| {
+                gy.par_chunks_mut(chunk)
+                    .zip(g.par_chunks(chunk))
+                    .zip(y.par_chunks(chunk))
+                    .map(|((gy, g), y)| relu_mask_sum(g, y, gy, self.relu))
+                    .sum::<f32>()
+            })
+            .collect();
+        // SAFETY: relu_mask_sum wrote every element, chunk by chunk.
+        let gy = unsafe { assume_init(gy) };
+
+        if let Some(node) = node_w {
+            // dW [Cout, C·9] = gy · colsᵀ over n, in one slice of n per core, then summed.
+            let parts = rayon::current_num_threads().clamp(1, n.div_ceil(4096).max(1));
+            let span = n.div_ceil(parts);
+            let partial: Vec<Vec<f32>> = (0..parts)
+                .into_par_iter()
+                .map(|p| {
+                    let (lo, hi) = (p * span, ((p + 1) * span).min(n));
+                    let mut dw = uninit(d.cout * k);
+                    gemm_into(
+                        &mut dw,
+                        [d.cout, k, hi.saturating_sub(lo)],
+                        &gy[lo.min(n)..],
+                        [n, 1],
+                        &cols[lo.min(n)..],
+                        [1, n],
+                        false,
+                    );
+                    // SAFETY: gemm_into writes every element (zeros for an empty slice).
+                    unsafe { assume_init(dw) }
+                })
+                .collect();
+            let mut dw = vec![0f32; d.cout * k];
+            for part in partial {
+                dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+            }
+            grads.register::<Flex>(node.id, flex_f32(dw, Shape::new([d.cout, d.c, 3, 3])));
+        }
+        if let Some(node) = node_b {
+            grads.register::<Flex>(node.id, flex_f32(db, Shape::new([d.cout])));
+        }
+        if let Some(node) = node_x {
+            // dcols [C·9, n] = Wᵀ · gy, then each column entry back to its input cell.
+            let mut dcols = uninit(k * n);
+            gemm_into(
+                &mut dcols,
+                [k, n, d.cout],
+                weight,
+                [1, k],
+                &gy,
+                [n, 1],
+                true,
+            );
+            // SAFETY: gemm_into writes every element.
+            let dcols = unsafe { assume_init(dcols) };
+            let dx = col2im_values(&dcols, [d.c, d.b, d.h, d.w]);
+            grads.register::<Flex>(node.id, flex_f32(dx, Shape::new([d.c, d.b, d.h, d.w])));
+        }
+    }
+}
+
+fn conv3x3_ad(
+    x: FloatTensor<Ad>,
+    weight: FloatTensor<Ad>,
+    bias: FloatTensor<Ad>,
+    dims: ConvDims,
+    relu: bool,
+) -> FloatTensor<Ad> {
+    let wv = f32_values(&weight.primitive);
+    let bv = f32_values(&bias.primitive);
+    let (y, cols) = conv3x3_forward(
+        slice(&f32_values(&x.primitive)),
+        slice(&wv),
+        Some(slice(&bv)),
+        dims,
+        relu,
+    );
+    let y = flex_f32(y, dims.out_shape());
+    match (ConvBackward { dims, relu })
+        .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone(), bias.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let cols = flex_f32(cols, Shape::new([dims.c * 9, dims.n()]));
+            let state = ConvState {
+                cols,
+                weight: wv,
+                y: y.clone(),
+            };
+            prep.finish(state, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 2x2, stride-2 max pooling.
+
+/// 2x2, stride-2 max pooling over the last two axes, [A, B, H, W] -> [A, B, H/2, W/2]
+/// (even H and W), in one pass that records which cell of each window won; the gradient
+/// goes back to that cell. Ties go to the first maximum in row-major order, as Burn's
+/// kernel sends them. On Flex and `Autodiff<Flex>` in f32; `Err(x)` elsewhere or for odd
+/// sides.
+pub fn max_pool_2x2<B: Backend>(x: Tensor<B, 4>) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    let dims = x.dims();
+    let [a, b, h, w] = dims;
+    if h % 2 != 0 || w % 2 != 0 {
+        return Err(x);
+    }
+    let out = Shape::new([a, b, h / 2, w / 2]);
+    match route(x) {
+        Route::Autodiff(x) => {
+            let (y, arg) = pool_forward(slice(&f32_values(&x.primitive)), dims);
+            let y = flex_f32(y, out);
+            let y = match PoolBackward
+                .prepare::<NoCheckpointing>([x.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish((dims, std::sync::Arc::new(arg)), y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            Ok(from_ad(y))
+        }
+        Route::Flex(x) => Ok(from_flex(flex_f32(
+            pool_forward(slice(&f32_values(&x)), dims).0,
+            out,
+        ))),
+        Route::Burn(x) => Err(x),
+    }
+}
+
+/// Pooled values and, per output cell, the winning cell of its window (0 top left,
+/// 1 top right, 2 bottom left, 3 bottom right).
+fn pool_forward(x: &[f32], [_, _, _, w]: [usize; 4]) -> (Vec<f32>, Vec<u8>) {
+    let ow = w / 2;
+    let mut y = uninit(x.len() / 4);
+    let mut arg = vec![0u8; y.len()];
+    // Tasks of whole output rows: one row of windows reads two input rows.
+    let rows = (ELEMS_PER_TASK / (2 * w).max(1)).max(1);
+    y.par_chunks_mut(rows * ow)
+        .zip(arg.par_chunks_mut(rows * ow))
+        .zip(x.par_chunks(rows * 2 * w))
+        .for_each(|((y, arg), x)| {
+            for ((y, arg), pair) in y
+                .chunks_mut(ow)
+                .zip(arg.chunks_mut(ow))
+                .zip(x.chunks(2 * w))
+            {
+                let (top, bottom) = pair.split_at(w);
+                for (ox, (yv, at)) in y.iter_mut().zip(arg.iter_mut()).enumerate() {
+                    let cells = [
+                        top[2 * ox],
+                        top[2 * ox + 1],
+                        bottom[2 * ox],
+                        bottom[2 * ox + 1],
+                    ];
+                    let (mut best, mut win) = (cells[0], 0u8);
+                    for (i, &v) in cells.iter().enumerate().skip(1) {
+                        // A NaN wins, so a window holding one pools to NaN.
+                        if v > best || (v.is_nan() && !best.is_nan()) {
+                            best = v;
+                            win = i as u8;
+                        }
+                    }
+                    yv.write(best);
+                    *at = win;
+                }
+            }
+        });
+    // SAFETY: each output row was written in full (rows of ow cells, one per window).
+    (unsafe { assume_init(y) }, arg)
+}
+
+#[derive(Debug)]
+struct PoolBackward;
+
+impl Backward<Flex, 1> for PoolBackward {
+    /// The input's dims and the winning cell of every window.
+    type State = ([usize; 4], std::sync::Arc<Vec<u8>>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let Some(node) = node_x else { return };
+        let (dims, arg) = ops.state;
+        let w = dims[3];
+        let ow = w / 2;
+        let g = f32_values(&grad);
+        let g = slice(&g);
+        let mut dx = uninit(g.len() * 4);
+        let rows = (ELEMS_PER_TASK / (2 * w).max(1)).max(1);
+        dx.par_chunks_mut(rows * 2 * w)
+            .zip(g.par_chunks(rows * ow))
+            .zip(arg.par_chunks(rows * ow))
+            .for_each(|((dx, g), arg)| {
+                for ((pair, g), arg) in dx.chunks_mut(2 * w).zip(g.chunks(ow)).zip(arg.chunks(ow)) {
+                    let (top, bottom) = pair.split_at_mut(w);
+                    for (ox, (&gv, &at)) in g.iter().zip(arg).enumerate() {
+                        // Every cell of the window is written: g at the winner, 0 elsewhere.
+                        let pick = |cell: u8| if at == cell { gv } else { 0.0 };
+                        top[2 * ox].write(pick(0));
+                        top[2 * ox + 1].write(pick(1));
+                        bottom[2 * ox].write(pick(2));
+                        bottom[2 * ox + 1].write(pick(3));
+                    }
+                }
+            });
+        // SAFETY: every window of every row pair was written in full.
+        let dx = unsafe { assume_init(dx) };
+        grads.register::<Flex>(node.id, flex_f32(dx, Shape::new(dims)));
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1129,31 +1652,114 @@ mod tests {
         assert!(max_diff(ya, gelu_erf(x0.inner())) < 2e-6);
     }
 
-    /// The fused column matrix equals the one built from padding and slices, and its
-    /// gradient equals autodiff's through that construction; odd sides and width 1 included.
+    /// The fused convolution (column matrix, product, bias, ReLU) computes Burn's conv2d and
+    /// its gradients for the input, weights and bias: with and without bias and ReLU, on a
+    /// strided input, with odd sides, width 1, and more than 4,096 output positions (the
+    /// weight gradient then sums slices of the batch computed apart).
     #[test]
-    fn im2col_matches_pad_and_slice_with_gradients() {
+    fn conv3x3_matches_burn_with_gradients() {
+        use burn::tensor::module::conv2d;
+        use burn::tensor::ops::ConvOptions;
         let device = Default::default();
-        for [c, b, h, w] in [[3, 2, 5, 7], [2, 3, 4, 1], [1, 1, 1, 3]] {
-            let x0 = Tensor::<A, 4>::random([c, b, h, w], Distribution::Normal(0.0, 1.0), &device);
-            let wt = Tensor::<A, 2>::random([c * 9, b * h * w], Distribution::Default, &device);
-            let reference = |x: Tensor<A, 4>| {
-                let padded = Tensor::<A, 4>::zeros([c, b, h + 2, w + 2], &device)
-                    .slice_assign([0..c, 0..b, 1..h + 1, 1..w + 1], x);
-                let taps: Vec<Tensor<A, 4>> = (0..9)
-                    .map(|k| {
-                        let (ky, kx) = (k / 3, k % 3);
-                        padded.clone().slice([0..c, 0..b, ky..ky + h, kx..kx + w])
-                    })
-                    .collect();
-                Tensor::stack::<5>(taps, 1).reshape([c * 9, b * h * w])
+        let cases = [
+            ([3, 2, 5, 7], 4, true, true),
+            ([2, 3, 4, 1], 3, false, true),
+            ([1, 1, 1, 3], 2, true, false),
+            ([4, 4, 32, 40], 8, true, true),
+        ];
+        for ([c, b, h, w], cout, with_bias, relu) in cases {
+            let x0 = Tensor::<A, 4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+            let w0 =
+                Tensor::<A, 4>::random([cout, c, 3, 3], Distribution::Normal(0.0, 0.5), &device);
+            let b0 = Tensor::<A, 1>::random([cout], Distribution::Normal(0.0, 0.5), &device);
+            let up = Tensor::<A, 4>::random([cout, b, h, w], Distribution::Default, &device);
+            let run = |fused: bool| {
+                let (x, wt, bias) = (
+                    x0.clone().require_grad(),
+                    w0.clone().require_grad(),
+                    b0.clone().require_grad(),
+                );
+                let bias_opt = with_bias.then(|| bias.clone());
+                // Channel-major, as the CNN keeps it: a strided view of [B, C, H, W].
+                let y = if fused {
+                    conv3x3_cbhw(x.clone().swap_dims(0, 1), wt.clone(), bias_opt, relu)
+                        .expect("fused path on Autodiff<Flex>")
+                } else {
+                    let opts = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+                    let y = conv2d(x.clone(), wt.clone(), bias_opt, opts).swap_dims(0, 1);
+                    if relu {
+                        burn::tensor::activation::relu(y)
+                    } else {
+                        y
+                    }
+                };
+                let g = (y.clone() * up.clone()).sum().backward();
+                let gb = with_bias.then(|| bias.grad(&g).expect("bias gradient"));
+                (y.inner(), x.grad(&g).unwrap(), wt.grad(&g).unwrap(), gb)
             };
-            let (ca, ga) = values_and_grad(&x0, &wt, reference);
-            let fused = |x| im2col_3x3(x).expect("fused path on Autodiff<Flex>");
-            let (cb, gb) = values_and_grad(&x0, &wt, fused);
-            assert_eq!(max_diff(ca, cb), 0.0, "{:?}", [c, b, h, w]);
-            assert!(max_diff(ga, gb) < 1e-5, "{:?}", [c, b, h, w]);
+            let (ya, gxa, gwa, gba) = run(false);
+            let (yb, gxb, gwb, gbb) = run(true);
+            let case = ([c, b, h, w], cout, with_bias, relu);
+            assert!(max_diff(ya, yb) < 1e-4, "{case:?}");
+            assert!(max_diff(gxa, gxb) < 1e-4, "{case:?}");
+            // Sums over up to 5,120 positions: compare relative to their size.
+            let scale = gwa.clone().abs().max().into_scalar().max(1.0);
+            assert!(max_diff(gwa, gwb) / scale < 1e-5, "{case:?}");
+            if let (Some(a), Some(b)) = (gba, gbb) {
+                let scale = a.clone().abs().max().into_scalar().max(1.0);
+                assert!(max_diff(a, b) / scale < 1e-5, "{case:?}");
+            }
         }
+    }
+
+    /// Inference on plain Flex gives the autodiff path's values.
+    #[test]
+    fn conv3x3_on_flex_matches_autodiff() {
+        let device = Default::default();
+        let x = Tensor::<Flex, 4>::random([3, 2, 6, 5], Distribution::Normal(0.0, 1.0), &device);
+        let wt = Tensor::<Flex, 4>::random([5, 3, 3, 3], Distribution::Normal(0.0, 0.5), &device);
+        let bias = Tensor::<Flex, 1>::random([5], Distribution::Normal(0.0, 0.5), &device);
+        let flex = conv3x3_cbhw(x.clone(), wt.clone(), Some(bias.clone()), true).unwrap();
+        let ad = conv3x3_cbhw(
+            Tensor::<A, 4>::from_inner(x),
+            Tensor::from_inner(wt),
+            Some(Tensor::from_inner(bias)),
+            true,
+        )
+        .unwrap()
+        .inner();
+        assert_eq!(max_diff(flex, ad), 0.0);
+    }
+
+    /// Max pooling matches Burn's max_pool2d with its gradient; on an all-zero map (a ReLU's
+    /// dead region) every window's gradient goes to its top-left cell, as Burn sends it.
+    #[test]
+    fn max_pool_2x2_matches_burn_with_gradients() {
+        use burn::tensor::module::max_pool2d;
+        let device = Default::default();
+        for (shape, zeros) in [
+            ([3, 2, 6, 8], false),
+            ([2, 40, 16, 30], false),
+            ([2, 2, 4, 4], true),
+        ] {
+            let x0 = if zeros {
+                Tensor::<A, 4>::zeros(shape, &device)
+            } else {
+                Tensor::<A, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device)
+            };
+            let [a, b, h, w] = shape;
+            let up = Tensor::<A, 4>::random([a, b, h / 2, w / 2], Distribution::Default, &device);
+            let burn_pool = |x: Tensor<A, 4>| max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false);
+            let (ya, ga) = values_and_grad(&x0, &up, burn_pool);
+            let (yb, gb) = values_and_grad(&x0, &up, |x| max_pool_2x2(x).unwrap());
+            assert_eq!(max_diff(ya, yb), 0.0, "{shape:?}");
+            assert_eq!(max_diff(ga, gb), 0.0, "{shape:?}");
+        }
+        let odd = Tensor::<A, 4>::zeros([1, 1, 3, 4], &device);
+        assert!(
+            max_pool_2x2(odd).is_err(),
+            "odd sides are left to the caller"
+        );
     }
 
     /// Values and gradients match Burn's log-softmax, on rows longer than one task and on a

@@ -18,6 +18,7 @@
 //! conv3x3_cbhw    y = relu?(W·im2col(x) + b)            dx = col2im(Wᵀ·gy), dW = gy·colsᵀ, db = Σ gy
 //! max_pool_2x2    y = max of each 2x2 window            dx = g at the window's winning cell
 //! merge_heads     [B, H, T, dk] -> [B, T, H·dk]          dx = the inverse permutation
+//! attention_rows  softmax(q·kᵀ/√dk + bias)·v per head    (inference only)
 //! ```
 //!
 //! Every function takes and returns tensors of any backend `B`: the fused path runs when
@@ -1411,6 +1412,125 @@ impl Backward<Flex, 1> for PoolBackward {
 }
 
 // ---------------------------------------------------------------------------------------
+// Attention for inference, one op per batch row.
+
+/// Softmax attention for inference on Flex in f32, on rows before the heads are split:
+/// q [B, T, D], k and v [B, S, D], `heads` heads of D / heads, an optional additive bias per
+/// key, `key_bias` [B, S] (−∞ hides a padded key) -> the context [B, T, D], heads side by
+/// side (what the output projection reads). Per batch row and head: the scores
+/// q·kᵀ/√dk in one product read straight from the rows (no split or merge copies), the bias
+/// and softmax in one pass, and the context written into its columns of the output.
+/// `None` on other backends, under autodiff (training keeps Burn's ops, with their
+/// gradients) and in half precision.
+pub fn attention_rows<B: Backend>(
+    q: &Tensor<B, 3>,
+    k: &Tensor<B, 3>,
+    v: &Tensor<B, 3>,
+    heads: usize,
+    key_bias: Option<&Tensor<B, 2>>,
+) -> Option<Tensor<B, 3>> {
+    let [b, t, d] = q.dims();
+    let s = k.dims()[1];
+    let f32_all = [q, k, v].iter().all(|x| x.dtype() == DType::F32)
+        && key_bias.is_none_or(|x| x.dtype() == DType::F32);
+    if !f32_all || heads == 0 || d % heads != 0 || k.dims() != [b, s, d] || v.dims() != [b, s, d] {
+        return None;
+    }
+    if key_bias.is_some_and(|x| x.dims() != [b, s]) {
+        return None;
+    }
+    let flex = |x: &Tensor<B, 3>| -> Option<FlexTensor> {
+        cast::<B, Flex, 3>(x.clone())
+            .ok()
+            .map(|x| f32_values(&x.into_primitive().tensor()))
+    };
+    let (qv, kv, vv) = (flex(q)?, flex(k)?, flex(v)?);
+    let bias = match key_bias {
+        Some(x) => Some(f32_values(
+            &same_backend::<B, Flex, 2>(x.clone())
+                .into_primitive()
+                .tensor(),
+        )),
+        None => None,
+    };
+    let dims = AttnDims { t, s, d, heads };
+    let ctx = attention_values(
+        slice(&qv),
+        slice(&kv),
+        slice(&vv),
+        bias.as_ref().map(slice),
+        b,
+        dims,
+    );
+    Some(from_flex(flex_f32(ctx, Shape::new([b, t, d]))))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AttnDims {
+    t: usize,
+    s: usize,
+    d: usize,
+    heads: usize,
+}
+
+fn attention_values(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    bias: Option<&[f32]>,
+    b: usize,
+    AttnDims { t, s, d, heads }: AttnDims,
+) -> Vec<f32> {
+    let dk = d / heads;
+    let scale = 1.0 / (dk as f32).sqrt();
+    // One task per (batch row, head), so a single image's heads still spread over the cores.
+    let ctxs: Vec<Vec<f32>> = (0..b * heads)
+        .into_par_iter()
+        .map(|i| {
+            let (bi, h) = (i / heads, i % heads);
+            let (q, k, v) = (
+                &q[bi * t * d + h * dk..(bi + 1) * t * d],
+                &k[bi * s * d + h * dk..(bi + 1) * s * d],
+                &v[bi * s * d + h * dk..(bi + 1) * s * d],
+            );
+            // scores [T, S] = q_h · k_hᵀ, both read with row stride D.
+            let mut scores = uninit(t * s);
+            gemm_into(&mut scores, [t, s, dk], q, [d, 1], k, [1, d], false);
+            // SAFETY: gemm_into writes every element.
+            let mut scores = unsafe { assume_init(scores) };
+            for row in scores.chunks_mut(s) {
+                match bias {
+                    Some(kb) => {
+                        let kb = &kb[bi * s..(bi + 1) * s];
+                        row.iter_mut()
+                            .zip(kb)
+                            .for_each(|(x, &c)| *x = *x * scale + c);
+                    }
+                    None => row.iter_mut().for_each(|x| *x *= scale),
+                }
+            }
+            let mut probs = vec![0f32; t * s];
+            softmax_rows(&scores, &mut probs, s);
+            // ctx [T, dk] = probs · v_h, v read with row stride D.
+            let mut ctx = uninit(t * dk);
+            gemm_into(&mut ctx, [t, dk, s], &probs, [s, 1], v, [d, 1], false);
+            // SAFETY: gemm_into writes every element.
+            unsafe { assume_init(ctx) }
+        })
+        .collect();
+    let mut out = uninit(b * t * d);
+    out.par_chunks_mut(t * d).enumerate().for_each(|(bi, out)| {
+        for (h, ctx) in ctxs[bi * heads..(bi + 1) * heads].iter().enumerate() {
+            for (row, src) in out.chunks_mut(d).zip(ctx.chunks(dk)) {
+                write_all(&mut row[h * dk..(h + 1) * dk], src);
+            }
+        }
+    });
+    // SAFETY: each head wrote its dk columns of every row, and the heads cover all D.
+    unsafe { assume_init(out) }
+}
+
+// ---------------------------------------------------------------------------------------
 // Attention heads back into rows.
 
 /// [B, H, T, dk] -> [B, T, H·dk]: the attention context's heads side by side again. On
@@ -1729,6 +1849,48 @@ mod tests {
         .unwrap()
         .inner();
         assert_eq!(max_diff(flex, ad), 0.0);
+    }
+
+    /// Fused inference attention equals Burn's ops (split heads, scaled scores, bias,
+    /// softmax, context, merged heads), with and without a key bias that hides padded keys,
+    /// with queries and keys of different lengths; it declines under autodiff.
+    #[test]
+    fn attention_rows_matches_burn_ops() {
+        use burn::tensor::activation::softmax;
+        let device = Default::default();
+        let (b, t, s, d, heads) = (3, 5, 7, 12, 3);
+        let q = Tensor::<Flex, 3>::random([b, t, d], Distribution::Normal(0.0, 1.0), &device);
+        let k = Tensor::<Flex, 3>::random([b, s, d], Distribution::Normal(0.0, 1.0), &device);
+        let v = Tensor::<Flex, 3>::random([b, s, d], Distribution::Normal(0.0, 1.0), &device);
+        let mut bias = vec![0f32; b * s];
+        for (r, len) in [7usize, 3, 1].into_iter().enumerate() {
+            bias[r * s + len..(r + 1) * s].fill(f32::NEG_INFINITY);
+        }
+        let bias = Tensor::<Flex, 2>::from_data(TensorData::new(bias, [b, s]), &device);
+        let split =
+            |x: Tensor<Flex, 3>, n: usize| x.reshape([b, n, heads, d / heads]).swap_dims(1, 2);
+        for key_bias in [None, Some(&bias)] {
+            let mut scores = split(q.clone(), t)
+                .matmul(split(k.clone(), s).swap_dims(2, 3))
+                .div_scalar(((d / heads) as f64).sqrt());
+            if let Some(kb) = key_bias {
+                scores = scores + kb.clone().reshape([b, 1, 1, s]);
+            }
+            let want = softmax(scores, 3)
+                .matmul(split(v.clone(), s))
+                .swap_dims(1, 2)
+                .reshape([b, t, d]);
+            let got = attention_rows(&q, &k, &v, heads, key_bias).expect("fused on Flex");
+            assert!(max_diff(want, got) < 1e-5, "bias: {}", key_bias.is_some());
+        }
+        let qa = Tensor::<A, 3>::from_inner(q.clone());
+        let ka = Tensor::<A, 3>::from_inner(k);
+        let va = Tensor::<A, 3>::from_inner(v);
+        assert!(attention_rows(&qa, &ka, &va, heads, None).is_none());
+        assert!(
+            attention_rows(&q, &q, &q, 5, None).is_none(),
+            "12 is not divisible by 5"
+        );
     }
 
     /// Max pooling matches Burn's max_pool2d with its gradient; on an all-zero map (a ReLU's

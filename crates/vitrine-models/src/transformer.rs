@@ -208,9 +208,21 @@ impl<B: Backend> Attention<B> {
     /// Bidirectional self-attention with an additive `bias` on the scores (broadcast to
     /// [B, H, T, T]; BERT's key-padding mask): [B, T, D] -> [B, T, D].
     pub fn forward_biased(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
-        let q = self.split_heads(linear_rows(&self.query, x.clone()));
-        let k = self.split_heads(linear_rows(&self.key, x.clone()));
-        let v = self.split_heads(linear_rows(&self.value, x));
+        let q = linear_rows(&self.query, x.clone());
+        let k = linear_rows(&self.key, x.clone());
+        let v = linear_rows(&self.value, x);
+        // A bias per key ([B, 1, 1, S]) runs fused on the CPU at inference.
+        if let [b, 1, 1, s] = bias.dims() {
+            let key_bias = bias.clone().reshape([b, s]);
+            if let Some(ctx) = fused::attention_rows(&q, &k, &v, self.n_heads, Some(&key_bias)) {
+                return linear_rows(&self.out, ctx);
+            }
+        }
+        let (q, k, v) = (
+            self.split_heads(q),
+            self.split_heads(k),
+            self.split_heads(v),
+        );
         self.attend(q, k, v, None, Some(bias))
     }
 
@@ -228,9 +240,24 @@ impl<B: Backend> Attention<B> {
         causal: bool,
     ) -> (Tensor<B, 3>, LayerKv<B>) {
         let t = x.dims()[1];
-        let q = self.split_heads(linear_rows(&self.query, x.clone()));
-        let mut k = self.split_heads(linear_rows(&self.key, x.clone()));
-        let mut v = self.split_heads(linear_rows(&self.value, x));
+        let q = linear_rows(&self.query, x.clone());
+        let (k, v) = (
+            linear_rows(&self.key, x.clone()),
+            linear_rows(&self.value, x),
+        );
+        // Bidirectional attention over the input alone (encoders) runs fused on the CPU at
+        // inference.
+        if past.is_none() && !causal {
+            if let Some(ctx) = fused::attention_rows(&q, &k, &v, self.n_heads, None) {
+                let kv = LayerKv {
+                    k: self.split_heads(k),
+                    v: self.split_heads(v),
+                };
+                return (linear_rows(&self.out, ctx), kv);
+            }
+        }
+        let q = self.split_heads(q);
+        let (mut k, mut v) = (self.split_heads(k), self.split_heads(v));
         if let Some(p) = past {
             k = Tensor::cat(vec![p.k, k], 2);
             v = Tensor::cat(vec![p.v, v], 2);

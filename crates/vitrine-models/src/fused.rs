@@ -1445,8 +1445,13 @@ pub fn attention_rows<B: Backend>(
             .map(|x| f32_values(&x.into_primitive().tensor()))
     };
     let (qv, kv, vv) = (flex(q)?, flex(k)?, flex(v)?);
-    let bias = key_bias
-        .map(|x| f32_values(&same_backend::<B, Flex, 2>(x.clone()).into_primitive().tensor()));
+    let bias = key_bias.map(|x| {
+        f32_values(
+            &same_backend::<B, Flex, 2>(x.clone())
+                .into_primitive()
+                .tensor(),
+        )
+    });
     let dims = AttnDims { t, s, d, heads };
     let ctx = attention_values(
         slice(&qv),

@@ -48,16 +48,20 @@ type Ad = Autodiff<Flex, NoCheckpointing>;
 const ROWS_PER_TASK: usize = 64;
 
 /// Runs `body` compiled for AVX2 + FMA where the CPU has them (the build targets baseline
-/// x86-64, whose SSE2 vectors are half as wide), plainly elsewhere.
+/// x86-64, whose SSE2 vectors are half as wide), plainly elsewhere; `-> T` after the
+/// arguments for a body that returns a value.
 macro_rules! with_avx2 {
     ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
+        with_avx2!($name, $body, ($($arg: $ty),*) -> ());
+    };
+    ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         #[allow(clippy::too_many_arguments)]
-        fn $name($($arg: $ty),*) {
+        fn $name($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn wide($($arg: $ty),*) {
+                unsafe fn wide($($arg: $ty),*) -> $ret {
                     $body($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx2")
@@ -147,6 +151,14 @@ fn uncast<From: Backend, To: Backend, const D: usize>(t: Tensor<From, D>) -> Ten
     match cast::<From, To, D>(t) {
         Ok(t) => t,
         Err(_) => unreachable!("uncast follows a cast between the same two types"),
+    }
+}
+
+/// `t` as backend `To`, which is known to be its own backend (the input's took that route).
+fn same_backend<B: Backend, To: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<To, D> {
+    match cast::<B, To, D>(t) {
+        Ok(t) => t,
+        Err(_) => unreachable!("the parameters live on the input's backend"),
     }
 }
 
@@ -264,19 +276,12 @@ pub fn layer_norm<B: Backend, const D: usize>(
     };
     match route(x) {
         Route::Autodiff(x) => {
-            let gamma = ad_prim(uncast_param::<B>(ln.gamma.val()));
-            let beta = ad_prim(uncast_param::<B>(beta.val()));
+            let gamma = ad_prim(same_backend::<B, Ad, 1>(ln.gamma.val()));
+            let beta = ad_prim(same_backend::<B, Ad, 1>(beta.val()));
             from_ad(layer_norm_ad(x, gamma, beta, eps as f32))
         }
         Route::Flex(x) => ln.forward(from_flex(x)),
         Route::Burn(x) => ln.forward(x),
-    }
-}
-
-fn uncast_param<B: Backend>(t: Tensor<B, 1>) -> Tensor<Ad, 1> {
-    match cast::<B, Ad, 1>(t) {
-        Ok(t) => t,
-        Err(_) => unreachable!("the parameters live on the input's backend"),
     }
 }
 
@@ -994,14 +999,6 @@ pub fn conv3x3_cbhw<B: Backend>(
     }
 }
 
-/// `t` as backend `To`, which is known to be its own backend (the input's took that route).
-fn same_backend<B: Backend, To: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<To, D> {
-    match cast::<B, To, D>(t) {
-        Ok(t) => t,
-        Err(_) => unreachable!("the parameters live on the input's backend"),
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 struct ConvDims {
     c: usize,
@@ -1102,7 +1099,7 @@ fn conv3x3_forward(
     gemm_into(&mut y, [d.cout, n, k], weight, [k, 1], &cols, [n, 1], true);
     // SAFETY: gemm_into writes every element.
     let mut y = unsafe { assume_init(y) };
-    let chunk = ELEMS_PER_TASK.max(1);
+    let chunk = ELEMS_PER_TASK;
     if bias.is_some() || relu {
         // Row o of y is channel o: split each row into tasks so a few wide channels still
         // spread over the cores.
@@ -1144,21 +1141,11 @@ fn relu_mask_sum_body(g: &[f32], y: &[f32], gy: &mut [MaybeUninit<f32>], relu: b
     sum_lanes(unsafe { assume_init_mut(gy) })
 }
 
-fn relu_mask_sum(g: &[f32], y: &[f32], gy: &mut [MaybeUninit<f32>], relu: bool) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn wide(g: &[f32], y: &[f32], gy: &mut [MaybeUninit<f32>], relu: bool) -> f32 {
-            relu_mask_sum_body(g, y, gy, relu)
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU was just found to have both features.
-            return unsafe { wide(g, y, gy, relu) };
-        }
-    }
-    relu_mask_sum_body(g, y, gy, relu)
-}
+with_avx2!(
+    relu_mask_sum,
+    relu_mask_sum_body,
+    (g: &[f32], y: &[f32], gy: &mut [MaybeUninit<f32>], relu: bool) -> f32
+);
 
 #[derive(Debug)]
 struct ConvBackward {

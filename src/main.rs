@@ -76,6 +76,11 @@ enum Command {
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    // Subnormal floats cost Intel cores a microcode assist per instruction (see
+    // vitrine_models::cpu); VITRINE_KEEP_SUBNORMALS=1 keeps IEEE gradual underflow.
+    if std::env::var_os("VITRINE_KEEP_SUBNORMALS").is_none() {
+        vitrine_models::cpu::flush_subnormals();
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => cli::train::run(a),

@@ -371,7 +371,12 @@ def main():
     ap.add_argument("--out", default="peer-torch.json")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on a GPU")
+    ap.add_argument("--flush-denormal", action="store_true",
+                    help="torch.set_flush_denormal(True), as vitrine runs on x86-64 CPUs "
+                         "(its VITRINE_KEEP_SUBNORMALS=1 turns that off)")
     a = ap.parse_args()
+    if a.flush_denormal and not torch.set_flush_denormal(True):
+        raise SystemExit("--flush-denormal: this CPU has no flush-to-zero mode")
     global DEV
     DEV = torch.device(a.device)
     if DEV.type == "cuda":
@@ -397,6 +402,7 @@ def main():
                     "os": platform.system().lower(), "arch": platform.machine()},
         "device": str(DEV), "backend": f"pytorch {torch.__version__}",
         "precision": "tf32" if DEV.type == "cuda" and a.tf32 else "f32",
+        "flush_denormal": a.flush_denormal,
         "started_unix": int(started), "total_secs": time.time() - started, "results": out,
     }
     tmp = a.out + ".tmp"

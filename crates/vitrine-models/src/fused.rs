@@ -19,6 +19,7 @@
 //! max_pool_2x2    y = max of each 2x2 window            dx = g at the window's winning cell
 //! merge_heads     [B, H, T, dk] -> [B, T, H·dk]          dx = the inverse permutation
 //! attention_rows  softmax(q·kᵀ/√dk + bias)·v per head    (inference only)
+//! linear_rows     act(x·W + b)                          (inference only)
 //! ```
 //!
 //! Every function takes and returns tensors of any backend `B`: the fused path runs when
@@ -35,7 +36,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
-use burn::nn::LayerNorm;
+use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation::{gelu, gelu_approximate, log_softmax, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -775,7 +776,11 @@ fn exp_poly(x: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // 2^n without a float-to-int cast (Rust's `as` saturates, which compiles to a scalar
+    // compare per lane): n + 127 is an integer in [1, 254], and adding 2^23 puts it in the
+    // low mantissa bits, which the shift moves into the exponent field.
+    let biased = (n + (127.0 + 8_388_608.0)).to_bits();
+    y * f32::from_bits(biased << 23)
 }
 
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
@@ -1517,6 +1522,141 @@ fn attention_values(
 }
 
 // ---------------------------------------------------------------------------------------
+// Linear layers for inference: product, bias and activation in one op.
+
+/// What a fused linear applies after its bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    None,
+    /// The exact GELU (ViT, BERT).
+    GeluErf,
+    /// GPT-2's tanh GELU.
+    GeluTanh,
+}
+
+/// `lin` on every row of x [B, T, Din] -> [B, T, Dout], then `act`, for inference on Flex
+/// in f32: the product goes straight into the output (Flex adds the bias in a second op,
+/// broadcasting it, and the activation is a third), and each block of rows gets its bias
+/// and activation while it is still in cache. The weight is read through its strides, so a
+/// transposed checkpoint weight is not copied per call. `None` on other backends, under
+/// autodiff (training keeps Burn's ops) and in half precision.
+pub fn linear_rows<B: Backend>(
+    lin: &Linear<B>,
+    x: &Tensor<B, 3>,
+    act: Act,
+) -> Option<Tensor<B, 3>> {
+    let [b, t, k] = x.dims();
+    let weight = lin.weight.val();
+    let [wk, n] = weight.dims();
+    if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || wk != k {
+        return None;
+    }
+    let x = f32_values(
+        &cast::<B, Flex, 3>(x.clone())
+            .ok()?
+            .into_primitive()
+            .tensor(),
+    );
+    let w = same_backend::<B, Flex, 2>(weight).into_primitive().tensor();
+    let bias = match &lin.bias {
+        Some(p) => {
+            let v = p.val();
+            if v.dtype() != DType::F32 || v.dims() != [n] {
+                return None;
+            }
+            Some(f32_values(
+                &same_backend::<B, Flex, 1>(v).into_primitive().tensor(),
+            ))
+        }
+        None => None,
+    };
+    let (wv, w_strides) = strided_2d(&w)?;
+    let y = linear_values(
+        slice(&x),
+        wv,
+        w_strides,
+        bias.as_ref().map(slice),
+        [b * t, k, n],
+        act,
+    );
+    Some(from_flex(flex_f32(y, Shape::new([b, t, n]))))
+}
+
+/// A 2-D f32 Flex tensor's storage from its first element, with its row and column
+/// strides; `None` for negative strides or another dtype.
+fn strided_2d(t: &FlexTensor) -> Option<(&[f32], [usize; 2])> {
+    let layout = t.layout();
+    let (_, _, rs, cs) = layout.as_2d_strides()?;
+    if t.dtype() != DType::F32 || !layout.has_positive_strides() {
+        return None;
+    }
+    let values = &t.storage::<f32>()[layout.start_offset()..];
+    Some((values, [rs as usize, cs as usize]))
+}
+
+/// Rows of one parallel task of a fused linear: enough that packing the weight again per
+/// task is small next to the product.
+const LINEAR_ROWS_PER_TASK: usize = 64;
+
+fn linear_values(
+    x: &[f32],
+    w: &[f32],
+    w_strides: [usize; 2],
+    bias: Option<&[f32]>,
+    [m, k, n]: [usize; 3],
+    act: Act,
+) -> Vec<f32> {
+    let mut y = uninit(m * n);
+    let threads = rayon::current_num_threads();
+    let block = |y: &mut [MaybeUninit<f32>], rows: usize, row0: usize, parallel: bool| {
+        let x = &x[row0 * k..(row0 + rows) * k];
+        gemm_into(y, [rows, n, k], x, [k, 1], w, w_strides, parallel);
+        // SAFETY: gemm_into writes every element.
+        let y = unsafe { assume_init_mut(y) };
+        y.chunks_mut(n).for_each(|row| bias_gelu(row, bias, act));
+    };
+    if m * n * k < PARALLEL_GEMM_OPS || n == 0 {
+        block(&mut y, m, 0, false);
+    } else if m >= 2 * LINEAR_ROWS_PER_TASK * threads {
+        // Enough rows: split them, each task's product on one core.
+        let rows = m.div_ceil(threads * 4).max(LINEAR_ROWS_PER_TASK);
+        y.par_chunks_mut(rows * n)
+            .enumerate()
+            .for_each(|(i, y)| block(y, y.len() / n, i * rows, false));
+    } else {
+        // Few rows (a batch of one): gemm splits the product itself; the epilogue follows.
+        gemm_into(&mut y, [m, n, k], x, [k, 1], w, w_strides, true);
+        // SAFETY: gemm_into writes every element.
+        let mut y = unsafe { assume_init(y) };
+        y.par_chunks_mut(n)
+            .with_min_len(min_items(n))
+            .for_each(|row| bias_gelu(row, bias, act));
+        return y;
+    }
+    // SAFETY: every block was written in full.
+    unsafe { assume_init(y) }
+}
+
+#[inline(always)]
+fn bias_gelu_body(row: &mut [f32], bias: Option<&[f32]>, act: Act) {
+    if let Some(bias) = bias {
+        row.iter_mut().zip(bias).for_each(|(y, &c)| *y += c);
+    }
+    match act {
+        Act::None => {}
+        Act::GeluErf => row
+            .iter_mut()
+            .for_each(|y| *y = 0.5 * *y * (1.0 + erf_rational(*y * FRAC_1_SQRT_2))),
+        Act::GeluTanh => row.iter_mut().for_each(|y| {
+            let x = *y;
+            *y = 0.5 * x * (1.0 + tanh_rational(SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)));
+        }),
+    }
+}
+
+with_avx2!(bias_gelu, bias_gelu_body, (row: &mut [f32], bias: Option<&[f32]>, act: Act));
+
+// ---------------------------------------------------------------------------------------
 // Attention heads back into rows.
 
 /// [B, H, T, dk] -> [B, T, H·dk]: the attention context's heads side by side again. On
@@ -1876,6 +2016,55 @@ mod tests {
         assert!(
             attention_rows(&q, &q, &q, 5, None).is_none(),
             "12 is not divisible by 5"
+        );
+    }
+
+    /// The fused linear matches Linear + activation on Flex, with the weight contiguous and
+    /// as a transposed view, on shapes that take each of its three paths (one block; rows
+    /// split over tasks; gemm's own split for few rows).
+    #[test]
+    fn linear_rows_matches_burn_ops() {
+        use burn::module::Param;
+        use burn::nn::LinearConfig;
+        use burn::tensor::activation::{gelu, gelu_approximate};
+        let device = Default::default();
+        for (b, t, k, n) in [(2, 3, 5, 7), (3, 100, 160, 160), (1, 40, 256, 768)] {
+            let x = Tensor::<Flex, 3>::random([b, t, k], Distribution::Normal(0.0, 1.0), &device);
+            let mut lin = LinearConfig::new(k, n).init::<Flex>(&device);
+            let transposed =
+                Tensor::<Flex, 2>::random([n, k], Distribution::Normal(0.0, 0.1), &device);
+            for weight in [lin.weight.val(), transposed.transpose()] {
+                lin.weight = Param::from_tensor(weight);
+                let plain = lin.forward(x.clone());
+                for (act, want) in [
+                    (Act::None, plain.clone()),
+                    (Act::GeluErf, gelu(plain.clone())),
+                    (Act::GeluTanh, gelu_approximate(plain.clone())),
+                ] {
+                    let got = linear_rows(&lin, &x, act).expect("fused on Flex");
+                    let err = max_diff(want, got);
+                    assert!(err < 1e-4, "{:?} {act:?}: {err}", [b, t, k, n]);
+                }
+            }
+            let mut no_bias = lin.clone();
+            no_bias.bias = None;
+            let err = max_diff(
+                no_bias.forward(x.clone()),
+                linear_rows(&no_bias, &x, Act::None).unwrap(),
+            );
+            assert!(err < 1e-4, "no bias: {err}");
+        }
+        let lin = LinearConfig::new(4, 3).init::<A>(&device);
+        let xa = Tensor::<A, 3>::zeros([1, 2, 4], &device);
+        assert!(
+            linear_rows(&lin, &xa, Act::None).is_none(),
+            "training keeps Burn's ops"
+        );
+        let lin = LinearConfig::new(5, 3).init::<Flex>(&device);
+        let x = Tensor::<Flex, 3>::zeros([1, 2, 4], &device);
+        assert!(
+            linear_rows(&lin, &x, Act::None).is_none(),
+            "4 inputs for a 5-input layer"
         );
     }
 

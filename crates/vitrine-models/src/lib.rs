@@ -10,6 +10,7 @@ pub mod bert;
 pub mod captioner;
 pub mod clip;
 pub mod cnn;
+pub mod cpu;
 pub mod encoder;
 pub mod error;
 pub mod fused;

@@ -29,7 +29,11 @@ use crate::hf::{Layout, Weights};
 /// gradient (one small product per row, K = T) and then sums it over B: on CPU that is
 /// hundreds of MB written and summed per layer per step. Flattening first makes the weight
 /// gradient a single product with K = B*T; the forward values are the same.
+/// At inference on the CPU the product and bias run as one fused op.
 pub(crate) fn linear_rows<B: Backend>(lin: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    if let Some(y) = fused::linear_rows(lin, &x, fused::Act::None) {
+        return y;
+    }
     let [b, t, d] = x.dims();
     let y = lin.forward(x.reshape([b * t, d])); // [B*T, Dout]
     let out = y.dims()[1];
@@ -295,6 +299,15 @@ impl<B: Backend> Mlp<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        // At inference on the CPU the first projection, its bias and the GELU are one op.
+        let act = match (self.quick_gelu, self.gelu_tanh) {
+            (true, _) => None,
+            (false, true) => Some(fused::Act::GeluTanh),
+            (false, false) => Some(fused::Act::GeluErf),
+        };
+        if let Some(h) = act.and_then(|act| fused::linear_rows(&self.fc_in, &x, act)) {
+            return linear_rows(&self.fc_out, h);
+        }
         let h = linear_rows(&self.fc_in, x);
         let h = if self.quick_gelu {
             h.clone() * sigmoid(h.mul_scalar(1.702))

@@ -1534,12 +1534,14 @@ pub enum Act {
     GeluTanh,
 }
 
-/// `lin` on every row of x [B, T, Din] -> [B, T, Dout], then `act`, for inference on Flex
-/// in f32: the product goes straight into the output (Flex adds the bias in a second op,
-/// broadcasting it, and the activation is a third), and each block of rows gets its bias
-/// and activation while it is still in cache. The weight is read through its strides, so a
-/// transposed checkpoint weight is not copied per call. `None` on other backends, under
-/// autodiff (training keeps Burn's ops) and in half precision.
+/// `lin` on every row of x [B, T, Din] -> [B, T, Dout], then `act`. On Flex in f32 the
+/// product goes straight into the output (Flex computes it into a zeroed buffer, copies
+/// that into the tensor, then adds the bias in a second op and the activation in a third),
+/// and each block of rows gets its bias and activation while it is still in cache. On
+/// `Autodiff<Flex>` (`act` = `Act::None` only) it is one op with a hand-written backward:
+/// dx = g·Wᵀ, dW = xᵀ·g, db = Σ g over rows. The weight is read through its strides, so a
+/// transposed checkpoint weight is not copied per call. `None` on other backends, for an
+/// activation under autodiff, and in half precision.
 pub fn linear_rows<B: Backend>(
     lin: &Linear<B>,
     x: &Tensor<B, 3>,
@@ -1548,38 +1550,133 @@ pub fn linear_rows<B: Backend>(
     let [b, t, k] = x.dims();
     let weight = lin.weight.val();
     let [wk, n] = weight.dims();
-    if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || wk != k {
+    if weight.dtype() != DType::F32 || wk != k {
         return None;
     }
-    let x = f32_values(
-        &cast::<B, Flex, 3>(x.clone())
-            .ok()?
-            .into_primitive()
-            .tensor(),
-    );
-    let w = same_backend::<B, Flex, 2>(weight).into_primitive().tensor();
-    let bias = match &lin.bias {
-        Some(p) => {
-            let v = p.val();
-            if v.dtype() != DType::F32 || v.dims() != [n] {
-                return None;
-            }
-            Some(f32_values(
-                &same_backend::<B, Flex, 1>(v).into_primitive().tensor(),
-            ))
+    if let Some(p) = &lin.bias {
+        if p.val().dtype() != DType::F32 || p.val().dims() != [n] {
+            return None;
         }
-        None => None,
-    };
-    let (wv, w_strides) = strided_2d(&w)?;
-    let y = linear_values(
-        slice(&x),
-        wv,
-        w_strides,
-        bias.as_ref().map(slice),
-        [b * t, k, n],
-        act,
-    );
-    Some(from_flex(flex_f32(y, Shape::new([b, t, n]))))
+    }
+    let dims = [b * t, k, n];
+    match route(x.clone()) {
+        Route::Autodiff(x) if act == Act::None => {
+            let w = ad_prim(same_backend::<B, Ad, 2>(weight));
+            strided_2d(&w.primitive)?;
+            let bias = match &lin.bias {
+                Some(p) => ad_prim(same_backend::<B, Ad, 1>(p.val())),
+                None => ad_prim(Tensor::<Ad, 1>::zeros([n], &Default::default())),
+            };
+            Some(from_ad(linear_ad(x, w, bias, dims, Shape::new([b, t, n]))))
+        }
+        Route::Flex(x) => {
+            let x = f32_values(&x);
+            let w = same_backend::<B, Flex, 2>(weight).into_primitive().tensor();
+            let bias = lin.bias.as_ref().map(|p| {
+                f32_values(
+                    &same_backend::<B, Flex, 1>(p.val())
+                        .into_primitive()
+                        .tensor(),
+                )
+            });
+            let (wv, w_strides) = strided_2d(&w)?;
+            let y = linear_values(
+                slice(&x),
+                wv,
+                w_strides,
+                bias.as_ref().map(slice),
+                dims,
+                act,
+            );
+            Some(from_flex(flex_f32(y, Shape::new([b, t, n]))))
+        }
+        _ => None,
+    }
+}
+
+#[derive(Debug)]
+struct LinearBackward {
+    dims: [usize; 3],
+}
+
+/// What the linear backward reads: the input rows (contiguous) and the weight as stored.
+#[derive(Debug, Clone)]
+struct LinearState {
+    x: FlexTensor,
+    w: FlexTensor,
+}
+
+impl Backward<Flex, 3> for LinearBackward {
+    type State = LinearState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let LinearState { x, w } = ops.state;
+        let [m, k, n] = self.dims;
+        let g = f32_values(&grad);
+        let g = slice(&g);
+        if let Some(node) = node_b {
+            // db [N] = column sums of g, one partial sum per block of rows.
+            let db = g
+                .par_chunks(rows_per_task(n) * n)
+                .map(|rows| {
+                    let mut sum = vec![0f32; n];
+                    for row in rows.chunks(n) {
+                        sum.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
+                    }
+                    sum
+                })
+                .reduce(
+                    || vec![0f32; n],
+                    |mut a, b| {
+                        a.iter_mut().zip(&b).for_each(|(s, &v)| *s += v);
+                        a
+                    },
+                );
+            grads.register::<Flex>(node.id, flex_f32(db, Shape::new([n])));
+        }
+        if let Some(node) = node_w {
+            // dW [K, N] = xᵀ · g, x read column-wise in place.
+            let mut dw = uninit(k * n);
+            gemm_into(&mut dw, [k, n, m], slice(&x), [1, k], g, [n, 1], true);
+            // SAFETY: gemm_into writes every element.
+            let dw = unsafe { assume_init(dw) };
+            grads.register::<Flex>(node.id, flex_f32(dw, Shape::new([k, n])));
+        }
+        if let Some(node) = node_x {
+            // dx [M, K] = g · Wᵀ, W read through its strides, transposed.
+            let (wv, [rs, cs]) = strided_2d(&w).expect("checked before the forward");
+            let mut dx = uninit(m * k);
+            gemm_into(&mut dx, [m, k, n], g, [n, 1], wv, [cs, rs], true);
+            // SAFETY: gemm_into writes every element.
+            let dx = unsafe { assume_init(dx) };
+            grads.register::<Flex>(node.id, flex_f32(dx, x.layout().shape().clone()));
+        }
+    }
+}
+
+fn linear_ad(
+    x: FloatTensor<Ad>,
+    w: FloatTensor<Ad>,
+    bias: FloatTensor<Ad>,
+    dims: [usize; 3],
+    out: Shape,
+) -> FloatTensor<Ad> {
+    let xv = f32_values(&x.primitive);
+    let bv = f32_values(&bias.primitive);
+    let wt = w.primitive.clone();
+    let (wv, w_strides) = strided_2d(&wt).expect("checked by the caller");
+    let y = linear_values(slice(&xv), wv, w_strides, Some(slice(&bv)), dims, Act::None);
+    let y = flex_f32(y, out);
+    match (LinearBackward { dims })
+        .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), bias.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(LinearState { x: xv, w: wt }, y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
 }
 
 /// A 2-D f32 Flex tensor's storage from its first element, with its row and column
@@ -2057,8 +2154,8 @@ mod tests {
         let lin = LinearConfig::new(4, 3).init::<A>(&device);
         let xa = Tensor::<A, 3>::zeros([1, 2, 4], &device);
         assert!(
-            linear_rows(&lin, &xa, Act::None).is_none(),
-            "training keeps Burn's ops"
+            linear_rows(&lin, &xa, Act::GeluErf).is_none(),
+            "no fused activation under autodiff"
         );
         let lin = LinearConfig::new(5, 3).init::<Flex>(&device);
         let x = Tensor::<Flex, 3>::zeros([1, 2, 4], &device);
@@ -2066,6 +2163,62 @@ mod tests {
             linear_rows(&lin, &x, Act::None).is_none(),
             "4 inputs for a 5-input layer"
         );
+    }
+
+    /// Under autodiff the fused linear's output and its gradients for the input, weight
+    /// and bias match Burn's Linear, with the weight contiguous and as a transposed view,
+    /// with and without bias, on shapes small and large enough to split across the cores.
+    #[test]
+    fn linear_rows_gradients_match_burn() {
+        use burn::module::Param;
+        use burn::nn::LinearConfig;
+        let device = Default::default();
+        for (b, t, k, n) in [(2, 3, 5, 7), (3, 100, 160, 160)] {
+            let x = Tensor::<Flex, 3>::random([b, t, k], Distribution::Normal(0.0, 1.0), &device);
+            let probe = Tensor::<A, 3>::from_inner(Tensor::random(
+                [b, t, n],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            ));
+            let base = LinearConfig::new(k, n).init::<A>(&device);
+            let transposed =
+                Tensor::<Flex, 2>::random([n, k], Distribution::Normal(0.0, 0.1), &device);
+            for (weight, with_bias) in [
+                (base.weight.val().inner(), true),
+                (transposed.transpose(), true),
+                (base.weight.val().inner(), false),
+            ] {
+                let mut lin = base.clone();
+                lin.weight = Param::from_tensor(Tensor::from_inner(weight).require_grad());
+                if !with_bias {
+                    lin.bias = None;
+                }
+                let run = |fused: bool| {
+                    let xa = Tensor::<A, 3>::from_inner(x.clone()).require_grad();
+                    let y = if fused {
+                        linear_rows(&lin, &xa, Act::None).expect("fused under autodiff")
+                    } else {
+                        lin.forward(xa.clone())
+                    };
+                    let g = (y.clone() * probe.clone()).sum().backward();
+                    let dx = xa.grad(&g).unwrap();
+                    let dw = lin.weight.val().grad(&g).unwrap();
+                    let db = lin.bias.as_ref().map(|p| p.val().grad(&g).unwrap());
+                    (y.inner(), dx, dw, db)
+                };
+                let (y0, dx0, dw0, db0) = run(false);
+                let (y1, dx1, dw1, db1) = run(true);
+                let case = format!("{:?} bias {with_bias}", [b, t, k, n]);
+                assert!(max_diff(y0, y1) < 1e-4, "{case}: y");
+                assert!(max_diff(dx0, dx1) < 1e-4, "{case}: dx");
+                assert!(max_diff(dw0, dw1) < 1e-3, "{case}: dW");
+                match (db0, db1) {
+                    (Some(a), Some(b)) => assert!(max_diff(a, b) < 1e-3, "{case}: db"),
+                    (None, None) => {}
+                    _ => panic!("{case}: bias gradient on one side only"),
+                }
+            }
+        }
     }
 
     /// Max pooling matches Burn's max_pool2d with its gradient; on an all-zero map (a ReLU's

@@ -19,7 +19,7 @@
 //! max_pool_2x2    y = max of each 2x2 window            dx = g at the window's winning cell
 //! merge_heads     [B, H, T, dk] -> [B, T, H·dk]          dx = the inverse permutation
 //! attention_rows  softmax(q·kᵀ/√dk + bias)·v per head    (inference only)
-//! linear_rows     act(x·W + b)                          (inference only)
+//! linear_rows     act(x·W + b)                          dx = g·Wᵀ, dW = xᵀ·g, db = Σ g (act at inference only)
 //! ```
 //!
 //! Every function takes and returns tensors of any backend `B`: the fused path runs when

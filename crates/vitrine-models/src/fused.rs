@@ -1522,7 +1522,7 @@ fn attention_values(
 }
 
 // ---------------------------------------------------------------------------------------
-// Linear layers for inference: product, bias and activation in one op.
+// Linear layers: product and bias in one op (at inference, the activation too).
 
 /// What a fused linear applies after its bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,7 +29,7 @@ use crate::hf::{Layout, Weights};
 /// gradient (one small product per row, K = T) and then sums it over B: on CPU that is
 /// hundreds of MB written and summed per layer per step. Flattening first makes the weight
 /// gradient a single product with K = B*T; the forward values are the same.
-/// At inference on the CPU the product and bias run as one fused op.
+/// On the CPU (Flex, with or without autodiff) the product and bias are one fused op.
 pub(crate) fn linear_rows<B: Backend>(lin: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     if let Some(y) = fused::linear_rows(lin, &x, fused::Act::None) {
         return y;

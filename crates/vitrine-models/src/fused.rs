@@ -697,11 +697,16 @@ fn tanh_rational(x: f32) -> f32 {
     x * p / q
 }
 
+/// GPT-2's GELU of one value (the forward kernels below map it over rows).
+#[inline(always)]
+fn gelu_tanh_one(x: f32) -> f32 {
+    0.5 * x * (1.0 + tanh_rational(SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)))
+}
+
 #[inline(always)]
 fn gelu_tanh_fwd_body(x: &[f32], y: &mut [f32], _rows_of: usize) {
     for (y, &x) in y.iter_mut().zip(x) {
-        let t = tanh_rational(SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x));
-        *y = 0.5 * x * (1.0 + t);
+        *y = gelu_tanh_one(x);
     }
 }
 
@@ -787,10 +792,16 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1/√(2π)
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
+/// The exact GELU of one value (the forward kernels below map it over rows).
+#[inline(always)]
+fn gelu_erf_one(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_rational(x * FRAC_1_SQRT_2))
+}
+
 #[inline(always)]
 fn gelu_erf_fwd_body(x: &[f32], y: &mut [f32], _rows_of: usize) {
     for (y, &x) in y.iter_mut().zip(x) {
-        *y = 0.5 * x * (1.0 + erf_rational(x * FRAC_1_SQRT_2));
+        *y = gelu_erf_one(x);
     }
 }
 
@@ -1741,13 +1752,8 @@ fn bias_gelu_body(row: &mut [f32], bias: Option<&[f32]>, act: Act) {
     }
     match act {
         Act::None => {}
-        Act::GeluErf => row
-            .iter_mut()
-            .for_each(|y| *y = 0.5 * *y * (1.0 + erf_rational(*y * FRAC_1_SQRT_2))),
-        Act::GeluTanh => row.iter_mut().for_each(|y| {
-            let x = *y;
-            *y = 0.5 * x * (1.0 + tanh_rational(SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)));
-        }),
+        Act::GeluErf => row.iter_mut().for_each(|y| *y = gelu_erf_one(*y)),
+        Act::GeluTanh => row.iter_mut().for_each(|y| *y = gelu_tanh_one(*y)),
     }
 }
 
